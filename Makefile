@@ -1,0 +1,34 @@
+# `make demo` and `make test` work from a fresh clone: they create .venv and install
+# pinned dependencies (constraints.txt pins torch==2.13.0, the CPU build) before running.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast lint demo bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check rnnkit tests benchmarks
+	$(PY) -m pytest -q --timeout=1800
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rnnkit tests benchmarks
+
+demo: $(STAMP)
+	$(VENV)/bin/rnnkit demo
+
+bench: $(STAMP)
+	$(VENV)/bin/rnnkit bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
