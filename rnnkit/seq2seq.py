@@ -1,0 +1,845 @@
+"""Encoder-decoder models: :class:`Encoder`, the decoders, :class:`Seq2Seq`, teacher forcing schedules.
+
+Reading order: token conventions, the encoder (with its bridge to the decoder), the three decoders
+(Bahdanau-style attention, Luong-style attention, no attention), the model that joins them, and the
+scheduled-sampling schedules.
+
+* :class:`Encoder`: embedding + ``rnnkit.layers`` LSTM/GRU (bidirectional by default) over a padded batch;
+  h̄_s = [→h_s; ←h_s] are the attention keys; a bridge s_0 = tanh(W_b [final states] + b_b) gives the decoder
+  its initial state (Bahdanau et al. 2014, appendix A.2.2 uses the backward state alone).
+* :class:`BahdanauDecoder` (Bahdanau et al. 2014): attention from the *previous* state s_{i-1}, context fed
+  into the RNN input and into the output layer.
+* :class:`LuongDecoder` (Luong et al. 2015): RNN first, then attention from h_t, attentional state
+  h~_t = tanh(W_c [c_t; h_t]), optional input feeding (h~_{t-1} joins the next input).
+* :class:`PlainDecoder` (Cho et al. 2014): no attention; one fixed context c (the encoder summary) at every
+  step, for comparison.
+* :class:`Seq2Seq`: ``forward`` for training (teacher forcing ratio, scheduled sampling) and the decoding
+  step interface shared with ``rnnkit.decoding``::
+
+      state = model.start(src, src_lengths)
+      log_probs, state = model.step(prev_tokens, state)          # (N, V)
+
+  ``state`` is a dict of tensors that all have the batch as dim 0, so a decoder can expand it per beam and
+  reorder it with ``t.index_select(0, idx)`` without knowing what is inside:
+
+  ===============  =============  ====================================================================
+  key              shape          meaning
+  ===============  =============  ====================================================================
+  ``hidden``       (N, L, H)      decoder hidden state of each layer (transposed from torch's (L, N, H))
+  ``cell``         (N, L, H)      LSTM cell state (LSTM decoders only)
+  ``keys``         (N, S, K)      encoder outputs h̄_s (attention decoders)
+  ``keys_proj``    (N, S, A)      precomputed key part of the attention score (additive/concat only)
+  ``valid``        (N, S) bool    True at real source positions
+  ``step``         (N,) long      index t of the next target position (local-m attention uses it)
+  ``feed``         (N, H)         h~_{t-1} for input feeding (Luong with ``input_feeding``)
+  ``context``      (N, K)         fixed context c (no-attention decoder)
+  ``attention``    (N, S)         the last step's attention weights (attention decoders; 0 before step 1)
+  ===============  =============  ====================================================================
+
+Token ids follow the rnnkit convention: pad = 0, unk = 1, bos = 2, eos = 3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit import layers
+from rnnkit.attention import Attention, make_attention
+from rnnkit.cells import check_probability, check_size
+
+__all__ = [
+    "PAD_ID",
+    "UNK_ID",
+    "BOS_ID",
+    "EOS_ID",
+    "EncoderOutput",
+    "Encoder",
+    "Decoder",
+    "BahdanauDecoder",
+    "LuongDecoder",
+    "PlainDecoder",
+    "DECODER_STYLES",
+    "Seq2SeqConfig",
+    "Seq2Seq",
+    "TeacherForcingSchedule",
+    "ConstantSchedule",
+    "LinearSchedule",
+    "ExponentialSchedule",
+    "InverseSigmoidSchedule",
+    "make_schedule",
+]
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+_RNNS = {"lstm": layers.LSTM, "gru": layers.GRU}
+
+State = dict[str, Tensor]
+
+
+def _check_cell(cell: str) -> str:
+    if not isinstance(cell, str) or cell.lower() not in _RNNS:
+        raise ValueError(f"cell must be one of {sorted(_RNNS)}, got {cell!r}")
+    return cell.lower()
+
+
+def _make_rnn(
+    cell: str, input_size: int, hidden_size: int, num_layers: int, dropout: float, bidirectional: bool = False
+) -> nn.Module:
+    """A batch-first ``rnnkit.layers`` LSTM or GRU (dropout only between layers, as in torch)."""
+    return _RNNS[cell](
+        input_size,
+        hidden_size,
+        num_layers=num_layers,
+        batch_first=True,
+        dropout=dropout if num_layers > 1 else 0.0,
+        bidirectional=bidirectional,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Encoder
+# --------------------------------------------------------------------------------------------------------
+
+
+class EncoderOutput(NamedTuple):
+    """What the encoder hands the decoder.
+
+    outputs (B, S, K): h̄_s, zero past each length; valid (B, S) bool; hidden (B, L_dec, H_dec) and
+    cell (B, L_dec, H_dec) or None: the decoder's initial state from the bridge; summary (B, K): a fixed-size
+    summary of the source for decoders without attention.
+    """
+
+    outputs: Tensor
+    valid: Tensor
+    hidden: Tensor
+    cell: Tensor | None
+    summary: Tensor
+
+
+class Encoder(nn.Module):
+    """Embedding + a (by default bidirectional) LSTM/GRU over a padded source batch, and the bridge.
+
+    For a bidirectional encoder each source position gets h̄_s = [→h_s; ←h_s] (Bahdanau et al. 2014, sec. 3.2),
+    so K = 2H features; the backward direction starts at each sentence's own last token (``lengths=``).
+
+    Bridge: the final states of every encoder layer and direction, concatenated, give the decoder's initial
+    state through one linear layer and tanh::
+
+        s_0 = tanh(W_b [h_n^(1, fwd); h_n^(1, bwd); ...; h_n^(L, bwd)] + b_b)       reshaped to (L_dec, H_dec)
+
+    (Bahdanau et al. 2014, A.2.2 use s_0 = tanh(W_s ←h_1); using both directions lets the decoder start from
+    both ends of the source). For an LSTM decoder the cell state gets its own bridge from the encoder's final
+    cell states (zeros if the encoder is a GRU).
+
+    ``summary`` ("final": the top layer's final states [→h_S; ←h_1], or "mean": the mean of h̄_s over the
+    valid positions) is the fixed context of a decoder without attention.
+
+    Args:
+        vocab_size, embedding_size: source vocabulary size and embedding width.
+        hidden_size: H, per direction. num_layers: stacked layers. cell: "lstm" or "gru".
+        bidirectional: run a backward direction too (default True). dropout: on the embeddings and between
+            layers. decoder_hidden_size, decoder_layers, decoder_cell: the shape of the state the bridge makes
+            (default: H * directions, num_layers, cell). summary: "final" or "mean". pad_id: padding token.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_size: int,
+        hidden_size: int,
+        *,
+        num_layers: int = 1,
+        cell: str = "lstm",
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        decoder_hidden_size: int | None = None,
+        decoder_layers: int | None = None,
+        decoder_cell: str | None = None,
+        summary: str = "final",
+        pad_id: int = PAD_ID,
+    ) -> None:
+        super().__init__()
+        self.cell = _check_cell(cell)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.num_layers = check_size("num_layers", num_layers)
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if self.bidirectional else 1
+        self.output_size = self.num_directions * self.hidden_size  # K
+        self.decoder_hidden_size = check_size("decoder_hidden_size", decoder_hidden_size or self.output_size)
+        self.decoder_layers = check_size("decoder_layers", decoder_layers or self.num_layers)
+        self.decoder_cell = _check_cell(decoder_cell or self.cell)
+        if summary not in ("final", "mean"):
+            raise ValueError(f"summary must be 'final' or 'mean', got {summary!r}")
+        self.summary = summary
+        self.pad_id = pad_id
+        self.embedding = nn.Embedding(
+            check_size("vocab_size", vocab_size),
+            check_size("embedding_size", embedding_size),
+            padding_idx=pad_id,
+        )
+        self.dropout = nn.Dropout(check_probability("dropout", dropout))
+        self.rnn = _make_rnn(self.cell, embedding_size, hidden_size, num_layers, dropout, self.bidirectional)
+        finals = self.num_layers * self.num_directions * self.hidden_size
+        bridged = self.decoder_layers * self.decoder_hidden_size
+        self.bridge = nn.Linear(finals, bridged)  # W_b, b_b
+        self.cell_bridge = nn.Linear(finals, bridged) if self.decoder_cell == "lstm" else None
+
+    def forward(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
+        """Encode ``src`` (B, S) long with ``src_lengths`` (B,); see :class:`EncoderOutput`."""
+        batch_size, source_length = src.shape
+        positions = torch.arange(source_length, device=src.device)
+        valid = positions < src_lengths.to(src.device).unsqueeze(1)  # (B, S)
+        embedded = self.dropout(self.embedding(src))  # (B, S, E)
+        outputs, final = self.rnn(embedded, lengths=src_lengths.cpu())  # (B, S, K), zero past each length
+        final_hidden, final_cell = final if self.cell == "lstm" else (final, None)  # (L * D, B, H) each
+
+        def bridge(linear: nn.Linear, states: Tensor) -> Tensor:
+            flat = states.transpose(0, 1).reshape(batch_size, -1)  # (B, L * D * H)
+            return torch.tanh(linear(flat)).view(batch_size, self.decoder_layers, self.decoder_hidden_size)
+
+        hidden = bridge(self.bridge, final_hidden)  # (B, L_dec, H_dec)
+        cell = None
+        if self.cell_bridge is not None:
+            cell = bridge(
+                self.cell_bridge, final_cell if final_cell is not None else torch.zeros_like(final_hidden)
+            )
+        if self.summary == "final":
+            top = final_hidden[-self.num_directions :]  # the top layer's directions: (D, B, H)
+            summary = top.transpose(0, 1).reshape(batch_size, self.output_size)  # [→h_S; ←h_1]: (B, K)
+        else:
+            summary = outputs.sum(1) / src_lengths.to(outputs.device, outputs.dtype).unsqueeze(1)  # (B, K)
+        return EncoderOutput(outputs, valid, hidden, cell, summary)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Decoders
+# --------------------------------------------------------------------------------------------------------
+
+
+class Decoder(nn.Module):
+    """What the decoders share: embedding, RNN, the state dict, and the step contract.
+
+    Subclasses define ``_rnn_input_size``, ``init_state`` extras and ``step``; a decoder that can run all
+    target steps at once under full teacher forcing sets ``supports_parallel`` and defines
+    ``forward_parallel``. ``step`` returns unnormalised logits (N, V); :class:`Seq2Seq` turns them into
+    log-probabilities.
+    """
+
+    has_attention: bool = False
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_size: int,
+        hidden_size: int,
+        context_size: int,
+        *,
+        num_layers: int = 1,
+        cell: str = "lstm",
+        dropout: float = 0.0,
+        pad_id: int = PAD_ID,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = check_size("vocab_size", vocab_size)
+        self.embedding_size = check_size("embedding_size", embedding_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)  # H
+        self.context_size = check_size("context_size", context_size)  # K, features of h̄_s
+        self.num_layers = check_size("num_layers", num_layers)
+        self.cell = _check_cell(cell)
+        self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=pad_id)
+        self.dropout = nn.Dropout(check_probability("dropout", dropout))
+        self.rnn = _make_rnn(self.cell, self._rnn_input_size(), hidden_size, num_layers, dropout)
+
+    @property
+    def supports_parallel(self) -> bool:
+        """True if ``forward_parallel`` can run every target step in one call under full teacher forcing."""
+        return False
+
+    def _rnn_input_size(self) -> int:
+        raise NotImplementedError
+
+    def init_state(self, encoded: EncoderOutput) -> State:
+        """The state before the first step (every tensor batch-first)."""
+        batch_size = encoded.outputs.shape[0]
+        state = {
+            "hidden": encoded.hidden,
+            "step": torch.zeros(batch_size, dtype=torch.long, device=encoded.outputs.device),
+        }
+        if self.cell == "lstm":
+            state["cell"] = encoded.cell
+        return state
+
+    def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        """One decoder step: logits (N, V) for the next token and the new state (the old one is unchanged)."""
+        raise NotImplementedError
+
+    def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor | None]:
+        """All T steps at once, inputs ``tgt_in`` (B, T): logits (B, T, V) and attention (B, T, S) or None."""
+        raise NotImplementedError(f"{type(self).__name__} decodes step by step only")
+
+    # -- helpers shared by the subclasses -----------------------------------------------------------------
+    def _recurrent_state(self, state: State):
+        """The state as torch's RNNs take it: (L, N, H), a pair of them for an LSTM."""
+        hidden = state["hidden"].transpose(0, 1).contiguous()  # (N, L, H) -> (L, N, H)
+        if self.cell == "lstm":
+            return hidden, state["cell"].transpose(0, 1).contiguous()
+        return hidden
+
+    def _run_rnn(self, inputs: Tensor, state: State) -> tuple[Tensor, State]:
+        """Run the RNN over inputs (N, T, D) from ``state``: outputs (N, T, H) and the new state entries."""
+        outputs, final = self.rnn(inputs, self._recurrent_state(state))  # (N, T, H)
+        if self.cell == "lstm":
+            return outputs, {
+                "hidden": final[0].transpose(0, 1),
+                "cell": final[1].transpose(0, 1),
+            }  # (N, L, H)
+        return outputs, {"hidden": final.transpose(0, 1)}
+
+
+def _attend(attention: Attention, query: Tensor, state: State) -> tuple[Tensor, Tensor]:
+    """One step of attention over the keys in ``state`` (with their precomputed projection, if any)."""
+    keys, valid, projected = state["keys"], state["valid"], state.get("keys_proj")
+    return attention(query, keys, valid, precomputed=projected, step=state["step"])
+
+
+def _attention_state(attention: Attention, encoded: EncoderOutput) -> State:
+    """The state entries an attention decoder needs: keys, their precomputed projection, valid, weights."""
+    state = {
+        "keys": encoded.outputs,
+        "valid": encoded.valid,
+        "attention": encoded.outputs.new_zeros(encoded.valid.shape),
+    }  # (N, S) before the first step
+    projected = attention.precompute(encoded.outputs)
+    if projected is not None:
+        state["keys_proj"] = projected  # (N, S, A), once per source sentence
+    return state
+
+
+class _DeepOutput(nn.Module):
+    """Output layer fed with the state, the context and the previous word (Bahdanau et al. 2014, A.2.2)::
+
+        t_i = tanh(W_r [s_i; c_i; E y_{i-1}] + b_r)         logits_i = W_o t_i + b_o
+
+    (the paper takes s_{i-1} and a maxout; s_i and tanh are the common simplification, e.g. in Nematus).
+    """
+
+    def __init__(
+        self, hidden_size: int, context_size: int, embedding_size: int, vocab_size: int, dropout: nn.Module
+    ) -> None:
+        super().__init__()
+        self.readout = nn.Linear(hidden_size + context_size + embedding_size, hidden_size)  # W_r
+        self.output = nn.Linear(hidden_size, vocab_size)  # W_o
+        self.dropout = dropout
+
+    def forward(self, state: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
+        readout = torch.tanh(self.readout(torch.cat([state, context, embedded], dim=-1)))  # (..., H)
+        return self.output(self.dropout(readout))  # (..., V)
+
+
+class BahdanauDecoder(Decoder):
+    """Decoder with attention from the previous state (Bahdanau et al. 2014, appendix A.2.2).
+
+    At target step i, with y_{i-1} the previous token and s_{i-1} the previous top-layer state::
+
+        a_i = attention(s_{i-1}, h̄)          c_i = sum_s a_i(s) h̄_s          (additive by default)
+        s_i = RNN([E y_{i-1}; c_i], s_{i-1})
+        t_i = tanh(W_r [s_i; c_i; E y_{i-1}])   logits_i = W_o t_i
+
+    Attention depends on s_{i-1}, so the steps run one after another even under teacher forcing.
+    """
+
+    has_attention = True
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_size: int,
+        hidden_size: int,
+        context_size: int,
+        *,
+        attention: str = "additive",
+        attention_options: dict | None = None,
+        **options,
+    ) -> None:
+        super().__init__(vocab_size, embedding_size, hidden_size, context_size, **options)
+        self.attention = make_attention(attention, hidden_size, context_size, **(attention_options or {}))
+        self.deep_output = _DeepOutput(hidden_size, context_size, embedding_size, vocab_size, self.dropout)
+
+    def _rnn_input_size(self) -> int:
+        return self.embedding_size + self.context_size
+
+    def init_state(self, encoded: EncoderOutput) -> State:
+        return {**super().init_state(encoded), **_attention_state(self.attention, encoded)}
+
+    def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        embedded = self.dropout(self.embedding(prev_tokens))  # E y_{i-1}: (N, E)
+        query = state["hidden"][:, -1]  # s_{i-1}, top layer: (N, H)
+        context, weights = _attend(self.attention, query, state)  # c_i: (N, K), a_i: (N, S)
+        rnn_input = torch.cat([embedded, context], dim=-1).unsqueeze(1)  # (N, 1, E + K)
+        outputs, recurrent = self._run_rnn(rnn_input, state)
+        logits = self.deep_output(outputs.squeeze(1), context, embedded)  # (N, V)
+        return logits, {**state, **recurrent, "attention": weights, "step": state["step"] + 1}
+
+
+class LuongDecoder(Decoder):
+    """Decoder with attention after the RNN (Luong et al. 2015, section 3), optional input feeding.
+
+    At target step t, with y_{t-1} the previous token::
+
+        h_t  = RNN(x_t, h_{t-1})       x_t = E y_{t-1}, or [E y_{t-1}; h~_{t-1}] with input feeding (sec. 3.3)
+        a_t  = attention(h_t, h̄)       c_t = sum_s a_t(s) h̄_s                (general by default)
+        h~_t = tanh(W_c [c_t; h_t])                                          (eq. 5: attentional hidden state)
+        logits_t = W_s h~_t                                                  (eq. 6)
+
+    Without input feeding, h_t does not depend on the attention, so under full teacher forcing
+    ``forward_parallel`` runs the RNN over all T steps in one call and the attention for all steps as batched
+    matrix products; the tests check it equals the step loop.
+    """
+
+    has_attention = True
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_size: int,
+        hidden_size: int,
+        context_size: int,
+        *,
+        attention: str = "general",
+        attention_options: dict | None = None,
+        input_feeding: bool = False,
+        **options,
+    ) -> None:
+        self.input_feeding = bool(input_feeding)  # set first: the base class sizes the RNN input from it
+        super().__init__(vocab_size, embedding_size, hidden_size, context_size, **options)
+        self.attention = make_attention(attention, hidden_size, context_size, **(attention_options or {}))
+        self.combine = nn.Linear(context_size + hidden_size, hidden_size, bias=False)  # W_c
+        self.output = nn.Linear(hidden_size, vocab_size)  # W_s
+
+    @property
+    def supports_parallel(self) -> bool:
+        return not self.input_feeding
+
+    def _rnn_input_size(self) -> int:
+        return self.embedding_size + (self.hidden_size if self.input_feeding else 0)
+
+    def init_state(self, encoded: EncoderOutput) -> State:
+        state = {**super().init_state(encoded), **_attention_state(self.attention, encoded)}
+        if self.input_feeding:
+            state["feed"] = encoded.outputs.new_zeros(encoded.outputs.shape[0], self.hidden_size)  # h~_0 = 0
+        return state
+
+    def _attentional(self, context: Tensor, hidden: Tensor) -> Tensor:
+        # Luong et al. 2015, eq. 5: attentional hidden state h~ = tanh(W_c [c; h])
+        return torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))  # (..., H)
+
+    def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        rnn_input = self.dropout(self.embedding(prev_tokens))  # (N, E)
+        if self.input_feeding:
+            rnn_input = torch.cat([rnn_input, state["feed"]], dim=-1)  # (N, E + H)
+        outputs, recurrent = self._run_rnn(rnn_input.unsqueeze(1), state)
+        hidden = outputs.squeeze(1)  # h_t: (N, H)
+        context, weights = _attend(self.attention, hidden, state)  # c_t: (N, K), a_t: (N, S)
+        attentional = self._attentional(context, hidden)  # (N, H)
+        logits = self.output(self.dropout(attentional))  # (N, V)
+        new_state = {**state, **recurrent, "attention": weights, "step": state["step"] + 1}
+        if self.input_feeding:
+            new_state["feed"] = attentional
+        return logits, new_state
+
+    def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor]:
+        if self.input_feeding:
+            raise ValueError("input feeding makes each step depend on the last one: decode step by step")
+        embedded = self.dropout(self.embedding(tgt_in))  # (B, T, E)
+        hidden, _ = self._run_rnn(embedded, state)  # h_t for every t: (B, T, H)
+        steps = state["step"].unsqueeze(1) + torch.arange(tgt_in.shape[1], device=tgt_in.device)  # (B, T)
+        contexts, weights = self.attention.attend_all(
+            hidden, state["keys"], state["valid"], precomputed=state.get("keys_proj"), steps=steps
+        )
+        attentional = self._attentional(contexts, hidden)  # (B, T, H)
+        return self.output(self.dropout(attentional)), weights  # (B, T, V), (B, T, S)
+
+
+class PlainDecoder(Decoder):
+    """Decoder without attention (Cho et al. 2014): one fixed context c, the encoder summary, at every step::
+
+        s_t = RNN([E y_{t-1}; c], s_{t-1})
+        t_t = tanh(W_r [s_t; c; E y_{t-1}])     logits_t = W_o t_t
+
+    Everything the decoder knows of the source must pass through c and s_0: the fixed-size bottleneck that
+    attention removes (Bahdanau et al. 2014, Fig. 2). Under full teacher forcing all steps run in one call.
+    """
+
+    def __init__(
+        self, vocab_size: int, embedding_size: int, hidden_size: int, context_size: int, **options
+    ) -> None:
+        super().__init__(vocab_size, embedding_size, hidden_size, context_size, **options)
+        self.deep_output = _DeepOutput(hidden_size, context_size, embedding_size, vocab_size, self.dropout)
+
+    @property
+    def supports_parallel(self) -> bool:
+        return True
+
+    def _rnn_input_size(self) -> int:
+        return self.embedding_size + self.context_size
+
+    def init_state(self, encoded: EncoderOutput) -> State:
+        return {**super().init_state(encoded), "context": encoded.summary}
+
+    def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        embedded = self.dropout(self.embedding(prev_tokens))  # (N, E)
+        context = state["context"]  # (N, K)
+        outputs, recurrent = self._run_rnn(torch.cat([embedded, context], dim=-1).unsqueeze(1), state)
+        logits = self.deep_output(outputs.squeeze(1), context, embedded)  # (N, V)
+        return logits, {**state, **recurrent, "step": state["step"] + 1}
+
+    def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, None]:
+        embedded = self.dropout(self.embedding(tgt_in))  # (B, T, E)
+        context = state["context"].unsqueeze(1).expand(-1, tgt_in.shape[1], -1)  # (B, T, K)
+        outputs, _ = self._run_rnn(torch.cat([embedded, context], dim=-1), state)  # (B, T, H)
+        return self.deep_output(outputs, context, embedded), None  # (B, T, V)
+
+
+_DECODERS = {"luong": LuongDecoder, "bahdanau": BahdanauDecoder, "none": PlainDecoder}
+
+#: Decoder styles accepted by :class:`Seq2SeqConfig`.
+DECODER_STYLES: tuple[str, ...] = tuple(_DECODERS)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Seq2SeqConfig:
+    """Everything :meth:`Seq2Seq.build` needs; JSON-friendly (``asdict(config)``, ``Seq2SeqConfig(**d)``).
+
+    ``hidden_size`` is the decoder's state size H and the size K of each encoder output h̄_s: a bidirectional
+    encoder gives each direction H / 2 (as OpenNMT does), so that every attention, dot included, fits.
+    ``decoder`` is "luong", "bahdanau" or "none" (no attention); ``attention`` a name from
+    ``rnnkit.attention.ATTENTION_NAMES`` (default: "general" for Luong, "additive" for Bahdanau).
+    """
+
+    source_vocab_size: int
+    target_vocab_size: int
+    embedding_size: int = 64
+    hidden_size: int = 128
+    num_layers: int = 1
+    cell: str = "lstm"
+    bidirectional: bool = True
+    decoder: str = "luong"
+    attention: str | None = None
+    attention_options: dict = field(default_factory=dict)
+    input_feeding: bool = False
+    summary: str = "final"
+    dropout: float = 0.0
+    pad_id: int = PAD_ID
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
+
+
+class Seq2Seq(nn.Module):
+    """An encoder-decoder model: training ``forward`` and the decoding step interface.
+
+    ``forward(src, src_lengths, tgt_in, teacher_forcing_ratio)`` returns logits (B, T, V). At step t the
+    decoder's input is ``tgt_in[:, t]`` (the gold previous token) with probability ``teacher_forcing_ratio``
+    and otherwise the model's own argmax prediction from step t - 1 (drawn per sentence and step, as in
+    scheduled sampling, Bengio et al. 2015); step 0 always gets ``tgt_in[:, 0]`` (BOS). With ratio 1 and a
+    decoder that supports it, all steps run at once (``fast_path``).
+
+    Example::
+
+        model = Seq2Seq.build(Seq2SeqConfig(source_vocab_size=24, target_vocab_size=24, hidden_size=64))
+        logits = model(src, src_lengths, tgt_in)                       # (B, T, V)
+        loss = F.cross_entropy(logits.transpose(1, 2), tgt_out, ignore_index=model.pad_id)
+        state = model.start(src, src_lengths)
+        log_probs, state = model.step(torch.full((B,), model.bos_id), state)
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        decoder: Decoder,
+        *,
+        pad_id: int = PAD_ID,
+        bos_id: int = BOS_ID,
+        eos_id: int = EOS_ID,
+        config: Seq2SeqConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if encoder.output_size != decoder.context_size:
+            raise ValueError(
+                f"the decoder's context_size must equal the encoder's output size {encoder.output_size}, "
+                f"got {decoder.context_size}"
+            )
+        expected = (decoder.hidden_size, decoder.num_layers, decoder.cell)
+        built_for = (encoder.decoder_hidden_size, encoder.decoder_layers, encoder.decoder_cell)
+        if built_for != expected:
+            raise ValueError(
+                "the encoder's bridge must make the decoder's state (hidden_size, num_layers, cell) = "
+                f"{expected}, but the encoder was built for {built_for}"
+            )
+        self.encoder = encoder
+        self.decoder = decoder
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.config = config
+
+    @classmethod
+    def build(cls, config: Seq2SeqConfig) -> Seq2Seq:
+        """Build encoder and decoder from a :class:`Seq2SeqConfig`."""
+        if config.decoder not in _DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODER_STYLES)}, got {config.decoder!r}")
+        hidden = check_size("hidden_size", config.hidden_size)
+        if config.bidirectional and hidden % 2:
+            raise ValueError(
+                f"a bidirectional encoder splits hidden_size in two: it must be even, got {hidden}"
+            )
+        encoder = Encoder(
+            config.source_vocab_size,
+            config.embedding_size,
+            hidden // 2 if config.bidirectional else hidden,
+            num_layers=config.num_layers,
+            cell=config.cell,
+            bidirectional=config.bidirectional,
+            dropout=config.dropout,
+            summary=config.summary,
+            pad_id=config.pad_id,
+        )
+        options = dict(
+            num_layers=config.num_layers, cell=config.cell, dropout=config.dropout, pad_id=config.pad_id
+        )
+        if config.decoder != "none":
+            options["attention"] = config.attention or (
+                "general" if config.decoder == "luong" else "additive"
+            )
+            options["attention_options"] = dict(config.attention_options)
+        elif config.attention is not None:
+            raise ValueError(f"decoder='none' has no attention, got attention={config.attention!r}")
+        if config.decoder == "luong":
+            options["input_feeding"] = config.input_feeding
+        elif config.input_feeding:
+            raise ValueError(f"input feeding belongs to the Luong decoder, got decoder={config.decoder!r}")
+        decoder = _DECODERS[config.decoder](
+            config.target_vocab_size, config.embedding_size, hidden, encoder.output_size, **options
+        )
+        return cls(
+            encoder, decoder, pad_id=config.pad_id, bos_id=config.bos_id, eos_id=config.eos_id, config=config
+        )
+
+    def config_dict(self) -> dict | None:
+        """The build config as a plain dict (for ``config.json``), or None if built from parts."""
+        return None if self.config is None else asdict(self.config)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- the decoding step interface (shared with rnnkit.decoding) -------------------------------------------
+    def start(self, src: Tensor, src_lengths: Tensor) -> State:
+        """Encode ``src`` (B, S) long with ``src_lengths`` (B,) and return the decoder's initial state."""
+        src_lengths = self._check_source(src, src_lengths)
+        return self.decoder.init_state(self.encoder(src, src_lengths))
+
+    def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step: ``prev_tokens`` (N,) long -> (log_probs (N, V), new state). ``state`` is not modified."""
+        batch_size = state["hidden"].shape[0]
+        if prev_tokens.dim() != 1 or prev_tokens.shape[0] != batch_size or prev_tokens.is_floating_point():
+            raise ValueError(
+                f"prev_tokens must be a (N,) integer tensor with N={batch_size}, got "
+                f"{prev_tokens.dtype} {tuple(prev_tokens.shape)}"
+            )
+        logits, state = self.decoder.step(prev_tokens, state)
+        return F.log_softmax(logits, dim=-1), state
+
+    # -- training ------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        src: Tensor,
+        src_lengths: Tensor,
+        tgt_in: Tensor,
+        teacher_forcing_ratio: float = 1.0,
+        *,
+        return_attention: bool = False,
+        fast_path: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor | None]:
+        """Logits (B, T, V) for every target position, and with ``return_attention`` the weights (B, T, S).
+
+        Args:
+            src: (B, S) source token ids. src_lengths: (B,) source lengths in [1, S].
+            tgt_in: (B, T) decoder inputs: BOS followed by the target without its last token.
+            teacher_forcing_ratio: probability in [0, 1] of feeding the gold token rather than the model's own
+                argmax prediction (1: teacher forcing; 0: the model's own predictions).
+            return_attention: also return the attention weights (None for a decoder without attention).
+            fast_path: allow the one-call decoder path under full teacher forcing (False: always step).
+            generator: random source for the teacher-forcing coin flips.
+        """
+        if not 0.0 <= teacher_forcing_ratio <= 1.0:
+            raise ValueError(f"teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio!r}")
+        if tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0] or tgt_in.is_floating_point():
+            raise ValueError(
+                f"tgt_in must be a (B, T) integer tensor with B={src.shape[0]}, got "
+                f"{tgt_in.dtype} {tuple(tgt_in.shape)}"
+            )
+        state = self.start(src, src_lengths)
+        if teacher_forcing_ratio == 1.0 and fast_path and self.decoder.supports_parallel:
+            logits, attention = self.decoder.forward_parallel(tgt_in, state)
+        else:
+            logits, attention = self._forward_steps(tgt_in, state, teacher_forcing_ratio, generator)
+        return (logits, attention) if return_attention else logits
+
+    def _forward_steps(
+        self, tgt_in: Tensor, state: State, teacher_forcing_ratio: float, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The step loop: each input is the gold token or, with probability 1 - ratio, the last prediction."""
+        all_logits, all_attention = [], []
+        inputs = tgt_in[:, 0]  # BOS: (B,)
+        for t, gold in enumerate(tgt_in.unbind(1)):
+            if t > 0 and teacher_forcing_ratio < 1.0:
+                predicted = all_logits[-1].argmax(-1)  # the model's own previous output: (B,)
+                # one coin flip per sentence and step (Bengio et al. 2015, sec. 2.4)
+                coin = torch.rand(gold.shape, generator=generator).to(gold.device)  # (B,)
+                inputs = torch.where(coin < teacher_forcing_ratio, gold, predicted)
+            else:
+                inputs = gold
+            logits, state = self.decoder.step(inputs, state)  # (B, V)
+            all_logits.append(logits)
+            if self.decoder.has_attention:
+                all_attention.append(state["attention"])
+        attention = torch.stack(all_attention, dim=1) if all_attention else None  # (B, T, S)
+        return torch.stack(all_logits, dim=1), attention  # (B, T, V)
+
+    def _check_source(self, src: Tensor, src_lengths) -> Tensor:
+        if not isinstance(src, Tensor) or src.dim() != 2 or src.is_floating_point():
+            given = f"{src.dtype} {tuple(src.shape)}" if isinstance(src, Tensor) else type(src).__name__
+            raise ValueError(f"src must be a (B, S) integer tensor of token ids, got {given}")
+        batch_size, source_length = src.shape
+        src_lengths = torch.as_tensor(src_lengths)
+        if src_lengths.shape != (batch_size,) or src_lengths.is_floating_point():
+            raise ValueError(
+                f"src_lengths must be (B,)=({batch_size},) integers, got {tuple(src_lengths.shape)}"
+            )
+        if bool((src_lengths < 1).any()) or bool((src_lengths > source_length).any()):
+            raise ValueError(f"src_lengths must lie in [1, S={source_length}], got {src_lengths.tolist()}")
+        vocab_size = self.encoder.embedding.num_embeddings
+        if bool((src < 0).any()) or bool((src >= vocab_size).any()):
+            raise ValueError(f"src token ids must lie in [0, {vocab_size}), got max {int(src.max())}")
+        return src_lengths
+
+    def extra_repr(self) -> str:
+        return f"pad_id={self.pad_id}, bos_id={self.bos_id}, eos_id={self.eos_id}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Teacher forcing schedules (Bengio et al. 2015, section 2.4)
+# --------------------------------------------------------------------------------------------------------
+
+
+class TeacherForcingSchedule:
+    """``schedule(step) -> teacher_forcing_ratio`` epsilon_i for training step i >= 0.
+
+    Use from a training loop: ``logits = model(src, lengths, tgt_in, teacher_forcing_ratio=schedule(step))``.
+    """
+
+    def __call__(self, step: int) -> float:
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        return float(min(1.0, max(0.0, self.ratio(step))))
+
+    def ratio(self, step: int) -> float:
+        raise NotImplementedError
+
+
+class ConstantSchedule(TeacherForcingSchedule):
+    """epsilon_i = value (1.0: always teacher forcing)."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"value must be in [0, 1], got {value!r}")
+        self.value = float(value)
+
+    def ratio(self, step: int) -> float:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"ConstantSchedule(value={self.value})"
+
+
+class LinearSchedule(TeacherForcingSchedule):
+    """Linear decay: epsilon_i = max(epsilon, k - c i), epsilon in [0, 1) the floor (Bengio et al. 2015).
+
+    ``start`` is k, ``slope`` is c and ``minimum`` is epsilon.
+    """
+
+    def __init__(self, slope: float, start: float = 1.0, minimum: float = 0.0) -> None:
+        if slope < 0 or not 0.0 <= minimum <= start <= 1.0:
+            raise ValueError(
+                f"need slope c >= 0 and 0 <= minimum <= start <= 1, got c={slope}, "
+                f"start={start}, minimum={minimum}"
+            )
+        self.slope, self.start, self.minimum = float(slope), float(start), float(minimum)
+
+    def ratio(self, step: int) -> float:
+        return max(self.minimum, self.start - self.slope * step)
+
+    def __repr__(self) -> str:
+        return f"LinearSchedule(slope={self.slope}, start={self.start}, minimum={self.minimum})"
+
+
+class ExponentialSchedule(TeacherForcingSchedule):
+    """Exponential decay: epsilon_i = k^i with 0 < k < 1 (Bengio et al. 2015)."""
+
+    def __init__(self, k: float) -> None:
+        if not 0.0 < k < 1.0:
+            raise ValueError(f"k must be in (0, 1), got {k!r}")
+        self.k = float(k)
+
+    def ratio(self, step: int) -> float:
+        return self.k**step
+
+    def __repr__(self) -> str:
+        return f"ExponentialSchedule(k={self.k})"
+
+
+class InverseSigmoidSchedule(TeacherForcingSchedule):
+    """Inverse sigmoid decay: epsilon_i = k / (k + exp(i / k)) with k >= 1 (Bengio et al. 2015).
+
+    k sets the speed: epsilon falls to 1/2 at i = k ln k.
+    """
+
+    def __init__(self, k: float) -> None:
+        if not k >= 1.0:
+            raise ValueError(f"k must be >= 1, got {k!r}")
+        self.k = float(k)
+
+    def ratio(self, step: int) -> float:
+        exponent = step / self.k
+        return 0.0 if exponent > 700 else self.k / (self.k + math.exp(exponent))  # exp overflows past ~709
+
+    def __repr__(self) -> str:
+        return f"InverseSigmoidSchedule(k={self.k})"
+
+
+_SCHEDULES = {
+    "constant": ConstantSchedule,
+    "linear": LinearSchedule,
+    "exponential": ExponentialSchedule,
+    "inverse-sigmoid": InverseSigmoidSchedule,
+}
+
+
+def make_schedule(name: str, **options) -> TeacherForcingSchedule:
+    """A teacher forcing schedule by name: "constant", "linear", "exponential" or "inverse-sigmoid"."""
+    key = name.replace("_", "-").lower() if isinstance(name, str) else name
+    if key not in _SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; known: {', '.join(_SCHEDULES)}")
+    try:
+        return _SCHEDULES[key](**options)
+    except TypeError as error:  # a missing or unknown keyword
+        raise ValueError(f"bad options for the {key} schedule: {error}") from error

@@ -1,0 +1,308 @@
+"""Tests for rnnkit.seq2seq: encoder, decoders, the step contract, teacher forcing, schedules, learning."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnkit.seq2seq import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    Encoder,
+    ExponentialSchedule,
+    InverseSigmoidSchedule,
+    LinearSchedule,
+    LuongDecoder,
+    Seq2Seq,
+    Seq2SeqConfig,
+    make_schedule,
+)
+
+V_SRC, V_TGT = 11, 13
+LENGTHS = torch.tensor([6, 3, 1, 5])
+
+
+def _model(decoder="luong", cell="lstm", **options):
+    torch.manual_seed(0)
+    config = Seq2SeqConfig(
+        V_SRC, V_TGT, embedding_size=6, hidden_size=8, decoder=decoder, cell=cell, **options
+    )
+    return Seq2Seq.build(config).eval()
+
+
+def _batch(target_length=5):
+    generator = torch.Generator().manual_seed(7)
+    src = torch.randint(4, V_SRC, (len(LENGTHS), int(LENGTHS.max())), generator=generator)
+    src = src.masked_fill(torch.arange(src.shape[1]) >= LENGTHS.unsqueeze(1), PAD_ID)
+    tgt_in = torch.randint(4, V_TGT, (len(LENGTHS), target_length), generator=generator)
+    tgt_in[:, 0] = BOS_ID
+    return src, LENGTHS.clone(), tgt_in
+
+
+VARIANTS = [
+    ("luong", "lstm", {}),
+    ("luong", "gru", {"num_layers": 2}),
+    ("luong", "lstm", {"input_feeding": True}),
+    ("luong", "gru", {"input_feeding": True, "attention": "concat"}),
+    ("luong", "lstm", {"attention": "local-m", "attention_options": {"window": 1}}),
+    ("bahdanau", "lstm", {}),
+    ("bahdanau", "gru", {"num_layers": 2, "attention": "dot"}),
+    ("none", "lstm", {}),
+    ("none", "gru", {"summary": "mean", "bidirectional": False}),
+]
+
+
+def _ids(variant):
+    decoder, cell, options = variant
+    return "-".join([decoder, cell] + [f"{k}={v}" for k, v in options.items() if k != "attention_options"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
+def test_step_by_step_equals_forward(variant):
+    decoder, cell, options = variant
+    model = _model(decoder, cell, **options)
+    src, lengths, tgt_in = _batch()
+    with torch.no_grad():
+        for fast_path in (True, False):
+            logits, attention = model(src, lengths, tgt_in, return_attention=True, fast_path=fast_path)
+            expected = F.log_softmax(logits, dim=-1)  # (B, T, V)
+            state = model.start(src, lengths)
+            for t in range(tgt_in.shape[1]):
+                log_probs, state = model.step(tgt_in[:, t], state)
+                assert torch.allclose(log_probs, expected[:, t], atol=1e-5), (fast_path, t)
+                if attention is not None:
+                    assert torch.allclose(state["attention"], attention[:, t], atol=1e-6)
+            assert (attention is None) == (decoder == "none")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
+def test_state_is_batch_first_and_reorders_generically(variant):
+    decoder, cell, options = variant
+    model = _model(decoder, cell, **options)
+    src, lengths, tgt_in = _batch()
+    state = model.start(src, lengths)
+    with torch.no_grad():
+        _, state = model.step(tgt_in[:, 0], state)
+        for name, tensor in state.items():
+            assert tensor.shape[0] == len(lengths), name
+        if model.decoder.has_attention:
+            assert state["attention"].shape == src.shape
+            assert (state["attention"][src == PAD_ID] == 0).all()
+            assert torch.allclose(state["attention"].sum(1), torch.ones(len(lengths)), atol=1e-6)
+        # expand and reorder every tensor by index_select, as beam search does, then take a step
+        rows = torch.tensor([2, 0, 0, 3, 1, 2])
+        expanded = {name: tensor.index_select(0, rows) for name, tensor in state.items()}
+        expanded_log_probs, _ = model.step(tgt_in[rows, 1], expanded)
+        log_probs, _ = model.step(tgt_in[:, 1], state)
+    assert torch.allclose(expanded_log_probs, log_probs[rows], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "attention", ["general", "dot", "scaled-dot", "concat", "additive", "location", "local-m", "local-p"]
+)
+def test_fast_teacher_forced_luong_path_equals_the_step_loop_with_gradients(attention):
+    options = {}
+    if attention == "location":
+        options["attention_options"] = {"max_source_length": 6}
+    if attention.startswith("local"):
+        options["attention_options"] = {"window": 1}  # narrow, so that a wrong step index shows
+    model = _model("luong", "lstm", attention=attention, num_layers=2, **options)
+    assert model.decoder.supports_parallel
+    src, lengths, tgt_in = _batch(target_length=7)
+    target = torch.randint(0, V_TGT, tgt_in.shape, generator=torch.Generator().manual_seed(3))
+    results = []
+    for fast_path in (True, False):
+        model.zero_grad()
+        logits, weights = model(src, lengths, tgt_in, return_attention=True, fast_path=fast_path)
+        F.cross_entropy(logits.transpose(1, 2), target).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), weights.detach(), grads))
+    (fast_logits, fast_weights, fast_grads), (loop_logits, loop_weights, loop_grads) = results
+    assert torch.allclose(fast_logits, loop_logits, atol=1e-5)
+    assert torch.allclose(fast_weights, loop_weights, atol=1e-6)
+    assert fast_grads.keys() == loop_grads.keys() and len(fast_grads) == len(list(model.parameters()))
+    for name in fast_grads:
+        assert torch.allclose(fast_grads[name], loop_grads[name], atol=1e-5), name
+
+
+def test_fast_path_runs_the_decoder_rnn_once():
+    model = _model("luong")
+    calls = []
+    model.decoder.rnn.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape))
+    src, lengths, tgt_in = _batch()
+    model(src, lengths, tgt_in)
+    assert calls == [(len(lengths), tgt_in.shape[1], 6)]
+    calls.clear()
+    model(src, lengths, tgt_in, fast_path=False)
+    assert calls == [(len(lengths), 1, 6)] * tgt_in.shape[1]
+
+
+def _record_decoder_inputs(model):
+    """Hook the target embedding: the token ids the decoder is fed, as a (B, T) tensor."""
+    seen = []
+    model.decoder.embedding.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+
+    def collected():
+        return torch.cat([x if x.dim() == 2 else x.unsqueeze(1) for x in seen], dim=1)
+
+    return collected
+
+
+@pytest.mark.parametrize(
+    "decoder, options", [("luong", {}), ("luong", {"input_feeding": True}), ("bahdanau", {})]
+)
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_teacher_forcing_ratio_one_feeds_exactly_the_targets(decoder, options, fast_path):
+    model = _model(decoder, **options)
+    inputs = _record_decoder_inputs(model)
+    src, lengths, tgt_in = _batch()
+    model(src, lengths, tgt_in, teacher_forcing_ratio=1.0, fast_path=fast_path)
+    assert torch.equal(inputs(), tgt_in)
+
+
+@pytest.mark.parametrize(
+    "decoder, options", [("luong", {}), ("luong", {"input_feeding": True}), ("bahdanau", {}), ("none", {})]
+)
+def test_teacher_forcing_ratio_zero_feeds_the_models_own_argmax(decoder, options):
+    model = _model(decoder, **options)
+    inputs = _record_decoder_inputs(model)
+    src, lengths, tgt_in = _batch(target_length=6)
+    logits = model(src, lengths, tgt_in, teacher_forcing_ratio=0.0)
+    fed = inputs()
+    assert torch.equal(fed[:, 0], tgt_in[:, 0])  # BOS
+    assert torch.equal(fed[:, 1:], logits[:, :-1].argmax(-1))
+    assert not torch.equal(fed, tgt_in)  # the random targets are not what an untrained model predicts
+
+
+def test_scheduled_sampling_mixes_gold_and_predictions_by_coin_flips():
+    model = _model("luong")
+    inputs = _record_decoder_inputs(model)
+    src, lengths, tgt_in = _batch(target_length=8)
+    ratio = 0.4
+    logits = model(
+        src, lengths, tgt_in, teacher_forcing_ratio=ratio, generator=torch.Generator().manual_seed(5)
+    )
+    fed, predicted = inputs(), logits[:, :-1].argmax(-1)
+    # the same coin flips, one per sentence at each step after the first
+    generator = torch.Generator().manual_seed(5)
+    gold_chosen = torch.stack(
+        [torch.rand(len(lengths), generator=generator) < ratio for _ in range(7)], dim=1
+    )
+    expected = torch.where(gold_chosen, tgt_in[:, 1:], predicted)
+    assert torch.equal(fed[:, 1:], expected)
+    assert gold_chosen.any() and not gold_chosen.all()
+
+
+def test_scheduled_sampling_rate_matches_the_ratio():
+    model = _model("bahdanau")
+    inputs = _record_decoder_inputs(model)
+    generator = torch.Generator().manual_seed(11)
+    src = torch.randint(4, V_SRC, (300, 4), generator=generator)
+    tgt_in = torch.randint(4, V_TGT, (300, 9), generator=generator)
+    logits = model(src, torch.full((300,), 4), tgt_in, teacher_forcing_ratio=0.7, generator=generator)
+    fed, predicted, gold = inputs()[:, 1:], logits[:, :-1].argmax(-1), tgt_in[:, 1:]
+    differ = predicted != gold  # only there does the choice show
+    assert ((fed == gold) | (fed == predicted)).all()
+    rate = (fed[differ] == gold[differ]).float().mean().item()
+    assert abs(rate - 0.7) < 0.05  # ~2000 flips: standard error 0.01
+
+
+def test_schedules_values_by_hand():
+    linear = LinearSchedule(slope=0.1, start=1.0, minimum=0.2)  # max(0.2, 1 - 0.1 i)
+    assert [linear(i) for i in (0, 3, 5, 8, 10, 100)] == pytest.approx([1.0, 0.7, 0.5, 0.2, 0.2, 0.2])
+    exponential = ExponentialSchedule(k=0.9)  # 0.9^i
+    assert [exponential(i) for i in (0, 1, 2, 10)] == pytest.approx([1.0, 0.9, 0.81, 0.3486784401])
+    inverse_sigmoid = InverseSigmoidSchedule(k=10)  # 10 / (10 + exp(i / 10))
+    assert inverse_sigmoid(0) == pytest.approx(10 / 11)
+    assert inverse_sigmoid(10) == pytest.approx(10 / (10 + math.e))
+    assert inverse_sigmoid(23) == pytest.approx(0.5, abs=0.001)  # 1/2 at i = k ln k = 23.03
+    assert inverse_sigmoid(100_000) == 0.0
+    assert make_schedule("inverse_sigmoid", k=10)(10) == inverse_sigmoid(10)
+    assert make_schedule("constant", value=0.25)(7) == 0.25
+
+
+def test_schedules_reject_bad_values():
+    for build in (
+        lambda: ExponentialSchedule(1.5),
+        lambda: InverseSigmoidSchedule(0.5),
+        lambda: LinearSchedule(-1.0),
+        lambda: make_schedule("cosine"),
+        lambda: make_schedule("linear", k=3),
+    ):
+        with pytest.raises(ValueError):
+            build()
+    with pytest.raises(ValueError, match="step"):
+        LinearSchedule(0.1)(-1)
+
+
+def test_encoder_padding_does_not_change_a_sentence_and_summary_is_both_ends():
+    torch.manual_seed(0)
+    encoder = Encoder(V_SRC, 6, 5, num_layers=2, decoder_hidden_size=7, decoder_layers=1).eval()
+    src, lengths, _ = _batch()
+    encoded = encoder(src, lengths)
+    assert encoded.outputs.shape == (4, 6, 10) and encoded.hidden.shape == (4, 1, 7)
+    assert encoded.cell.shape == (4, 1, 7)
+    assert torch.equal(encoded.valid, src != PAD_ID)
+    assert (encoded.outputs[~encoded.valid] == 0).all()
+    for b, n in enumerate(lengths.tolist()):
+        alone = encoder(src[b : b + 1, :n], lengths[b : b + 1])
+        assert torch.allclose(alone.outputs[0], encoded.outputs[b, :n], atol=1e-6)
+        assert torch.allclose(alone.hidden[0], encoded.hidden[b], atol=1e-6)
+        # summary = [forward state at the sentence's own end; backward state at its start]
+        assert torch.allclose(
+            encoded.summary[b], torch.cat([encoded.outputs[b, n - 1, :5], encoded.outputs[b, 0, 5:]])
+        )
+
+
+def test_model_ids_and_config():
+    model = _model()
+    assert (model.pad_id, model.bos_id, model.eos_id) == (PAD_ID, BOS_ID, EOS_ID) == (0, 2, 3)
+    assert model.config_dict()["decoder"] == "luong"
+    assert Seq2Seq.build(Seq2SeqConfig(**model.config_dict())).num_parameters() == model.num_parameters()
+
+
+def test_user_mistakes_raise_value_errors():
+    model = _model()
+    src, lengths, tgt_in = _batch()
+    with pytest.raises(ValueError, match="src"):
+        model(src.float(), lengths, tgt_in)
+    with pytest.raises(ValueError, match="src_lengths"):
+        model(src, torch.tensor([6, 3, 0, 5]), tgt_in)
+    with pytest.raises(ValueError, match="src_lengths"):
+        model(src, torch.tensor([6, 3, 7, 5]), tgt_in)
+    with pytest.raises(ValueError, match="token ids"):
+        model(src + V_SRC, lengths, tgt_in)
+    with pytest.raises(ValueError, match="tgt_in"):
+        model(src, lengths, tgt_in[:2])
+    with pytest.raises(ValueError, match="teacher_forcing_ratio"):
+        model(src, lengths, tgt_in, teacher_forcing_ratio=1.5)
+    with pytest.raises(ValueError, match="prev_tokens"):
+        model.step(tgt_in[:2, 0], model.start(src, lengths))
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        _model("transformer")
+    with pytest.raises(ValueError, match="even"):
+        Seq2Seq.build(Seq2SeqConfig(V_SRC, V_TGT, hidden_size=7))
+    with pytest.raises(ValueError, match="unknown attention"):
+        _model("luong", attention="cosine")
+    with pytest.raises(ValueError, match="input feeding"):
+        _model("bahdanau", input_feeding=True)
+    with pytest.raises(ValueError, match="cell"):
+        _model("luong", cell="transformer")
+    with pytest.raises(ValueError, match="context_size"):
+        Seq2Seq(Encoder(V_SRC, 6, 4), LuongDecoder(V_TGT, 6, 8, 6))
+
+
+@pytest.mark.slow
+def test_attention_keeps_long_reversals_accurate_where_a_fixed_context_fails():
+    """Bahdanau et al. 2014, Fig. 2 in miniature: accuracy on long sources with and without attention."""
+    from rnnkit.experiments.reversal import ReversalConfig, run_reversal
+
+    attention = run_reversal(ReversalConfig(attention="general", threads=1))
+    plain = run_reversal(ReversalConfig(attention=None, threads=1))
+    print("attention", attention.bucket_accuracy, f"{attention.train_seconds:.0f}s")
+    print("no attention", plain.bucket_accuracy, f"{plain.train_seconds:.0f}s")
+    short, long = attention.bucket_accuracy["5-10"], attention.bucket_accuracy["21-30"]
+    assert long >= 0.9 and long >= 0.9 * short
+    assert plain.bucket_accuracy["21-30"] <= 0.5 * plain.bucket_accuracy["5-10"]
