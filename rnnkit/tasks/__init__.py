@@ -1,0 +1,133 @@
+"""The five tasks end to end: data -> model -> :class:`rnnkit.training.Trainer` -> run directory -> use.
+
+Each task lives in its own module (``lm``, ``classify``, ``tag``, ``translate``, ``forecast``) and provides
+the same four things, which the command line and the web server call:
+
+``DEFAULTS: dict[str, Any]``
+    every setting the task accepts with its default: data sources (``data``, ``valid``, ``test``), model
+    settings (``cell``, ``hidden_size``, ...) and training settings (any field of
+    :class:`rnnkit.training.TrainingConfig`). A setting not in ``DEFAULTS`` is an error
+    (:func:`resolve_settings`).
+``HELP: dict[str, str]``
+    one line per task-specific setting, for ``rnnkit train TASK --help``.
+``prepare(settings, run_dir) -> (task, run_config)``
+    reads the data, builds vocabularies (saved into ``run_dir`` as JSON) and the model, and returns a
+    :class:`rnnkit.training.TrainTask` plus what ``config.json`` must hold to rebuild the model.
+``load(run_dir) -> Runner``
+    rebuilds the trained model from ``config.json`` + ``model.safetensors`` (no code executed from the run
+    directory). The runner has ``evaluate(source=None, split="test") -> dict[str, float]`` and the task's
+    own verb: ``generate(prompt, ...)`` (lm), ``predict(lines) -> list[str]`` (classify, tag),
+    ``translate(lines, beam_size=..., n_best=...)`` (translate), ``forecast(...)`` (forecast).
+"""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from rnnkit.training import TrainingConfig
+
+TASK_NAMES = ("lm", "classify", "tag", "translate", "forecast")
+TRAINING_KEYS = tuple(f.name for f in fields(TrainingConfig))
+
+
+def task_module(name: str) -> ModuleType:
+    """The module implementing task ``name``; unknown names raise ValueError listing the known ones."""
+    if name not in TASK_NAMES:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASK_NAMES)}")
+    return importlib.import_module(f"rnnkit.tasks.{name}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a TOML file (``.toml``) or a YAML file (``.yaml``/``.yml``, needs PyYAML): a flat table
+    of ``key = value``. Errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read config file {path}: {err}") from None
+    if path.suffix.lower() == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: not valid TOML ({err})") from None
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from None
+    else:
+        raise ValueError(f"config file {path} must end in .toml, .yaml or .yml")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a table of settings, got {type(data).__name__}")
+    return data
+
+
+def resolve_settings(task: str, given: Mapping[str, Any], source: str = "settings") -> dict[str, Any]:
+    """The task's ``DEFAULTS`` updated with ``given``; an unknown key or a value of the wrong type is a
+    ValueError naming it (``source`` says where it came from, e.g. the config file's name)."""
+    module = task_module(task)
+    defaults: dict[str, Any] = dict(module.DEFAULTS)
+    settings = dict(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            raise ValueError(f"unknown setting {key!r} in {source} for task {task}; known settings: "
+                             f"{', '.join(sorted(defaults))}")
+        settings[key] = _coerce(key, value, defaults[key], source)
+    return settings
+
+
+def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    """Check ``value`` against the type of ``default`` (ints are accepted where floats are expected)."""
+    if value is None or default is None:
+        return value
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is tuple and isinstance(value, list):
+        return tuple(value)
+    if expected is bool and not isinstance(value, bool):
+        raise ValueError(f"setting {key!r} in {source} must be true or false, got {value!r}")
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(f"setting {key!r} in {source} must be a {expected.__name__}, got {value!r}")
+    return value
+
+
+def training_settings(settings: Mapping[str, Any]) -> TrainingConfig:
+    """The :class:`TrainingConfig` part of a task's settings (validated by TrainingConfig itself)."""
+    return TrainingConfig(**{k: v for k, v in settings.items() if k in TRAINING_KEYS})
+
+
+def common_defaults(**overrides: Any) -> dict[str, Any]:
+    """Defaults every task shares: data sources and the training settings, with per-task overrides."""
+    base: dict[str, Any] = {"data": "", "valid": None, "test": None, "cache_dir": None}
+    base.update({f.name: f.default for f in fields(TrainingConfig)
+                 if not callable(f.default) and f.name not in ("betas",)})
+    base["betas"] = (0.9, 0.999)
+    base["progress"] = None
+    base.update(overrides)
+    return base
+
+
+def split_source(settings: Mapping[str, Any], split: str) -> str:
+    """The source of ``split``: ``--valid``/``--test`` if given, else the same catalog dataset's split.
+    A user's own file has no implicit validation/test split: ValueError says which flag to give."""
+    explicit = settings.get(split)
+    if explicit:
+        return str(explicit)
+    data = str(settings["data"])
+    from rnnkit.data import is_catalog_name
+
+    if is_catalog_name(data) and not Path(data).is_file():
+        return data
+    raise ValueError(f"--{split} FILE is needed when --data is a file ({data}); a catalog dataset brings its own "
+                     f"{split} split")
