@@ -27,7 +27,8 @@ def run_demo(out: str | Path = "runs/demo", time_budget: float = 240.0, seed: in
     out = Path(out)
     started = time.monotonic()
     given = {"data": "dates", "seed": seed, "time_budget": time_budget, "epochs": 50, "patience": 6,
-             "eval_examples": 1000}
+             "eval_examples": 1000,
+             "eval_every": 100, "eval_on_stop": True}
     if quick:  # a pipeline check, not a model: tiny data and a few seconds of training
         given.update(data="dates:n_train=2000,n_valid=200,n_test=200", hidden_size=32, time_budget=min(
             time_budget, 15.0), eval_every=50, checkpoint_every=50, eval_examples=200)

@@ -1,0 +1,911 @@
+"""The training loop shared by every task: one :class:`Trainer`, a small task protocol.
+
+A task (language modelling, classification, tagging, translation, forecasting) tells the trainer only how
+to make batches, how to compute a loss and how to evaluate; the trainer does the rest:
+
+* optimisers by name (``adam``, ``adamw``, ``sgd`` with momentum);
+* learning rate: linear warm-up, then decay by name (``none``, ``step``, ``plateau``, ``cosine``);
+* gradient clipping by global norm (default 5.0, Pascanu et al. 2013), clip events counted and logged;
+* truncated back-propagation through time: the recurrent state (``carry``) returned by one batch is
+  detached and handed to the next (Williams & Peng 1990; Zaremba et al. 2014 carry it across chunks);
+* validation after each epoch (and every ``eval_every`` steps), early stopping after ``patience``
+  evaluations without improvement, the best weights in ``RUN_DIR/model.safetensors``;
+* checkpoints of everything needed to resume *exactly*: weights, optimiser and schedule state, the RNG
+  states of torch / Python / NumPy, the TBPTT carry, counters, early-stopping state and the position in
+  the epoch (each epoch's batch order is drawn from a seed derived from (seed, epoch), and a resumed run
+  skips the batches already done);
+* non-finite losses or gradients: skipped and counted, or a stop with remedies (``nan_policy``);
+* a time budget that stops cleanly with a final checkpoint; ``max_steps``;
+* ``metrics.jsonl`` (one JSON object an event), a tqdm progress bar on terminals, optional TensorBoard
+  (only if ``torch.utils.tensorboard`` imports), and an ``on_event(dict)`` callback for live curves.
+
+The task protocol (:class:`TrainTask`)::
+
+    model: nn.Module                      # trained in place; its parameters go to the optimiser
+    primary_metric: str = "loss"          # the key of evaluate()'s dict that selects the best model
+    higher_is_better: bool = False        # accuracy, BLEU: True; loss, perplexity: False
+    train_batches(epoch, rng) -> Iterable # this epoch's batches; draw all randomness from rng
+                                          # (a random.Random seeded from (seed, epoch)), not global RNGs
+    loss(batch, carry) -> (loss, n_items, carry)
+                                          # loss: scalar mean over the batch's n_items (tokens, sequences);
+                                          # carry: recurrent state for the next batch (TBPTT) or None.
+                                          # The trainer passes carry=None at the start of every epoch.
+    evaluate(split) -> dict[str, float]   # optional; called in eval mode under torch.no_grad()
+    begin_step(step) -> None              # optional; called before each loss (e.g. teacher forcing schedule)
+
+Minimal example::
+
+    class Regression:
+        primary_metric, higher_is_better = "loss", False
+
+        def __init__(self, x, y):
+            self.model, self.x, self.y = torch.nn.Linear(3, 1), x, y
+
+        def train_batches(self, epoch, rng):
+            order = list(range(len(self.x)))
+            rng.shuffle(order)
+            return [order[i:i + 8] for i in range(0, len(order), 8)]
+
+        def loss(self, batch, carry):
+            pred = self.model(self.x[batch]).squeeze(-1)                  # (B,)
+            return torch.nn.functional.mse_loss(pred, self.y[batch]), len(batch), None
+
+        def evaluate(self, split):
+            return {"loss": torch.nn.functional.mse_loss(self.model(self.x).squeeze(-1), self.y).item()}
+
+    result = Trainer(Regression(x, y), "runs/reg", epochs=5, lr=1e-2, patience=2).train()
+    result = Trainer(Regression(x, y), "runs/reg", epochs=8, lr=1e-2, patience=2).resume()  # 3 more epochs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rnnkit.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    checkpoint_dir,
+    has_checkpoint,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+    write_config,
+)
+
+__all__ = [
+    "TrainTask",
+    "TrainingConfig",
+    "TrainResult",
+    "Trainer",
+    "NonFiniteLossError",
+    "LearningRateSchedule",
+    "train",
+    "detach_state",
+    "epoch_seed",
+    "seed_everything",
+    "OPTIMIZERS",
+    "DECAYS",
+    "NAN_POLICIES",
+    "METRICS_FILE",
+]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+DECAYS = ("none", "step", "plateau", "cosine")
+NAN_POLICIES = ("skip", "stop")
+METRICS_FILE = "metrics.jsonl"
+STOP_REASONS = ("completed", "early_stopping", "max_steps", "time_budget")
+
+
+class NonFiniteLossError(ValueError):
+    """Training met a NaN/Inf loss or gradient under ``nan_policy="stop"``; the message names the step."""
+
+
+@runtime_checkable
+class TrainTask(Protocol):
+    """What the trainer needs from a task (see the module docstring for the full contract)."""
+
+    model: nn.Module
+
+    def train_batches(self, epoch: int, rng: random.Random) -> Iterable[Any]: ...
+
+    def loss(self, batch: Any, carry: Any) -> tuple[Tensor, int, Any]: ...
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingConfig:
+    """Training settings (saved in ``config.json`` under ``"training"``).
+
+    Stopping: ``epochs``; ``max_steps`` (optimiser steps, counting skipped ones); ``time_budget`` (seconds of
+    this session); ``patience`` (evaluations without an improvement of more than ``min_delta``; None: never).
+
+    Optimiser: ``optimizer`` in OPTIMIZERS, ``lr``, ``weight_decay``, ``momentum`` (sgd), ``betas`` (adam/w).
+
+    Learning rate at step s (1-based): lr_s = w(s) * d(s), where w(s) = min(1, s / warmup_steps) is the
+    linear warm-up and d(s) the decay named by ``decay``:
+      none:    lr
+      step:    max(min_lr, lr * decay_gamma ** (epoch // decay_every))        (epoch 0-based)
+      plateau: max(min_lr, lr * decay_gamma ** k), k = times ``plateau_patience`` evaluations in a row
+               did not improve the primary metric
+      cosine:  min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2, p = (s - warmup) / (T - warmup) in [0, 1],
+               T = ``cosine_steps``, else epochs x batches per epoch, else ``max_steps`` (Loshchilov &
+               Hutter 2017, without restarts)
+
+    Gradients: ``clip_grad_norm`` rescales g to g * c / ||g|| when the global norm ||g|| > c (None: off).
+    ``nan_policy``: "skip" a step whose loss or gradient norm is not finite (and count it), or "stop".
+
+    Bookkeeping: ``eval_split``; ``eval_every`` and ``checkpoint_every`` (steps; None: at epoch ends only);
+    ``eval_on_stop`` (evaluate when max_steps/time_budget stops mid-epoch, so the best model includes the
+    last steps); ``log_every`` (steps per train event); ``seed``; ``progress`` (None: only on a terminal);
+    ``tensorboard`` (write ``RUN_DIR/tensorboard`` if torch.utils.tensorboard imports).
+    """
+
+    epochs: int = 10
+    max_steps: int | None = None
+    time_budget: float | None = None
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    decay: str = "none"
+    decay_gamma: float = 0.5
+    decay_every: int = 1
+    plateau_patience: int = 1
+    cosine_steps: int | None = None
+    min_lr: float = 0.0
+    clip_grad_norm: float | None = 5.0
+    nan_policy: str = "stop"
+    patience: int | None = None
+    min_delta: float = 0.0
+    eval_split: str = "valid"
+    eval_every: int | None = None
+    eval_on_stop: bool = False
+    checkpoint_every: int | None = None
+    log_every: int = 10
+    seed: int = 0
+    progress: bool | None = None
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        self.optimizer = str(self.optimizer).lower()
+        self.decay = str(self.decay).lower()
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("decay", self.decay, DECAYS)
+        _check_choice("nan_policy", self.nan_policy, NAN_POLICIES)
+        _check_int("epochs", self.epochs, minimum=0)
+        for name in ("warmup_steps",):
+            _check_int(name, getattr(self, name), minimum=0)
+        for name in ("decay_every", "plateau_patience", "log_every"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("max_steps", "cosine_steps", "patience", "eval_every", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+        if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.min_lr, int | float) and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
+        if not 0 < self.decay_gamma <= 1:
+            raise ValueError(f"decay_gamma must be in (0, 1], got {self.decay_gamma!r}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"weight_decay must be >= 0 and momentum in [0, 1), got {self.weight_decay!r}, "
+                             f"{self.momentum!r}")
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be positive or None (no clipping), "
+                             f"got {self.clip_grad_norm!r}")
+        if self.time_budget is not None and not self.time_budget >= 0:
+            raise ValueError(f"time_budget must be a number of seconds >= 0, got {self.time_budget!r}")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+# Settings that change the trajectory: a resumed run with different values cannot continue exactly.
+_TRAJECTORY_SETTINGS = ("optimizer", "lr", "weight_decay", "momentum", "betas", "warmup_steps", "decay",
+                        "decay_gamma", "decay_every", "plateau_patience", "cosine_steps", "min_lr",
+                        "clip_grad_norm", "nan_policy", "seed", "eval_every", "min_delta")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small helpers: seeding, RNG state, detaching the carry
+# ----------------------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s batch order: a hash of (seed, epoch), so that every epoch's order is
+    fixed by the run seed alone, and a resumed run rebuilds any epoch without replaying the earlier ones."""
+    digest = hashlib.sha256(f"rnnkit-epoch:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def detach_state(state: Any) -> Any:
+    """``state`` with every tensor detached, through nested dicts, lists, tuples and named tuples.
+
+    Truncated BPTT: gradients stop at the chunk boundary but the values carry on.
+    """
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, Mapping):
+        return {key: detach_state(value) for key, value in state.items()}
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # named tuple, e.g. PackedSequence
+        return type(state)(*(detach_state(value) for value in state))
+    if isinstance(state, list | tuple):
+        return type(state)(detach_state(value) for value in state)
+    return state
+
+
+def _capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].to("cpu"))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.to("cpu") for s in state["cuda"]])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Learning-rate schedule
+# ----------------------------------------------------------------------------------------------------------
+
+
+class LearningRateSchedule:
+    """lr_s = warm-up(s) x decay(s); see :class:`TrainingConfig` for the formulas. All state is scalars."""
+
+    def __init__(self, settings: TrainingConfig, higher_is_better: bool) -> None:
+        self.settings = settings
+        self.higher_is_better = higher_is_better
+        self.total_steps: int | None = settings.cosine_steps  # cosine horizon T, fixed at the first epoch
+        self.plateau_reductions = 0
+        self.plateau_best: float | None = None
+        self.plateau_bad = 0
+
+    def lr(self, step: int, epoch: int) -> float:
+        """The learning rate of 1-based step ``step`` in 0-based epoch ``epoch``."""
+        s = self.settings
+        warmup = min(1.0, step / s.warmup_steps) if s.warmup_steps > 0 else 1.0
+        if s.decay == "step":
+            decayed = max(s.min_lr, s.lr * s.decay_gamma ** (epoch // s.decay_every))
+        elif s.decay == "plateau":
+            decayed = max(s.min_lr, s.lr * s.decay_gamma ** self.plateau_reductions)
+        elif s.decay == "cosine":
+            if self.total_steps is None:
+                raise ValueError("cosine decay needs its horizon: set cosine_steps or max_steps, or make "
+                                 "train_batches return a sized collection (len())")
+            span = max(1, self.total_steps - s.warmup_steps)
+            progress = min(1.0, max(0.0, (step - s.warmup_steps) / span))
+            decayed = s.min_lr + (s.lr - s.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            decayed = s.lr
+        return warmup * decayed
+
+    def observe(self, value: float) -> None:
+        """Record an evaluation of the primary metric (plateau decay)."""
+        if self.settings.decay != "plateau":
+            return
+        if _improves(value, self.plateau_best, self.higher_is_better, self.settings.min_delta):
+            self.plateau_best, self.plateau_bad = value, 0
+            return
+        self.plateau_bad += 1
+        if self.plateau_bad >= self.settings.plateau_patience:
+            self.plateau_reductions += 1
+            self.plateau_bad = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total_steps": self.total_steps, "plateau_reductions": self.plateau_reductions,
+                "plateau_best": self.plateau_best, "plateau_bad": self.plateau_bad}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.total_steps = state["total_steps"]
+        self.plateau_reductions = int(state["plateau_reductions"])
+        self.plateau_best = state["plateau_best"]
+        self.plateau_bad = int(state["plateau_bad"])
+
+
+def _improves(value: float, best: float | None, higher_is_better: bool, min_delta: float) -> bool:
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best + min_delta if higher_is_better else value < best - min_delta
+
+
+def _build_optimizer(settings: TrainingConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if not parameters:
+        raise ValueError("the task's model has no trainable parameters")
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=settings.lr, betas=settings.betas,
+                                weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=settings.lr, betas=settings.betas,
+                                 weight_decay=settings.weight_decay)
+    return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
+                           weight_decay=settings.weight_decay)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _LoopState:
+    """Everything besides weights, optimiser, schedule and RNG that a resumed run needs."""
+
+    epoch: int = 0  # 0-based epoch being trained
+    batch: int = 0  # batches of this epoch already done
+    step: int = 0  # steps done (batches consumed, skipped ones included)
+    updates: int = 0  # optimiser updates (steps - skipped)
+    clip_events: int = 0
+    nonfinite_steps: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    best_epoch: int | None = None
+    bad_evaluations: int = 0
+    evaluations: int = 0
+    last_eval_step: int | None = None
+    early_stopped: bool = False
+    elapsed: float = 0.0  # training seconds of previous sessions
+    metrics_offset: int = 0  # size of metrics.jsonl at the checkpoint
+    window_loss: float = 0.0  # sum of loss x items since the last train event
+    window_items: int = 0
+    window_steps: int = 0
+    carry: Any = None
+
+
+@dataclass
+class TrainResult:
+    """How a training session ended. ``stop_reason`` is one of "completed", "early_stopping",
+    "max_steps", "time_budget"; ``best_*`` refer to the validation metric (None without validation)."""
+
+    stop_reason: str
+    step: int
+    epoch: int
+    best_metric: float | None
+    best_step: int | None
+    last_metrics: dict[str, float] | None
+    clip_events: int
+    nonfinite_steps: int
+    elapsed: float
+    run_dir: Path
+
+
+class Trainer:
+    """Train ``task.model`` on ``task``; write checkpoints and logs to ``run_dir``.
+
+    ``settings`` is a :class:`TrainingConfig` (or give its fields as keyword arguments). ``run_config`` is
+    what ``config.json`` should hold besides the training settings (task, model config, data, vocabulary);
+    without it an existing ``config.json`` is kept and only its ``"training"`` entry is updated.
+    ``on_event(event: dict)`` receives every event (train / eval / nonfinite / checkpoint / stop) as it
+    happens; an exception it raises stops training (no checkpoint is written for the unfinished part).
+
+    Events written to ``metrics.jsonl`` (non-finite numbers written as null):
+
+    * ``{"event": "train", "split": "train", "step", "epoch", "loss", "lr", "items", "items_per_second",
+      "grad_norm", "clip_events", "nonfinite_steps", "wall_time", "time"}`` every ``log_every`` steps;
+      ``loss`` is the item-weighted mean since the previous train event, ``clip_events`` and
+      ``nonfinite_steps`` are running totals, ``wall_time`` is training seconds since the run began
+      (all sessions), ``time`` the Unix time.
+    * ``{"event": "eval", "split", "step", "epoch", "loss", "metrics": {...}, "primary_metric",
+      "improved", "best_metric", "lr", "wall_time", "time"}`` after each evaluation (``loss`` is
+      ``metrics["loss"]`` if the task reports it).
+    * ``{"event": "nonfinite", "split": "train", "step", "epoch", "problem", "lr", ...}`` for a skipped step.
+    * ``{"event": "stop", "reason", "step", "epoch", "best_metric", "best_step", "clip_events",
+      "nonfinite_steps", "wall_time", "time"}`` when a session ends.
+
+    ``checkpoint`` events (``{"event": "checkpoint", "name": "last" | "best", "step", "path"}``) go to the
+    callback only. ``epoch`` is always the 0-based epoch during which the event happened.
+    """
+
+    def __init__(self, task: TrainTask, run_dir: str | Path, settings: TrainingConfig | None = None, *,
+                 run_config: Mapping[str, Any] | None = None,
+                 on_event: Callable[[dict[str, Any]], None] | None = None, **overrides: Any) -> None:
+        if settings is not None and overrides:
+            raise ValueError("give either a TrainingConfig or keyword settings, not both")
+        try:
+            self.settings = settings if settings is not None else TrainingConfig(**overrides)
+        except TypeError as err:
+            known = ", ".join(f.name for f in fields(TrainingConfig))
+            raise ValueError(f"{err}; known settings: {known}") from None
+        _check_task(task)
+        self.task = task
+        self.model: nn.Module = task.model
+        self.run_dir = Path(run_dir)
+        self.run_config = dict(run_config) if run_config is not None else None
+        self.on_event = on_event
+        self.primary_metric: str = getattr(task, "primary_metric", "loss")
+        self.higher_is_better: bool = bool(getattr(task, "higher_is_better", False))
+        self.has_validation = callable(getattr(task, "evaluate", None))
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = _build_optimizer(self.settings, trainable)
+        self.schedule = LearningRateSchedule(self.settings, self.higher_is_better)
+        self.state = _LoopState()
+        self.last_metrics: dict[str, float] | None = None
+        self._metrics_file = None
+        self._tensorboard = None
+        self._session_start = 0.0
+        self._window_seconds = 0.0
+        self._last_grad_norm = float("nan")
+        self._last_logged: tuple[float | None, float | None] = (None, None)  # loss, items/s
+        self._last_saved_step: int | None = None
+
+    # -- public entry points ---------------------------------------------------------------------------
+
+    def train(self, *, overwrite: bool = False) -> TrainResult:
+        """Train from scratch. Refuses a run directory that already holds a run unless ``overwrite``
+        (which removes only the previous run's checkpoints, weights and metrics)."""
+        previous = [p for p in (self.run_dir / "checkpoints", self.run_dir / WEIGHTS_FILE,
+                                self.run_dir / METRICS_FILE) if p.exists()]
+        if previous and not overwrite:
+            found = ", ".join(p.name for p in previous)
+            raise ValueError(f"{self.run_dir} already holds a training run ({found}); resume it "
+                             f"(Trainer.resume), choose another directory, or pass overwrite=True")
+        for path in previous:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        seed_everything(self.settings.seed)
+        self.state = _LoopState()
+        self.schedule = LearningRateSchedule(self.settings, self.higher_is_better)
+        return self._run()
+
+    def resume(self) -> TrainResult:
+        """Continue the run in ``run_dir`` from ``checkpoints/last`` exactly where it stopped.
+
+        The task and model must be built as for the original run (same config); settings may extend
+        ``epochs``, ``max_steps`` or ``time_budget``. Raises :class:`CheckpointError` if there is no usable
+        checkpoint.
+        """
+        checkpoint = load_checkpoint(self.run_dir, "last", model=self.model)
+        path = checkpoint.path
+        state = checkpoint.trainer_state
+        if not isinstance(state, dict) or "loop" not in state:
+            raise CheckpointError(f"{path}: holds weights only, no trainer state to resume from")
+        try:
+            self.model.load_state_dict(checkpoint.weights, strict=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.schedule.load_state_dict(state["schedule"])
+            self.state = _LoopState(**state["loop"])
+            rng = state["rng"]
+            saved_settings = state["settings"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: trainer state does not fit this task/model ({err})") from None
+        changed = [name for name in _TRAJECTORY_SETTINGS
+                   if _jsonable(saved_settings.get(name)) != _jsonable(getattr(self.settings, name))]
+        if changed:
+            warnings.warn(f"resuming {self.run_dir} with different {', '.join(changed)} than the run was "
+                          f"started with: training continues, but not as the original run would have",
+                          stacklevel=2)
+        self._truncate_metrics(self.state.metrics_offset)
+        self._write_config()
+        _restore_rng(rng)
+        return self._run()
+
+    def evaluate(self, split: str | None = None) -> dict[str, float]:
+        """Run the task's evaluation on ``split`` (default ``eval_split``) in eval mode without gradients.
+
+        The global RNG states are restored afterwards, so evaluating never changes the training
+        trajectory (a run evaluated more often trains the same weights).
+        """
+        if not self.has_validation:
+            return {}
+        split = split or self.settings.eval_split
+        was_training = self.model.training
+        rng = _capture_rng()
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                metrics = self.task.evaluate(split)
+        finally:
+            self.model.train(was_training)
+            _restore_rng(rng)
+        if metrics is None:
+            return {}
+        try:
+            return {str(name): float(value) for name, value in dict(metrics).items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"task.evaluate({split!r}) must return a dict of numbers, "
+                             f"got {metrics!r}") from None
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def _run(self) -> TrainResult:
+        s, st = self.settings, self.state
+        self._session_start = time.monotonic()
+        self._open_logs()
+        try:
+            reason = "early_stopping" if st.early_stopped else None
+            if reason is None and s.max_steps is not None and st.step >= s.max_steps:
+                reason = "max_steps"
+            while reason is None and st.epoch < s.epochs:
+                reason = self._run_epoch()
+            reason = reason or "completed"
+            self._finish(reason)
+        finally:
+            self._close_logs()
+        return TrainResult(stop_reason=reason, step=st.step, epoch=st.epoch, best_metric=st.best_metric,
+                           best_step=st.best_step, last_metrics=self.last_metrics, clip_events=st.clip_events,
+                           nonfinite_steps=st.nonfinite_steps, elapsed=self._elapsed(), run_dir=self.run_dir)
+
+    def _run_epoch(self) -> str | None:
+        s, st = self.settings, self.state
+        epoch = st.epoch
+        batches = self.task.train_batches(epoch, random.Random(epoch_seed(s.seed, epoch)))
+        size = len(batches) if hasattr(batches, "__len__") else None
+        if self.schedule.total_steps is None and s.decay == "cosine":
+            self.schedule.total_steps = s.epochs * size if size is not None else s.max_steps
+        remaining = itertools.islice(iter(batches), st.batch, None)  # resume: skip the batches already done
+        self.model.train()
+        with self._progress_bar(epoch, size) as bar:
+            for batch in remaining:
+                self._train_step(batch)
+                reason = self._after_step()
+                bar.set_postfix(self._postfix(), refresh=False)
+                bar.update(1)  # redraws at most every 0.1 s
+                if reason is not None:
+                    return reason
+        # End of epoch: validate, move the position to the next epoch, checkpoint.
+        early_stop = False
+        if self.has_validation and st.last_eval_step != st.step:
+            early_stop = self._evaluate_and_track()
+        st.epoch, st.batch, st.carry = epoch + 1, 0, None  # the next epoch starts from a fresh state
+        st.early_stopped = early_stop
+        self._save_last()
+        if early_stop:
+            return "early_stopping"
+        return self._out_of_time()
+
+    def _train_step(self, batch: Any) -> None:
+        st = self.state
+        started = time.perf_counter()
+        step = st.step + 1
+        lr = self.schedule.lr(step, st.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if hasattr(self.task, "begin_step"):
+            self.task.begin_step(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, n_items, carry = self.task.loss(batch, st.carry)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(f"task.loss must return (scalar loss tensor, n_items, carry), got a loss of "
+                             f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
+        n_items = int(n_items)
+        loss_value = float(loss.detach())
+        problem = None
+        if not math.isfinite(loss_value):
+            problem = f"the loss is {loss_value}"
+        else:
+            loss.backward()
+            grad_norm = self._clip_gradients()
+            if not math.isfinite(grad_norm):
+                problem = f"the gradient norm is {grad_norm}"
+        if problem is None:
+            self.optimizer.step()
+            st.updates += 1
+            st.carry = detach_state(carry)
+            st.window_loss += loss_value * n_items
+            st.window_items += n_items
+        else:
+            self.optimizer.zero_grad(set_to_none=True)  # the step is dropped; the previous carry is kept
+            self._non_finite(step, problem, lr)
+        st.window_steps += 1
+        st.step, st.batch = step, st.batch + 1
+        self._window_seconds += time.perf_counter() - started
+
+    def _clip_gradients(self) -> float:
+        """Clip by global norm (Pascanu et al. 2013): g <- g * c / ||g|| if ||g|| > c. Returns ||g||."""
+        limit = self.settings.clip_grad_norm
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]
+                      if p.grad is not None]
+        if not parameters:
+            return 0.0
+        # With no limit, max_norm=inf only measures: the scale factor is clamped to exactly 1.
+        norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm=limit or float("inf")))
+        if limit is not None and math.isfinite(norm) and norm > limit:
+            self.state.clip_events += 1
+        self._last_grad_norm = norm
+        return norm
+
+    def _non_finite(self, step: int, problem: str, lr: float) -> None:
+        s, st = self.settings, self.state
+        if s.nan_policy == "stop":
+            last = (f"The last checkpoint is {checkpoint_dir(self.run_dir, 'last')} "
+                    f"(step {self._last_saved_step})." if self._last_saved_step is not None
+                    else "No checkpoint was written yet.")
+            clipping = (f"lower gradient clipping (clip_grad_norm={s.clip_grad_norm:g})" if s.clip_grad_norm
+                        else "enable gradient clipping (clip_grad_norm=5.0)")
+            raise NonFiniteLossError(
+                f"training stopped at step {step} (epoch {st.epoch}): {problem}. Remedies: lower the "
+                f"learning rate (lr={s.lr:g}, now {lr:g}), add or lengthen warm-up, {clipping}, check the "
+                f"data for extreme values; or set nan_policy='skip' to skip such steps. {last}")
+        st.nonfinite_steps += 1
+        self._emit({"event": "nonfinite", "split": "train", "step": step, "epoch": st.epoch,
+                    "problem": problem, "lr": lr, "nonfinite_steps": st.nonfinite_steps}, log=True)
+
+    def _after_step(self) -> str | None:
+        s, st = self.settings, self.state
+        if st.step % s.log_every == 0:
+            self._log_train()
+        if self.has_validation and s.eval_every is not None and st.step % s.eval_every == 0:
+            if self._evaluate_and_track():
+                st.early_stopped = True
+                self._save_last()
+                return "early_stopping"
+        if s.checkpoint_every is not None and st.step % s.checkpoint_every == 0:
+            self._save_last()
+        if s.max_steps is not None and st.step >= s.max_steps:
+            return "max_steps"
+        return self._out_of_time()
+
+    def _out_of_time(self) -> str | None:
+        budget = self.settings.time_budget
+        if budget is not None and time.monotonic() - self._session_start >= budget:
+            return "time_budget"
+        return None
+
+    def _finish(self, reason: str) -> None:
+        """Final evaluation (if asked), final checkpoint, and a loadable ``model.safetensors``."""
+        s, st = self.settings, self.state
+        if reason in ("max_steps", "time_budget"):
+            if s.eval_on_stop and self.has_validation and st.last_eval_step != st.step:
+                st.early_stopped = self._evaluate_and_track()
+            if self._last_saved_step != st.step or s.eval_on_stop:
+                self._save_last()
+        if st.best_step is None:
+            # No validation (or none improved yet): the run directory still reloads, with the current weights.
+            self._save_best({"selected": "last"})
+        self._emit({"event": "stop", "reason": reason, "step": st.step, "epoch": st.epoch,
+                    "best_metric": st.best_metric, "best_step": st.best_step, "clip_events": st.clip_events,
+                    "nonfinite_steps": st.nonfinite_steps}, log=True)
+
+    # -- evaluation and early stopping -----------------------------------------------------------------
+
+    def _evaluate_and_track(self) -> bool:
+        """Evaluate, keep the best weights, update plateau and early-stopping state. True: stop now."""
+        s, st = self.settings, self.state
+        metrics = self.evaluate()
+        if not metrics:
+            return False
+        if self.primary_metric not in metrics:
+            raise ValueError(f"task.evaluate({s.eval_split!r}) returned {sorted(metrics)}; the primary "
+                             f"metric {self.primary_metric!r} is not among them")
+        value = metrics[self.primary_metric]
+        improved = _improves(value, st.best_metric, self.higher_is_better, s.min_delta)
+        st.evaluations += 1
+        st.last_eval_step = st.step
+        if improved:
+            st.best_metric, st.best_step, st.best_epoch, st.bad_evaluations = value, st.step, st.epoch, 0
+            self._save_best({"selected": "best", self.primary_metric: repr(value)})
+        else:
+            st.bad_evaluations += 1
+        self.schedule.observe(value)
+        self.last_metrics = metrics
+        self._emit({"event": "eval", "split": s.eval_split, "step": st.step, "epoch": st.epoch,
+                    "loss": metrics.get("loss"), "metrics": metrics, "primary_metric": self.primary_metric,
+                    "improved": improved, "best_metric": st.best_metric,
+                    "lr": self.optimizer.param_groups[0]["lr"]}, log=True)
+        return s.patience is not None and st.bad_evaluations >= s.patience
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    def _save_best(self, metadata: dict[str, str]) -> None:
+        st = self.state
+        path = save_checkpoint(self.run_dir, self.model, name="best",
+                               metadata={**metadata, "step": str(st.step), "epoch": str(st.epoch)})
+        self._emit({"event": "checkpoint", "name": "best", "step": st.step, "path": str(path)}, log=False)
+
+    def _save_last(self) -> None:
+        st = self.state
+        if self._metrics_file is not None:
+            self._metrics_file.flush()
+            os.fsync(self._metrics_file.fileno())
+            st.metrics_offset = self._metrics_file.tell()
+        trainer_state = {
+            "settings": self.settings.to_dict(),
+            "loop": {f.name: getattr(st, f.name) for f in fields(_LoopState)} | {"elapsed": self._elapsed()},
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": _capture_rng(),
+        }
+        path = save_checkpoint(self.run_dir, self.model, name="last", trainer_state=trainer_state,
+                               metadata={"step": str(st.step), "epoch": str(st.epoch)})
+        self._last_saved_step = st.step
+        self._emit({"event": "checkpoint", "name": "last", "step": st.step, "path": str(path)}, log=False)
+
+    def _write_config(self) -> None:
+        if self.run_config is not None:
+            config = dict(self.run_config)
+        elif (self.run_dir / CONFIG_FILE).exists():
+            config = {k: v for k, v in read_config(self.run_dir).items()
+                      if k not in ("format", "format_version", "rnnkit_version")}
+        else:
+            config = {}
+        config["training"] = self.settings.to_dict()
+        write_config(self.run_dir, config)
+
+    # -- logging -----------------------------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        return self.state.elapsed + (time.monotonic() - self._session_start)
+
+    def _log_train(self) -> None:
+        st = self.state
+        seconds = self._window_seconds
+        loss = st.window_loss / st.window_items if st.window_items else None
+        speed = st.window_items / seconds if seconds > 0 else None
+        self._last_logged = (loss, speed)
+        self._emit({"event": "train", "split": "train", "step": st.step, "epoch": st.epoch, "loss": loss,
+                    "lr": self.optimizer.param_groups[0]["lr"], "items": st.window_items,
+                    "items_per_second": speed,
+                    "grad_norm": self._last_grad_norm, "clip_events": st.clip_events,
+                    "nonfinite_steps": st.nonfinite_steps}, log=True)
+        st.window_loss, st.window_items, st.window_steps = 0.0, 0, 0
+        self._window_seconds = 0.0
+
+    def _postfix(self) -> dict[str, str]:
+        st = self.state
+        postfix = {"lr": f"{self.optimizer.param_groups[0]['lr']:.2e}"}
+        loss, speed = self._last_logged
+        if st.window_items:  # the running window, else what the last train event reported
+            loss = st.window_loss / st.window_items
+            speed = st.window_items / self._window_seconds if self._window_seconds > 0 else speed
+        if loss is not None:
+            postfix["loss"] = f"{loss:.4f}"
+        if speed is not None:
+            postfix["items/s"] = f"{speed:.0f}"
+        if st.clip_events:
+            postfix["clipped"] = str(st.clip_events)
+        return postfix
+
+    def _emit(self, event: dict[str, Any], *, log: bool) -> None:
+        event = {**event, "wall_time": self._elapsed(), "time": time.time()}
+        if log and self._metrics_file is not None:
+            self._metrics_file.write(json.dumps(_finite_or_null(event), allow_nan=False) + "\n")
+            self._metrics_file.flush()  # readers (live curves, `tail -f`) see each event as it happens
+        if log and self._tensorboard is not None:
+            self._write_tensorboard(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _write_tensorboard(self, event: Mapping[str, Any]) -> None:
+        writer, step = self._tensorboard, event.get("step", 0)
+        if event["event"] == "train":
+            for key in ("loss", "lr", "items_per_second", "grad_norm"):
+                if isinstance(event.get(key), int | float) and math.isfinite(event[key]):
+                    writer.add_scalar(f"train/{key}", event[key], step)
+        elif event["event"] == "eval":
+            for key, value in event["metrics"].items():
+                if math.isfinite(value):
+                    writer.add_scalar(f"{event['split']}/{key}", value, step)
+
+    def _open_logs(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics_file = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
+        if self.settings.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                warnings.warn("tensorboard=True but torch.utils.tensorboard does not import (pip install "
+                              "tensorboard); continuing without it", stacklevel=3)
+            else:
+                self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def _close_logs(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+
+    def _truncate_metrics(self, offset: int) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+        path = self.run_dir / METRICS_FILE
+        if path.exists() and path.stat().st_size > offset:
+            with open(path, "r+b") as f:
+                f.truncate(offset)
+
+    def _progress_bar(self, epoch: int, size: int | None):
+        from tqdm.auto import tqdm
+
+        show = self.settings.progress
+        if show is None:
+            show = sys.stderr.isatty()
+        return tqdm(total=size, initial=self.state.batch, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
+                    unit="batch", disable=not show, leave=True, dynamic_ncols=True, file=sys.stderr)
+
+
+def _check_task(task: Any) -> None:
+    model = getattr(task, "model", None)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"the task must have a `model` attribute that is a torch.nn.Module, got "
+                         f"{type(model).__name__}")
+    for name in ("train_batches", "loss"):
+        if not callable(getattr(task, name, None)):
+            raise ValueError(f"the task must define {name}() (see rnnkit.training.TrainTask); "
+                             f"{type(task).__name__} does not")
+    metric = getattr(task, "primary_metric", "loss")
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"task.primary_metric must be a metric name (str), got {metric!r}")
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _finite_or_null(value: Any) -> Any:
+    """Strict JSON for metrics.jsonl: NaN and infinities become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
+def train(task: TrainTask, run_dir: str | Path, *, resume: bool = False,
+          on_event: Callable[[dict[str, Any]], None] | None = None,
+          run_config: Mapping[str, Any] | None = None, **settings: Any) -> TrainResult:
+    """Train ``task`` in ``run_dir`` with keyword settings (see :class:`TrainingConfig`); with ``resume``,
+    continue the run there if it has a checkpoint (else start it)."""
+    trainer = Trainer(task, run_dir, run_config=run_config, on_event=on_event, **settings)
+    if resume and has_checkpoint(run_dir, "last"):
+        return trainer.resume()
+    return trainer.train()
