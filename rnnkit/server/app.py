@@ -1,0 +1,371 @@
+"""The FastAPI app behind ``rnnkit serve``: JSON API + one page (``/``) with four views.
+
+Endpoints (OpenAPI spec at ``/openapi.json``, interactive docs at ``/docs``):
+
+``GET  /api/models``              loaded runs: name, task, model settings, last evaluation metrics
+``POST /api/translate``           n-best translations with scores, tokens and attention (L, S)
+``POST /api/generate``            language-model continuation (temperature, top-k)
+``POST /api/predict``             classify / tag lines
+``POST /api/explore``             architecture explorer: parameter counts and a forward pass with gates
+``POST /api/jobs``                start a small training job (adding / vanishing gradients)
+``GET  /api/jobs/{id}``           its status and all events so far
+``GET  /api/jobs/{id}/events``    server-sent events: {"step", "loss", "grad_norms"} per step, then "end"
+``DELETE /api/jobs/{id}``         cancel it
+``GET  /api/runs``                run directories with their metrics.jsonl records and report files
+``GET  /api/runs/{name}/files/{path}``  a file from inside that run directory (never outside it)
+
+Limits (:class:`Limits`) are checked before any work; over a limit the answer is 413 (input too large),
+422 (a value out of range) or 429 (too many jobs), with a message naming the limit. Slow requests end
+with 408 after ``request_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from rnnkit.checkpoint import read_config
+from rnnkit.server.dynamics import run_job
+from rnnkit.server.explore import explore
+from rnnkit.tasks import task_module
+
+STATIC = Path(__file__).parent / "static"
+REPORT_SUFFIXES = (".html", ".md", ".png", ".svg", ".json", ".jsonl", ".txt", ".csv")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for. Each name appears in the error message when it is exceeded."""
+
+    max_input_chars: int = 1000  # text / prompt / sentence / all predict lines together
+    max_lines: int = 64  # lines in one predict request
+    max_generation: int = 500  # tokens an LM may generate
+    max_beam: int = 16  # beam size (n_best <= beam size)
+    max_hidden: int = 256  # explorer / job hidden size
+    max_layers: int = 4
+    max_job_steps: int = 2000
+    max_seq_len: int = 200  # job sequence length
+    max_jobs: int = 2  # concurrent training jobs
+    request_timeout: float = 60.0  # seconds
+
+
+# -- request bodies ------------------------------------------------------------------------------------------
+
+class TranslateRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=100_000, description="one source sentence")
+    model: str | None = Field(None, description="run name from /api/models; default: the first translate run")
+    beam_size: int = Field(5, ge=1, le=1000)
+    n_best: int = Field(3, ge=1, le=1000)
+    alpha: float | None = Field(None, ge=0.0, le=5.0, description="length normalisation exponent")
+
+
+class GenerateRequest(BaseModel):
+    prompt: str = Field("", max_length=100_000)
+    model: str | None = None
+    length: int = Field(100, ge=1, le=100_000)
+    temperature: float = Field(0.8, ge=0.0, le=10.0)
+    top_k: int | None = Field(None, ge=1)
+    seed: int | None = None
+
+
+class PredictRequest(BaseModel):
+    lines: list[str] = Field(min_length=1, max_length=10_000)
+    model: str | None = None
+
+
+class ExploreRequest(BaseModel):
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    layer_norm: bool = False
+    reset_after: bool = Field(True, description="GRU: torch/cuDNN form; false = Cho et al. 2014")
+    num_layers: int = Field(1, ge=1, le=64)
+    bidirectional: bool = False
+    input_size: int = Field(8, ge=1, le=100_000)
+    hidden_size: int = Field(16, ge=1, le=100_000)
+    sentence: str = Field(min_length=1, max_length=100_000)
+    seed: int = 0
+
+
+class JobRequest(BaseModel):
+    experiment: Literal["adding", "vanishing"] = "adding"
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    steps: int = Field(100, ge=1, le=1_000_000)
+    seq_len: int = Field(30, ge=2, le=100_000)
+    hidden_size: int = Field(32, ge=1, le=100_000)
+    seed: int = 0
+
+
+def _over(limit: str, value: Any, maximum: Any, status: int = 413) -> HTTPException:
+    return HTTPException(status, f"limit {limit} exceeded: got {value}, the server allows at most {maximum}")
+
+
+def _check(limit: str, value: int | float, maximum: int | float, status: int = 413) -> None:
+    if value > maximum:
+        raise _over(limit, value, maximum, status)
+
+
+# -- runs and jobs -------------------------------------------------------------------------------------------
+
+class Run:
+    """A run directory the server was given; its runner is loaded on first use."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name, self.path = name, path
+        self.config = read_config(path)
+        self.task = str(self.config.get("task", "?"))
+        self._runner = None
+        self._lock = threading.Lock()
+
+    def runner(self):
+        with self._lock:
+            if self._runner is None:
+                self._runner = task_module(self.task).load(self.path)
+            return self._runner
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line being written by a live trainer
+        return records
+
+    def last_eval(self) -> dict[str, Any]:
+        evals = [r for r in self.metrics() if r.get("event") == "eval"]
+        return evals[-1].get("metrics", {}) if evals else {}
+
+    def files(self) -> list[str]:
+        return sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*")
+                      if p.is_file() and p.suffix in REPORT_SUFFIXES)
+
+    def summary(self) -> dict[str, Any]:
+        settings = self.config.get("settings", {})
+        keys = ("cell", "hidden_size", "embedding_size", "num_layers", "attention", "level", "data")
+        return {"name": self.name, "task": self.task,
+                "config": {k: settings[k] for k in keys if k in settings},
+                "metrics": self.last_eval()}
+
+
+class Job:
+    def __init__(self, job_id: str, request: JobRequest) -> None:
+        self.id, self.request = job_id, request
+        self.events: list[dict[str, Any]] = []
+        self.status = "running"
+        self.error: str | None = None
+        self.cancelled = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"rnnkit-job-{job_id}")
+
+    def _run(self) -> None:
+        r = self.request
+        try:
+            result = run_job(r.experiment, r.cell, r.steps, r.seq_len, r.hidden_size, self.events.append,
+                             self.cancelled, seed=r.seed)
+            self.status = result["status"]
+        except Exception as err:  # reported to the page, not swallowed
+            self.status, self.error = "failed", f"{type(err).__name__}: {err}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "error": self.error, "request": self.request.model_dump(),
+                "events": len(self.events)}
+
+
+def _name_runs(run_dirs: list[str | Path]) -> dict[str, Run]:
+    runs: dict[str, Run] = {}
+    for given in run_dirs:
+        path = Path(given).resolve()
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{given} is not a run directory: expected {path / 'config.json'}")
+        name = path.name
+        for k in itertools.count(2):  # two runs with the same basename: demo, demo-2
+            if name not in runs:
+                break
+            name = f"{path.name}-{k}"
+        runs[name] = Run(name, path)
+    return runs
+
+
+def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits()) -> FastAPI:
+    """The app serving ``run_dirs`` (each must hold a config.json) under ``limits``."""
+    runs = _name_runs(list(run_dirs))
+    jobs: dict[str, Job] = {}
+    job_ids = itertools.count(1)
+    app = FastAPI(title="rnnkit", version="1", description=__doc__)
+    app.state.limits, app.state.runs, app.state.jobs = limits, runs, jobs
+
+    def pick(name: str | None, tasks: tuple[str, ...], verb: str) -> Run:
+        if name is None:
+            for run in runs.values():
+                if run.task in tasks:
+                    return run
+            raise HTTPException(404, f"no loaded run can {verb}: it needs a run of task {' or '.join(tasks)}; "
+                                     f"loaded: {[r.name for r in runs.values()] or 'none'}")
+        if name not in runs:
+            raise HTTPException(404, f"unknown model {name!r}; loaded: {sorted(runs) or 'none'}")
+        run = runs[name]
+        if run.task not in tasks:
+            raise HTTPException(400, f"model {name!r} is a {run.task} run; {verb} needs task {' or '.join(tasks)}")
+        return run
+
+    async def timed(fn, *args, **kwargs):
+        try:
+            return await asyncio.wait_for(run_in_threadpool(fn, *args, **kwargs), limits.request_timeout)
+        except TimeoutError:
+            raise HTTPException(408, f"limit request_timeout exceeded: the request took longer than "
+                                     f"{limits.request_timeout} s") from None
+        except ValueError as err:  # a user mistake caught by the library
+            raise HTTPException(422, str(err)) from None
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        # Browsers ask for it on every page, including served report files; no icon, and no 404 in the console.
+        return Response(status_code=204)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/limits")
+    def get_limits() -> dict[str, Any]:
+        return asdict(limits)
+
+    @app.get("/api/models")
+    def models() -> list[dict[str, Any]]:
+        return [run.summary() for run in runs.values()]
+
+    @app.post("/api/translate")
+    async def translate(request: TranslateRequest) -> dict[str, Any]:
+        _check("max_input_chars", len(request.text), limits.max_input_chars)
+        _check("max_beam", request.beam_size, limits.max_beam, 422)
+        if request.n_best > request.beam_size:
+            raise HTTPException(422, f"n_best must be <= beam_size {request.beam_size}, got {request.n_best}")
+        run = pick(request.model, ("translate",), "translate")
+        runner = await timed(run.runner)
+        results = await timed(runner.translate, [request.text], beam_size=request.beam_size,
+                              n_best=request.n_best, alpha=request.alpha)
+        return {"model": run.name, "hypotheses": results[0]}
+
+    @app.post("/api/generate")
+    async def generate(request: GenerateRequest) -> dict[str, Any]:
+        _check("max_input_chars", len(request.prompt), limits.max_input_chars)
+        _check("max_generation", request.length, limits.max_generation, 422)
+        run = pick(request.model, ("lm",), "generate")
+        runner = await timed(run.runner)
+        text = await timed(runner.generate, request.prompt, length=request.length,
+                           temperature=request.temperature, top_k=request.top_k, seed=request.seed)
+        return {"model": run.name, "text": text}
+
+    @app.post("/api/predict")
+    async def predict(request: PredictRequest) -> dict[str, Any]:
+        _check("max_lines", len(request.lines), limits.max_lines)
+        _check("max_input_chars", sum(len(line) for line in request.lines), limits.max_input_chars)
+        run = pick(request.model, ("classify", "tag"), "predict")
+        runner = await timed(run.runner)
+        return {"model": run.name, "task": run.task, "predictions": await timed(runner.predict, request.lines)}
+
+    @app.post("/api/explore")
+    async def explorer(request: ExploreRequest) -> dict[str, Any]:
+        _check("max_input_chars", len(request.sentence), limits.max_input_chars)
+        _check("max_hidden", max(request.hidden_size, request.input_size), limits.max_hidden, 422)
+        _check("max_layers", request.num_layers, limits.max_layers, 422)
+        r = request
+        return await timed(explore, r.cell, r.input_size, r.hidden_size, r.num_layers, r.bidirectional,
+                           r.layer_norm, r.reset_after, r.sentence, r.seed)
+
+    @app.post("/api/jobs", status_code=201)
+    def start_job(request: JobRequest) -> dict[str, Any]:
+        _check("max_job_steps", request.steps, limits.max_job_steps, 422)
+        _check("max_seq_len", request.seq_len, limits.max_seq_len, 422)
+        _check("max_hidden", request.hidden_size, limits.max_hidden, 422)
+        running = sum(job.status == "running" for job in jobs.values())
+        if running >= limits.max_jobs:
+            raise HTTPException(429, f"limit max_jobs exceeded: {running} jobs are running and the server "
+                                     f"allows at most {limits.max_jobs}; cancel one or wait")
+        job = Job(str(next(job_ids)), request)
+        jobs[job.id] = job
+        job.thread.start()
+        return job.describe()
+
+    def get_job(job_id: str) -> Job:
+        if job_id not in jobs:
+            raise HTTPException(404, f"unknown job {job_id!r}; known: {sorted(jobs) or 'none'}")
+        return jobs[job_id]
+
+    @app.get("/api/jobs/{job_id}")
+    def job_status(job_id: str) -> dict[str, Any]:
+        job = get_job(job_id)
+        return {**job.describe(), "history": job.events}
+
+    @app.get("/api/jobs/{job_id}/events")
+    async def job_events(job_id: str) -> StreamingResponse:
+        job = get_job(job_id)
+
+        async def stream():
+            sent = 0
+            while True:
+                finished = job.status != "running"  # read before the events: none can be missed
+                events = job.events[sent:]
+                for event in events:
+                    yield f"data: {json.dumps(event)}\n\n"
+                sent += len(events)
+                if finished and sent == len(job.events):
+                    yield f"event: end\ndata: {json.dumps(job.describe())}\n\n"
+                    return
+                await asyncio.sleep(0.05)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @app.delete("/api/jobs/{job_id}")
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        job = get_job(job_id)
+        job.cancelled.set()
+        job.thread.join(timeout=limits.request_timeout)
+        return job.describe()
+
+    def get_run(name: str) -> Run:
+        if name not in runs:
+            raise HTTPException(404, f"unknown run {name!r}; loaded: {sorted(runs) or 'none'}")
+        return runs[name]
+
+    @app.get("/api/runs")
+    def list_runs() -> list[dict[str, Any]]:
+        return [{**run.summary(), "path": str(run.path), "records": run.metrics(), "files": run.files()}
+                for run in runs.values()]
+
+    @app.get("/api/runs/{name}/files/{path:path}")
+    def run_file(name: str, path: str) -> FileResponse:
+        run = get_run(name)
+        target = (run.path / path).resolve()
+        # Only files inside the run directory: resolve() follows '..' and symlinks before the check.
+        if not target.is_relative_to(run.path):
+            raise HTTPException(403, f"{path!r} is outside run directory {run.name!r}")
+        if not target.is_file() or target.suffix not in REPORT_SUFFIXES:
+            raise HTTPException(404, f"run {run.name!r} has no report file {path!r}")
+        return FileResponse(target)
+
+    return app
+
+
+def serve_main(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000) -> None:
+    """``rnnkit serve RUN_DIR... [--host --port]``: run the app under uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(run_dirs)
+    print(f"rnnkit serve: http://{host}:{port}/  ({len(app.state.runs)} runs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
