@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install browser test test-fast lint demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium through Playwright (never Playwright's own browser download).
+browser:
+	bash scripts/install_browser.sh
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check rnnkit tests benchmarks
 	$(PY) -m pytest -q --timeout=1800
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
