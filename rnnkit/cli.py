@@ -112,11 +112,14 @@ def _task_parser(task: str, module) -> argparse.ArgumentParser:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import read_config
+    from rnnkit.distributed import make_trainer
     from rnnkit.tasks import read_config_file, resolve_settings, task_module, training_settings
-    from rnnkit.training import Trainer
 
+    rest, nproc = _pop_nproc(args.rest)
+    if nproc > 1:
+        return _launch_processes(nproc, ["train", args.task, *rest])
     module = task_module(args.task)
-    options = vars(_task_parser(args.task, module).parse_args(args.rest))
+    options = vars(_task_parser(args.task, module).parse_args(rest))
     out, config_file, resume, overwrite = (options.pop(k) for k in ("out", "config", "resume", "overwrite"))
     given: dict = {}
     if resume:
@@ -133,13 +136,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CommandError(f"--data is required: a {args.task} file or a catalog name (rnnkit data list)")
     run_dir = Path(out or f"runs/{args.task}")
     task, run_config = module.prepare(settings, run_dir)
-    trainer = Trainer(task, run_dir, training_settings(settings), run_config=run_config)
+    trainer = make_trainer(task, run_dir, training_settings(settings), run_config=run_config)
     result = trainer.resume() if resume else trainer.train(overwrite=overwrite)
+    if getattr(trainer, "rank", 0) != 0:
+        return 0  # rank 0 prints the summary
     summary = {"run_dir": str(run_dir), "stop_reason": result.stop_reason, "steps": result.step,
                "best_" + getattr(task, "primary_metric", "metric"): result.best_metric,
                "last_metrics": result.last_metrics}
     _print_json(summary)
     return 0
+
+
+def _pop_nproc(rest: list[str]) -> tuple[list[str], int]:
+    """Take ``--nproc N`` (or ``--nproc=N``) out of the train arguments; 1 when absent."""
+    kept, nproc, index = [], 1, 0
+    while index < len(rest):
+        word = rest[index]
+        if word == "--nproc" or word.startswith("--nproc="):
+            value = word.partition("=")[2] if "=" in word else (rest[index + 1] if index + 1 < len(rest) else "")
+            index += 1 if "=" in word else 2
+            if not value.isdigit() or int(value) < 1:
+                raise CommandError(f"--nproc takes a number of processes >= 1, got {value!r}")
+            nproc = int(value)
+            continue
+        kept.append(word)
+        index += 1
+    return kept, nproc
+
+
+def _launch_processes(nproc: int, argv: list[str]) -> int:
+    """``rnnkit train ... --nproc N``: the same command in N processes on this machine, through torchrun."""
+    import subprocess
+
+    from rnnkit.distributed import launch_command
+
+    return subprocess.call(launch_command(nproc, argv))
 
 
 def _runner(run_dir: str):
@@ -206,6 +237,24 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from rnnkit.export import export_run
+
+    for path in export_run(args.run_dir, args.out):
+        print(path)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from rnnkit.server.app import serve_main
+
+    for run_dir in args.run_dirs:
+        if not (Path(run_dir) / "config.json").is_file():
+            raise CommandError(f"{run_dir} is not a run directory (it has no config.json)")
+    serve_main(args.run_dirs, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnkit",
@@ -234,8 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     from rnnkit.tasks import TASK_NAMES
 
     train = sub.add_parser("train", help="train a model: lm | classify | tag | translate | forecast",
-                           description="rnnkit train TASK --data SOURCE [settings]; `rnnkit train TASK --help` "
-                                       "lists the task's settings.", add_help=False)
+                           description="rnnkit train TASK --data SOURCE [settings] [--nproc N]; `rnnkit train "
+                                       "TASK --help` lists the task's settings. --nproc N trains data-parallel in N "
+                                       "processes on this machine (torchrun); for several machines run "
+                                       "torchrun yourself (README).", add_help=False)
     train.add_argument("task", choices=TASK_NAMES, metavar="TASK", nargs="?")
     train.add_argument("rest", nargs=argparse.REMAINDER)
     train.set_defaults(func=_cmd_train)
@@ -275,6 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--out", help="output directory (default runs/experiments/NAME)")
     experiment.add_argument("--seed", type=int, default=0)
     experiment.set_defaults(func=_cmd_experiment)
+
+    export = sub.add_parser("export", help="export a run's model to ONNX (every part: encoder, decoder step, ...)")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    export.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")
+    export.add_argument("--out", help="output directory (default: RUN_DIR/onnx)")
+    export.set_defaults(func=_cmd_export)
+
+    serve = sub.add_parser("serve", help="serve runs over an HTTP API and the web explorer page")
+    serve.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories to load (any number)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.set_defaults(func=_cmd_serve)
 
     data = sub.add_parser("data", help="the dataset catalog: list and fetch offline datasets")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)

@@ -15,7 +15,8 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "train", "eval", "generate", "translate", "predict", "experiment", "data", "bench"):
+    for command in ("demo", "train", "eval", "generate", "translate", "predict", "experiment", "data", "bench",
+                    "export", "serve"):
         assert command in out
 
 
@@ -79,3 +80,39 @@ def test_train_translate_eval_round_trip(tmp_path, capsys, monkeypatch):
 def test_wrong_verb_for_run_is_clear(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_export_writes_onnx_parts_of_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "translate", "--data", TINY, "--out", str(run), "--hidden-size", "8",
+                 "--embedding-size", "4", "--max-steps", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    written = capsys.readouterr().out.split()
+    assert {p.rsplit("/", 1)[-1] for p in written} == {"encoder.onnx", "decoder-step.onnx"}
+    assert all((tmp_path / "onnx" / name).stat().st_size > 1000 for name in ("encoder.onnx", "decoder-step.onnx"))
+
+
+def test_serve_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_nproc_needs_a_positive_count(capsys):
+    assert main(["train", "translate", "--data", TINY, "--nproc", "zero"]) == 2
+    assert "--nproc" in capsys.readouterr().err
+
+
+def test_nproc_2_trains_through_torchrun(tmp_path):
+    """--nproc 2 runs the same command in two processes (torchrun, gloo); rank 0 writes the run."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "rnnkit.cli", "train", "translate", "--data", TINY, "--out", str(run),
+               "--hidden-size", "8", "--embedding-size", "4", "--max-steps", "2", "--no-progress", "--nproc", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    assert summary["steps"] == 2
+    assert (run / "model.safetensors").is_file() and (run / "config.json").is_file()
