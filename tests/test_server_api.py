@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
 import math
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,8 @@ from rnnkit.server import Limits, create_app
 from rnnkit.server.explore import EMBEDDING_ROWS, build_layer
 from rnnkit.tasks import resolve_settings, task_module, training_settings, translate
 from rnnkit.training import Trainer
+
+PLOTLY_SHA256 = "79542150855a52c567260e3137095dbe2b744e6d702a5cabe67da246942fba7a"
 
 
 def make_translate_run(run_dir: Path) -> Path:
@@ -263,6 +268,18 @@ def test_runs_lists_metrics_and_serves_files_from_inside_only(client, translate_
     assert missing.status_code == 404 and "unknown run 'nope'" in missing.json()["detail"]
 
 
+def test_every_static_file_ships_in_the_package():
+    """pyproject's package-data must cover the page: a non-editable install has nothing else to serve."""
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    static = root / "rnnkit" / "server" / "static"
+    files = [p.relative_to(static.parent).as_posix() for p in static.rglob("*") if p.is_file()]
+    assert "static/vendor/plotly-cartesian.min.js" in files
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, pattern) and f.count("/") == pattern.count("/")
+                                           for pattern in patterns["rnnkit.server"])]
+    assert missing == []
+
+
 def test_missing_run_directory_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a run directory"):
         create_app([tmp_path / "missing"])
@@ -272,10 +289,17 @@ def test_page_assets_are_local_and_openapi_has_limits(client):
     page = client.get("/")
     assert page.status_code == 200 and "Architecture explorer" in page.text
     static = Path(__file__).resolve().parents[1] / "rnnkit" / "server" / "static"
-    for path in static.iterdir():
-        text = path.read_text(encoding="utf-8")
-        assert "http://" not in text and "https://" not in text and "//cdn" not in text, path.name
-        assert client.get(f"/static/{path.name}").status_code == 200
+    for path in static.iterdir():  # our own files name no outside URL (the vendored library: see below)
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            assert "http://" not in text and "https://" not in text and "//cdn" not in text, path.name
+            assert client.get(f"/static/{path.name}").status_code == 200
+    assert '<script src="/static/vendor/plotly-cartesian.min.js">' in page.text
+    vendored = client.get("/static/vendor/plotly-cartesian.min.js")
+    assert vendored.status_code == 200 and "window.Plotly = Plotly" in vendored.text
+    # the file is plotly.js-cartesian-dist-min 4.1.1 as published (static/vendor/README.md)
+    assert hashlib.sha256(vendored.content).hexdigest() == PLOTLY_SHA256
+    assert client.get("/static/vendor/plotly.LICENSE").status_code == 200
     spec = client.get("/openapi.json").json()
     for route in ("/api/models", "/api/translate", "/api/generate", "/api/predict", "/api/explore", "/api/jobs",
                   "/api/jobs/{job_id}/events", "/api/runs"):
