@@ -183,6 +183,22 @@ def _safetensors_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str
     return safetensors.torch.save(plain, metadata={**metadata, _DIGEST_KEY: digest})
 
 
+def _read_file(path: Path) -> bytes:
+    """The bytes of ``path``; a missing or unreadable file is a :class:`CheckpointError` naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return path.read_bytes()
+    except OSError as err:  # permissions, I/O errors, a file removed meanwhile
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
+def _short(err: object, limit: int = 200) -> str:
+    """A message (or an exception's) cut to ``limit`` characters: a corrupt file can make very long ones."""
+    text = str(err)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _describe_foreign(head: bytes) -> str:
     """A short guess at what a file that is not safetensors is, from its first bytes."""
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
@@ -201,9 +217,7 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, st
     bytes), truncated, or its data does not match the digest rnnkit wrote.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    data = path.read_bytes()
+    data = _read_file(path)
     if len(data) < 8:
         raise CheckpointError(f"{path}: truncated or empty ({len(data)} bytes); {_describe_foreign(data)}")
     (header_size,) = struct.unpack("<Q", data[:8])
@@ -216,8 +230,8 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, st
         header = json.loads(data[8:8 + header_size])
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: absurdly deep nesting
+        raise CheckpointError(f"{path}: corrupt safetensors header ({_short(err)})") from None
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: corrupt safetensors header (metadata is not a string map)")
@@ -233,8 +247,8 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, st
             aliases = json.loads(metadata[_ALIASES_KEY])
             for name, source in aliases.items():
                 tensors[name] = tensors[source]
-        except (ValueError, KeyError, AttributeError, TypeError) as err:
-            raise CheckpointError(f"{path}: corrupt list of tied parameters ({err!r})") from None
+        except (ValueError, KeyError, AttributeError, TypeError, RecursionError) as err:
+            raise CheckpointError(f"{path}: corrupt list of tied parameters ({_short(err)!r})") from None
     return tensors, dict(metadata)
 
 
@@ -417,18 +431,19 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _read_json(path: Path, expected_format: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    raw = path.read_bytes()
+    raw = _read_file(path)
     try:
         document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({_describe_foreign(raw[:8])}; {err})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # RecursionError: absurdly deep nesting
+        raise CheckpointError(f"{path}: not valid JSON ({_describe_foreign(raw[:8])}; {_short(err)})") from None
     if not isinstance(document, dict) or document.get("format") != expected_format:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
-        raise CheckpointError(f"{path}: not an rnnkit file of format {expected_format!r} (found {found!r})")
+        raise CheckpointError(f"{path}: not an rnnkit file of format {expected_format!r} "
+                              f"(found {_short(repr(found), 80)})")
     version = document.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: format_version must be an integer >= 1, found {_short(repr(version), 80)}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {version!r} is not supported by this rnnkit "
                               f"(reads up to {FORMAT_VERSION}); upgrade rnnkit")
     return document
@@ -548,8 +563,8 @@ def load_checkpoint(run_dir: str | Path, name: str = "last", model: nn.Module | 
             raise CheckpointError(f"{tensors_path}: not an rnnkit trainer-state file")
         try:
             trainer_state = decode_state(document.get("state"), tensors)
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{json_path}: does not match {tensors_path.name} ({err!r})") from None
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as err:
+            raise CheckpointError(f"{json_path}: does not match {tensors_path.name} ({_short(err)!r})") from None
     return Checkpoint(weights=weights, metadata=metadata, trainer_state=trainer_state, path=directory)
 
 

@@ -406,6 +406,28 @@ class _LoopState:
     carry: Any = None
 
 
+def _check_loop_state(loop: _LoopState) -> None:
+    """Refuse counters of the wrong type (an edited or foreign trainer.json): the loop would otherwise fail
+    later, deep inside, with a TypeError. ValueError names the field."""
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    checks = {name: (is_int, "an integer >= 0") for name in (
+        "epoch", "batch", "step", "updates", "clip_events", "nonfinite_steps", "bad_evaluations", "evaluations",
+        "metrics_offset", "window_items", "window_steps")}
+    checks.update({name: (lambda v: v is None or is_int(v), "an integer >= 0 or null")
+                   for name in ("best_step", "best_epoch", "last_eval_step")})
+    checks.update({name: (is_number, "a number") for name in ("elapsed", "window_loss")})
+    checks["best_metric"] = (lambda v: v is None or is_number(v), "a number or null")
+    checks["early_stopped"] = (lambda v: isinstance(v, bool), "true or false")
+    for name, (ok, expected) in checks.items():
+        if not ok(getattr(loop, name)):
+            raise ValueError(f"loop.{name} is {getattr(loop, name)!r}, expected {expected}")
+
+
 @dataclass
 class TrainResult:
     """How a training session ended. ``stop_reason`` is one of "completed", "early_stopping",
@@ -517,15 +539,21 @@ class Trainer:
         state = checkpoint.trainer_state
         if not isinstance(state, dict) or "loop" not in state:
             raise CheckpointError(f"{path}: holds weights only, no trainer state to resume from")
+        before = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
         try:
+            loop = _LoopState(**state["loop"])
+            _check_loop_state(loop)
+            saved_settings = dict(state["settings"])
             self.model.load_state_dict(checkpoint.weights, strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
             self.schedule.load_state_dict(state["schedule"])
-            self.state = _LoopState(**state["loop"])
+            _restore_rng(state["rng"])  # checked here; restored again just before the loop starts
             rng = state["rng"]
-            saved_settings = state["settings"]
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: trainer state does not fit this task/model ({err})") from None
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+            self.model.load_state_dict(before)  # a refused checkpoint leaves the model as it was
+            raise CheckpointError(f"{path}: trainer state does not fit this task/model "
+                                  f"({type(err).__name__}: {str(err)[:200]})") from None
+        self.state = loop
         changed = [name for name in _TRAJECTORY_SETTINGS
                    if _jsonable(saved_settings.get(name)) != _jsonable(getattr(self.settings, name))]
         if changed:

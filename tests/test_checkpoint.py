@@ -479,3 +479,80 @@ def test_read_weights_file_reports_the_path(tmp_path):
     path.write_bytes(struct.pack("<Q", 10) + b"{not json}")
     with pytest.raises(CheckpointError, match=f"{path}: corrupt safetensors header"):
         read_weights_file(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hostile structure: nesting deep enough to exhaust the recursion limit, odd versions, edited trainer state
+# ----------------------------------------------------------------------------------------------------------
+
+DEEP = "[" * 100_000  # json.loads raises RecursionError (not ValueError) on this
+
+
+def test_deeply_nested_json_is_a_checkpoint_error_not_a_recursion_error(tmp_path):
+    header = DEEP.encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(CheckpointError, match="corrupt safetensors header") as caught:
+        load_weights(tmp_path, fresh())
+    assert str(tmp_path / "model.safetensors") in str(caught.value) and len(str(caught.value)) < 500
+
+    aliases = json.dumps({"__metadata__": {"rnnkit.aliases": DEEP}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(aliases)) + aliases)
+    with pytest.raises(CheckpointError, match="corrupt list of tied parameters"):
+        read_weights_file(tmp_path / "model.safetensors")
+
+    (tmp_path / "config.json").write_text(DEEP)
+    with pytest.raises(CheckpointError, match="not valid JSON") as caught:
+        read_config(tmp_path)
+    assert str(tmp_path / "config.json") in str(caught.value)
+
+    save_checkpoint(tmp_path, fresh(), name="last", trainer_state={"step": 1})
+    state_json = tmp_path / "checkpoints" / "last" / "trainer.json"
+    state_json.write_text(DEEP)
+    with pytest.raises(CheckpointError, match="trainer.json: not valid JSON"):
+        load_checkpoint(tmp_path, "last")
+
+
+@pytest.mark.parametrize("version", [True, 0, -1, "1", None, 1.0])
+def test_format_version_must_be_a_positive_integer(tmp_path, version):
+    (tmp_path / "config.json").write_text(json.dumps({"format": "rnnkit.run", "format_version": version}))
+    with pytest.raises(CheckpointError, match="format_version must be an integer >= 1"):
+        read_config(tmp_path)
+
+
+class Counting:
+    """A task with a real model whose checkpoints the trainer writes; resumed after an edit."""
+
+    def __init__(self):
+        self.model = fresh(3)
+        self.tokens = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(0))
+
+    def train_batches(self, epoch, rng):
+        return [0, 1, 2]
+
+    def loss(self, batch, carry):
+        return self.model(self.tokens).square().mean(), 1, None
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda s: s["loop"].update(step="seven"), "loop.step is 'seven'"),
+    (lambda s: s["loop"].update(batch=-2), "loop.batch is -2"),
+    (lambda s: s["loop"].update(early_stopped=1), "loop.early_stopped is 1"),
+    (lambda s: s["loop"].update(unknown=1), "unexpected keyword argument 'unknown'"),
+    (lambda s: s["rng"].update(python={"__tuple__": [3, "not a state", None]}), "trainer state does not fit"),
+    (lambda s: s["rng"]["numpy"]["__tuple__"].__setitem__(0, "PCG64?"), "trainer state does not fit"),
+    (lambda s: s.pop("schedule"), "KeyError: 'schedule'"),
+])
+def test_edited_trainer_state_is_refused_on_resume_and_the_model_is_untouched(tmp_path, edit, expected):
+    from rnnkit.training import Trainer
+
+    Trainer(Counting(), tmp_path, epochs=1, progress=False).train()
+    path = tmp_path / "checkpoints" / "last" / "trainer.json"
+    document = json.loads(path.read_text())
+    edit(document["state"])
+    path.write_text(json.dumps(document))
+    task = Counting()
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=expected) as caught:
+        Trainer(task, tmp_path, epochs=2, progress=False).resume()
+    assert str(tmp_path / "checkpoints" / "last") in str(caught.value)
+    assert same_weights(task.model.state_dict(), before)
