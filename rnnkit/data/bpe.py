@@ -27,6 +27,7 @@ from rnnkit.data.vocab import (
     UNK_ID,
     parse_json_object,
     read_json_text,
+    save_json_text,
 )
 
 BPE_FORMAT = "rnnkit.bpe"
@@ -126,7 +127,7 @@ class BPETokenizer:
             raise DataError(source, None, f"bad BPE tokenizer: {err}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        save_json_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:

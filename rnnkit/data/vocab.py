@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from rnnkit.checkpoint import atomic_write_bytes
 from rnnkit.data.errors import DataError
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
@@ -188,7 +189,7 @@ class Vocab:
             raise DataError(source, None, f"bad vocabulary: {err}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        save_json_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
@@ -260,7 +261,7 @@ class LabelSet:
             raise DataError(source, None, f"bad label set: {err}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        save_json_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> LabelSet:
@@ -272,19 +273,37 @@ class LabelSet:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def save_json_text(path: str | Path, text: str) -> None:
+    """Write a vocabulary's JSON atomically: a save killed half-way leaves the previous file, never half of one
+    (a run directory must always reload)."""
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
 def read_json_text(path: str | Path) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise DataError(path, None, "is a directory, expected a JSON file") from None
+    except OSError as err:
+        raise DataError(path, None, f"cannot be read ({err.strerror or err})") from None
     except UnicodeDecodeError as err:
         raise DataError(path, None, f"invalid UTF-8 at byte offset {err.start}") from None
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``; absurdly deep nesting (RecursionError in the parser) counts as invalid JSON too."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
 
 
 def parse_json_object(text: str, source: str | Path | None, expected_format: str) -> dict[str, Any]:
     """Parse ``text`` and check its ``format`` and ``version`` keys; errors name ``source``."""
     try:
-        obj = json.loads(text)
+        obj = _loads(text)
     except json.JSONDecodeError as err:
         raise DataError(source, err.lineno, f"invalid JSON: {err.msg} (column {err.colno})") from None
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
@@ -301,7 +320,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a :class:`Vocab` or a ``BPETokenizer`` saved as JSON, whichever the file holds."""
     text = read_json_text(path)
     try:
-        kind = json.loads(text).get("format")
+        kind = _loads(text).get("format")
     except (json.JSONDecodeError, AttributeError):
         kind = None
     if kind == "rnnkit.bpe":

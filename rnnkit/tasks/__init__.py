@@ -30,6 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from rnnkit.checkpoint import CONFIG_FILE, CheckpointError
 from rnnkit.training import TrainingConfig
 
 TASK_NAMES = ("lm", "classify", "tag", "translate", "forecast")
@@ -131,3 +132,37 @@ def split_source(settings: Mapping[str, Any], split: str) -> str:
         return data
     raise ValueError(f"--{split} FILE is needed when --data is a file ({data}); a catalog dataset brings its own "
                      f"{split} split")
+
+
+def run_file(run_dir: str | Path, name: Any, what: str) -> Path:
+    """``RUN_DIR/name`` for a file that ``config.json`` names (a vocabulary, a label set).
+
+    The name comes from a file that may not be trustworthy, so it must stay inside the run directory: an
+    absolute path, ``..`` or a symlink that leads outside is a :class:`CheckpointError`.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{config_path}: the {what} file must be a file name, got {name!r}")
+    root = run_dir.resolve()
+    try:
+        path = (run_dir / name).resolve()
+    except (OSError, RuntimeError, ValueError) as err:  # symlink loops, NUL bytes
+        raise CheckpointError(f"{config_path}: bad {what} file name {name!r} ({err})") from None
+    if Path(name).is_absolute() or not path.is_relative_to(root):
+        raise CheckpointError(f"{config_path}: the {what} file {name!r} is outside the run directory {run_dir}; "
+                              f"a run directory must hold its own files")
+    return run_dir / name
+
+
+def check_vocabulary_size(path: str | Path, found: int, model_config: Mapping[str, Any], key: str,
+                          what: str = "vocabulary") -> None:
+    """Refuse a vocabulary (or label set) whose size is not the one the model's weights were built for.
+
+    Such a pair loads, but encodes ids the embedding does not have or decodes ids the vocabulary lacks; the
+    usual cause is a file copied from another run. :class:`CheckpointError` names the file and both sizes.
+    """
+    expected = model_config.get(key) if isinstance(model_config, Mapping) else None
+    if expected != found:
+        raise CheckpointError(f"{path}: the {what} has {found} entries but the model in {CONFIG_FILE} was built for "
+                              f"{key}={expected!r}; it belongs to another run, or one of the two files was edited")

@@ -28,7 +28,7 @@ from rnnkit.checkpoint import load_weights, read_config
 from rnnkit.data import LabelSet, Vocab, bucketed_batches, load_source, pad_sequences
 from rnnkit.metrics import accuracy, macro_f1
 from rnnkit.models import POOLINGS, SequenceClassifier, SequenceClassifierConfig
-from rnnkit.tasks import common_defaults, split_source
+from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
 
 LEVELS = ("char", "word")
 
@@ -205,8 +205,12 @@ class ClassifyRunner:
             self.model = SequenceClassifier(self.config["model"])
         except (KeyError, TypeError) as err:
             raise ValueError(f"{self.run_dir / 'config.json'}: no classifier config ({err})") from None
-        self.vocab = Vocab.load(self.run_dir / self.config.get("vocab", "vocab.json"))
-        self.labels = LabelSet.load(self.run_dir / self.config.get("labels", "labels.json"))
+        vocab_path = run_file(self.run_dir, self.config.get("vocab", "vocab.json"), "vocabulary")
+        labels_path = run_file(self.run_dir, self.config.get("labels", "labels.json"), "label set")
+        self.vocab = Vocab.load(vocab_path)
+        self.labels = LabelSet.load(labels_path)
+        check_vocabulary_size(vocab_path, len(self.vocab), self.config["model"], "vocab_size")
+        check_vocabulary_size(labels_path, len(self.labels), self.config["model"], "num_classes", "label set")
         load_weights(self.run_dir, self.model)
         self.model.eval()
         self.settings = self.config.get("settings", {})

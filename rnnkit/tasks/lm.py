@@ -28,7 +28,7 @@ from rnnkit.checkpoint import load_weights, read_config
 from rnnkit.data import PAD_ID, Vocab, batchify, bptt_chunks, load_source, token_stream
 from rnnkit.metrics import bits_per_char, perplexity
 from rnnkit.models import LanguageModel, LanguageModelConfig
-from rnnkit.tasks import common_defaults, split_source
+from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
 
 LEVELS = ("char", "word")
 
@@ -180,7 +180,9 @@ class LanguageModelRunner:
             self.model = LanguageModel(self.config["model"])
         except (KeyError, TypeError) as err:
             raise ValueError(f"{self.run_dir / 'config.json'}: no language model config ({err})") from None
-        self.vocab = Vocab.load(self.run_dir / self.config.get("vocab", "vocab.json"))
+        vocab_path = run_file(self.run_dir, self.config.get("vocab", "vocab.json"), "vocabulary")
+        self.vocab = Vocab.load(vocab_path)
+        check_vocabulary_size(vocab_path, len(self.vocab), self.config["model"], "vocab_size")
         load_weights(self.run_dir, self.model)
         self.model.eval()
         self.settings = self.config.get("settings", {})

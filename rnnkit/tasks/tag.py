@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.checkpoint import load_weights, read_config
+from rnnkit.checkpoint import atomic_write_json, load_weights, read_config
 from rnnkit.data import LabelSet, Vocab, bucketed_batches, load_source, pad_sequences
 from rnnkit.metrics import entity_scores
 from rnnkit.models import SequenceTagger, SequenceTaggerConfig
-from rnnkit.tasks import common_defaults, split_source
+from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
 
 DEFAULTS: dict[str, Any] = common_defaults(
     data="turkish-pos",
@@ -219,8 +219,7 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TagTask, dic
                   "vocab": "vocab.json", "tags": "tags.json"}
     # The baseline's table is data, not code: kept so evaluation can report it on any split later.
     baseline = MostFrequentTag([(s.tokens, s.tags) for s in train], lowercase)
-    (run_dir / "baseline.json").write_text(json.dumps({"default": baseline.default, "table": baseline.table},
-                                                      ensure_ascii=False), encoding="utf-8")
+    atomic_write_json(run_dir / "baseline.json", {"default": baseline.default, "table": baseline.table})
     return task, run_config
 
 
@@ -237,22 +236,26 @@ class TagRunner:
         except (KeyError, TypeError) as err:
             raise ValueError(f"{self.run_dir / 'config.json'}: no tagger config ({err})") from None
         self.settings = self.config.get("settings", {})
-        vocab = Vocab.load(self.run_dir / self.config.get("vocab", "vocab.json"))
-        tags = LabelSet.load(self.run_dir / self.config.get("tags", "tags.json"))
+        vocab_path = run_file(self.run_dir, self.config.get("vocab", "vocab.json"), "vocabulary")
+        tags_path = run_file(self.run_dir, self.config.get("tags", "tags.json"), "tag set")
+        vocab = Vocab.load(vocab_path)
+        tags = LabelSet.load(tags_path)
+        check_vocabulary_size(vocab_path, len(vocab), self.config["model"], "vocab_size")
+        check_vocabulary_size(tags_path, len(tags), self.config["model"], "num_tags", "tag set")
         self.tagging = Tagging(vocab, tags, bool(self.settings.get("lowercase", False)))
         load_weights(self.run_dir, self.model)
         self.model.eval()
         self.baseline = self._load_baseline()
 
     def _load_baseline(self) -> MostFrequentTag | None:
-        path = self.run_dir / self.config["data"].get("baseline", "baseline.json")
+        path = run_file(self.run_dir, self.config["data"].get("baseline", "baseline.json"), "baseline")
         if not path.is_file():
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             baseline = MostFrequentTag.from_table(data["table"], str(data["default"]),
                                                   bool(self.settings.get("lowercase", False)))
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
             raise ValueError(f"{path}: not a baseline table ({err})") from None
         return baseline
 

@@ -28,7 +28,7 @@ from rnnkit.data import BPETokenizer, Vocab, bucketed_batches, load_source, load
 from rnnkit.decoding import Hypothesis, beam_search, greedy_decode
 from rnnkit.metrics import bleu, chrf, exact_match
 from rnnkit.seq2seq import Seq2Seq, Seq2SeqConfig, make_schedule
-from rnnkit.tasks import common_defaults, split_source
+from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
 
 LEVELS = ("char", "word", "bpe")
 SCHEDULES = ("constant", "linear", "exponential", "inverse-sigmoid")
@@ -261,8 +261,18 @@ class TranslateRunner:
         except (KeyError, TypeError) as err:
             raise ValueError(f"{self.run_dir / 'config.json'}: the model config does not describe a Seq2Seq "
                              f"({err})") from None
-        self.source_vocab = load_tokenizer(self.run_dir / self.config["vocab"]["source"])
-        self.target_vocab = load_tokenizer(self.run_dir / self.config["vocab"]["target"])
+        try:
+            names = self.config["vocab"]["source"], self.config["vocab"]["target"]
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{self.run_dir / 'config.json'}: no source and target vocabularies ({err!r})") from None
+        source_path = run_file(self.run_dir, names[0], "source vocabulary")
+        target_path = run_file(self.run_dir, names[1], "target vocabulary")
+        self.source_vocab = load_tokenizer(source_path)
+        self.target_vocab = load_tokenizer(target_path)
+        check_vocabulary_size(source_path, len(self.source_vocab), self.config["model"], "source_vocab_size",
+                              "source vocabulary")
+        check_vocabulary_size(target_path, len(self.target_vocab), self.config["model"], "target_vocab_size",
+                              "target vocabulary")
         load_weights(self.run_dir, self.model)
         self.model.eval()
         self.settings = self.config.get("settings", {})
