@@ -79,6 +79,20 @@ def test_word_level_perplexity(tmp_path):
     assert words[:2] == ["the", "cat"] and len(words) <= 6
 
 
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_generate_stream_adds_up_to_generate(tmp_path, level):
+    """The streamed pieces (one per token, specials as "") rebuild generate's text, prompt or not."""
+    run = tmp_path / "run"
+    _train(_settings(tmp_path, level=level, bptt=5, max_steps=5), run)
+    runner = lm.load(run)
+    for prompt, seed in (("the cat", 1), ("", 2)):
+        pieces = list(runner.generate_stream(prompt, length=25, temperature=1.0, seed=seed))
+        assert len(pieces) == 25
+        assert prompt + "".join(p["text"] for p in pieces) == runner.generate(prompt, length=25, temperature=1.0,
+                                                                              seed=seed)
+        assert all(p["token"] == runner.vocab.id_to_token(p["id"]) for p in pieces)
+
+
 def test_truncated_bptt_carries_state(tmp_path):
     task, _ = lm.prepare(_settings(tmp_path), tmp_path / "run")
     batches = iter(task.train_batches(0, None))

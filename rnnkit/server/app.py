@@ -5,7 +5,11 @@ Endpoints (OpenAPI spec at ``/openapi.json``, interactive docs at ``/docs``):
 ``GET  /api/models``              loaded runs: name, task, model settings, last evaluation metrics
 ``POST /api/translate``           n-best translations with scores, tokens and attention (L, S)
 ``POST /api/generate``            language-model continuation (temperature, top-k)
-``POST /api/predict``             classify / tag lines
+``POST /api/generate/stream``     the same, streamed as server-sent events: one ``token`` event per token as it is
+                                  drawn ({"id", "token", "text"}), then ``done`` ({"count"}) or ``error``
+``POST /api/predict``             classify / tag lines (``/api/classify`` and ``/api/tag``: the same, one task)
+``POST /api/diagnostics``         one input through a loaded run's model: ||dL/dh_t||, hidden norms and gates per
+                                  layer-direction, attention (see :mod:`rnnkit.server.probe`)
 ``POST /api/explore``             architecture explorer: parameter counts and a forward pass with gates
 ``POST /api/jobs``                start a small training job (adding / vanishing gradients)
 ``GET  /api/jobs/{id}``           its status and all events so far
@@ -25,6 +29,8 @@ import asyncio
 import itertools
 import json
 import threading
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +44,9 @@ from starlette.concurrency import run_in_threadpool
 from rnnkit.checkpoint import read_config
 from rnnkit.server.dynamics import run_job
 from rnnkit.server.explore import explore
+from rnnkit.server.probe import TASKS as DIAGNOSABLE_TASKS
+from rnnkit.server.probe import diagnose_input
+from rnnkit.streaming import sse_events
 from rnnkit.tasks import task_module
 
 STATIC = Path(__file__).parent / "static"
@@ -84,6 +93,18 @@ class PredictRequest(BaseModel):
     model: str | None = None
 
 
+class DiagnosticsRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=100_000,
+                      description="the input: text (lm, classify), whitespace tokens (tag), "
+                                  "a source sentence (translate)")
+    model: str | None = Field(None, description="run name from /api/models; default: the first lm, classify, tag "
+                                                "or translate run")
+    target: str | None = Field(None, max_length=100_000,
+                               description="what the loss is measured against: a label (classify), tags separated "
+                                           "by spaces (tag), a translation (translate); default: the model's own "
+                                           "prediction. Not for lm: its target is the text itself")
+
+
 class ExploreRequest(BaseModel):
     cell: Literal["rnn", "lstm", "gru"] = "lstm"
     layer_norm: bool = False
@@ -112,6 +133,21 @@ def _over(limit: str, value: Any, maximum: Any, status: int = 413) -> HTTPExcept
 def _check(limit: str, value: int | float, maximum: int | float, status: int = 413) -> None:
     if value > maximum:
         raise _over(limit, value, maximum, status)
+
+
+def until_deadline(items: Iterable[Any], seconds: float) -> Iterator[Any]:
+    """``items`` until ``seconds`` have passed; then a ValueError naming ``request_timeout``, which
+    :func:`rnnkit.streaming.sse_events` sends as an ``error`` event (the 200 status is already out by then)."""
+    deadline = time.monotonic() + seconds
+    iterator = iter(items)
+    while True:
+        if time.monotonic() > deadline:
+            raise ValueError(f"limit request_timeout exceeded: the stream ran longer than {seconds} s")
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        yield item
 
 
 # -- runs and jobs -------------------------------------------------------------------------------------------
@@ -270,13 +306,50 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits()) -> Fa
                            temperature=request.temperature, top_k=request.top_k, seed=request.seed)
         return {"model": run.name, "text": text}
 
-    @app.post("/api/predict")
-    async def predict(request: PredictRequest) -> dict[str, Any]:
+    @app.post("/api/generate/stream", response_class=StreamingResponse, responses={
+        200: {"content": {"text/event-stream": {}},
+              "description": "server-sent events: `token` {id, token, text} per token, then `done` {count}; "
+                             "`error` {error} instead if the generation fails or exceeds request_timeout"}})
+    async def generate_stream(request: GenerateRequest) -> StreamingResponse:
+        # Every limit is checked before the stream starts, so that going over one is still a 4xx.
+        _check("max_input_chars", len(request.prompt), limits.max_input_chars)
+        _check("max_generation", request.length, limits.max_generation, 422)
+        run = pick(request.model, ("lm",), "generate")
+        runner = await timed(run.runner)
+        tokens = runner.generate_stream(request.prompt, length=request.length, temperature=request.temperature,
+                                        top_k=request.top_k, seed=request.seed)
+        # A sync iterator: Starlette advances it in a worker thread, one token per frame.
+        return StreamingResponse(sse_events(until_deadline(tokens, limits.request_timeout)),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def predict_lines(request: PredictRequest, tasks: tuple[str, ...], verb: str) -> dict[str, Any]:
         _check("max_lines", len(request.lines), limits.max_lines)
         _check("max_input_chars", sum(len(line) for line in request.lines), limits.max_input_chars)
-        run = pick(request.model, ("classify", "tag"), "predict")
+        run = pick(request.model, tasks, verb)
         runner = await timed(run.runner)
         return {"model": run.name, "task": run.task, "predictions": await timed(runner.predict, request.lines)}
+
+    @app.post("/api/predict")
+    async def predict(request: PredictRequest) -> dict[str, Any]:
+        return await predict_lines(request, ("classify", "tag"), "predict")
+
+    @app.post("/api/classify")
+    async def classify(request: PredictRequest) -> dict[str, Any]:
+        """One label per line, from a classify run."""
+        return await predict_lines(request, ("classify",), "classify")
+
+    @app.post("/api/tag")
+    async def tag(request: PredictRequest) -> dict[str, Any]:
+        """One tag per whitespace token of each line, from a tag run."""
+        return await predict_lines(request, ("tag",), "tag")
+
+    @app.post("/api/diagnostics")
+    async def diagnostics(request: DiagnosticsRequest) -> dict[str, Any]:
+        _check("max_input_chars", len(request.text) + len(request.target or ""), limits.max_input_chars)
+        run = pick(request.model, DIAGNOSABLE_TASKS, "diagnose")
+        runner = await timed(run.runner)
+        result = await timed(diagnose_input, run.task, runner, request.text, request.target)
+        return {"model": run.name, **result}
 
     @app.post("/api/explore")
     async def explorer(request: ExploreRequest) -> dict[str, Any]:

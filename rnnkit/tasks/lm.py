@@ -212,6 +212,29 @@ class LanguageModelRunner:
             return prompt + continuation
         return " ".join(part for part in (prompt, continuation) if part)
 
+    def generate_stream(self, prompt: str = "", length: int = 200, temperature: float = 0.8,
+                        top_k: int | None = None, top_p: float | None = None,
+                        seed: int | None = None) -> Iterator[dict[str, Any]]:
+        """:meth:`generate`, one token at a time as it is drawn (constant memory: only the state is kept).
+
+        Yields ``{"id", "token", "text"}`` per token: ``text`` is what it adds to the output (a word with its
+        leading space, "" for a special token), so ``prompt + "".join(texts)`` equals :meth:`generate` with
+        the same arguments.
+        """
+        from rnnkit.streaming import LanguageModelStreamer
+
+        ids = self.vocab.encode(prompt) if prompt else []
+        written = bool(prompt)  # word level: a space goes before every word but the output's first
+        tokens = LanguageModelStreamer(self.model).generate_stream(ids, length, temperature=temperature,
+                                                                   top_k=top_k, top_p=top_p, seed=seed)
+        for token_id in tokens:
+            token = self.vocab.id_to_token(token_id)
+            text = self.vocab.decode([token_id])  # "" for <pad>, <bos>, <eos>
+            if self.level != "char" and text:
+                text = (" " if written else "") + text
+                written = True
+            yield {"id": token_id, "token": token, "text": text}
+
 
 def load(run_dir: str | Path) -> LanguageModelRunner:
     return LanguageModelRunner(run_dir)
