@@ -6,6 +6,7 @@ import fnmatch
 import hashlib
 import json
 import math
+import time
 import tomllib
 from pathlib import Path
 
@@ -126,6 +127,16 @@ def test_explore_counts_match_the_formula_and_torch(client, cell, layer_norm, bi
     expected_gates = {"rnn": set(), "lstm": {"input_gate", "forget_gate", "output_gate"},
                       "gru": {"reset_gate", "update_gate"}}[cell]
     assert set(result["gates"]) == expected_gates
+    # per layer-direction: the formula with its numbers filled in, and the gates of every layer-direction
+    assert len(counts["layers"]) == len(result["layers"]) == layers * directions
+    assert sum(row["actual"] for row in counts["layers"]) == counts["model"]
+    assert sum(row["torch_formula"] for row in counts["layers"]) == counts["formula_torch"]
+    assert counts["layers"][0]["formula_text"] == (f"{gates}[7(5 + 7) + 7]" if gates > 1 else "7(5 + 7) + 7")
+    for entry in result["layers"]:
+        assert set(entry["gates"]) == expected_gates
+        assert all(len(values) == len("hello world") and len(values[0]) == 7 for values in entry["gates"].values())
+        assert all(0 < v < 1 for values in entry["gates"].values() for row in values for v in row)
+    assert result["gates"] == result["layers"][0]["gates"]
 
 
 def test_explore_lstm_gates_follow_the_equations_of_torch_lstm_cell(client):
@@ -301,29 +312,43 @@ def test_page_assets_are_local_and_openapi_has_limits(client):
     assert hashlib.sha256(vendored.content).hexdigest() == PLOTLY_SHA256
     assert client.get("/static/vendor/plotly.LICENSE").status_code == 200
     spec = client.get("/openapi.json").json()
-    for route in ("/api/models", "/api/translate", "/api/generate", "/api/predict", "/api/explore", "/api/jobs",
+    for route in ("/api/models", "/api/translate", "/api/generate", "/api/generate/stream", "/api/predict",
+                  "/api/classify", "/api/tag", "/api/diagnostics", "/api/explore", "/api/jobs",
                   "/api/jobs/{job_id}/events", "/api/runs"):
         assert route in spec["paths"], route
     assert spec["components"]["schemas"]["ExploreRequest"]["properties"]["cell"]["enum"] == ["rnn", "lstm", "gru"]
 
 
+SMALL_DATA = {
+    "lm": ("text.txt", "the quick brown fox jumps over the lazy dog\n" * 50),
+    "classify": ("labels.tsv", "pos\tgood great fine\nneg\tbad awful poor\n" * 30),
+    "tag": ("tagged.txt", "the\tDET\ncat\tNOUN\nsat\tVERB\n\na\tDET\ndog\tNOUN\nran\tVERB\n\n" * 20),
+}
+SMALL_SETTINGS = {"lm": {"bptt": 16, "batch_size": 4}, "classify": {"pooling": "attention"},
+                  "tag": {"min_freq": 1, "batch_size": 4}}
+
+
+def make_small_run(task: str, root: Path) -> Path:
+    """A tiny run of ``task`` (about a second) trained on a file written into ``root``."""
+    name, text = SMALL_DATA[task]
+    data = root / name
+    data.write_text(text, encoding="utf-8")
+    settings = resolve_settings(task, {"data": str(data), "valid": str(data), "hidden_size": 16, "max_steps": 5,
+                                       "eval_every": 5, "checkpoint_every": 5, **SMALL_SETTINGS[task]})
+    task_object, run_config = task_module(task).prepare(settings, root / task)
+    Trainer(task_object, root / task, training_settings(settings), run_config=run_config).train(overwrite=True)
+    return root / task
+
+
 @pytest.fixture(scope="session")
 def lm_and_classify_runs(tmp_path_factory) -> tuple[Path, Path]:
-    """Tiny lm and classify runs (about a second each) trained on files written here."""
     root = tmp_path_factory.mktemp("server_more")
-    text = root / "text.txt"
-    text.write_text("the quick brown fox jumps over the lazy dog\n" * 50, encoding="utf-8")
-    labelled = root / "labels.tsv"
-    labelled.write_text("".join(f"{'pos' if i % 2 else 'neg'}\t{'good great fine' if i % 2 else 'bad awful poor'}\n"
-                                for i in range(60)), encoding="utf-8")
-    runs = []
-    for task, data, extra in (("lm", text, {"bptt": 16, "batch_size": 4}), ("classify", labelled, {})):
-        settings = resolve_settings(task, {"data": str(data), "valid": str(data), "hidden_size": 16, "max_steps": 5,
-                                           "eval_every": 5, "checkpoint_every": 5, **extra})
-        task_object, run_config = task_module(task).prepare(settings, root / task)
-        Trainer(task_object, root / task, training_settings(settings), run_config=run_config).train(overwrite=True)
-        runs.append(root / task)
-    return runs[0], runs[1]
+    return make_small_run("lm", root), make_small_run("classify", root)
+
+
+@pytest.fixture(scope="session")
+def tag_run(tmp_path_factory) -> Path:
+    return make_small_run("tag", tmp_path_factory.mktemp("server_tag"))
 
 
 def test_generate_and_predict_use_the_runners(translate_run, lm_and_classify_runs):
@@ -346,3 +371,192 @@ def test_generate_and_predict_use_the_runners(translate_run, lm_and_classify_run
 def test_runs_with_the_same_directory_name_get_distinct_names(translate_run):
     client = TestClient(create_app([translate_run, translate_run]))
     assert [m["name"] for m in client.get("/api/models").json()] == ["dates", "dates-2"]
+
+
+# -- streaming generation ------------------------------------------------------------------------------------
+
+def read_sse(response) -> list[tuple[str, dict]]:
+    """(event name, data) of each frame of a text/event-stream body."""
+    frames = []
+    for block in response.text.split("\n\n"):
+        if not block.strip():
+            continue
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        frames.append((fields.get("event", "message"), json.loads(fields["data"])))
+    return frames
+
+
+@pytest.mark.parametrize("temperature,seed", [(0.0, None), (1.0, 3)])
+def test_generate_stream_sends_each_token_and_adds_up_to_generate(lm_and_classify_runs, temperature, seed):
+    lm_run, _ = lm_and_classify_runs
+    client = TestClient(create_app([lm_run]))
+    body = {"prompt": "the qu", "length": 20, "temperature": temperature, "top_k": 5, "seed": seed}
+    response = client.post("/api/generate/stream", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    frames = read_sse(response)
+    assert [name for name, _ in frames] == ["token"] * 20 + ["done"]
+    assert frames[-1][1] == {"count": 20}
+    runner = task_module("lm").load(lm_run)
+    expected = runner.generate("the qu", length=20, temperature=temperature, top_k=5, seed=seed)
+    assert "the qu" + "".join(data["text"] for _, data in frames[:-1]) == expected
+    assert [data["token"] for _, data in frames[:-1]] == [runner.vocab.id_to_token(d["id"]) for _, d in frames[:-1]]
+
+
+def test_generate_stream_error_paths(translate_run, lm_and_classify_runs):
+    lm_run, _ = lm_and_classify_runs
+    client = TestClient(create_app([translate_run, lm_run], Limits(max_input_chars=10, max_generation=100)))
+    unknown = client.post("/api/generate/stream", json={"prompt": "a", "model": "nope"})
+    assert unknown.status_code == 404 and "unknown model 'nope'" in unknown.json()["detail"]
+    wrong = client.post("/api/generate/stream", json={"prompt": "a", "model": "dates"})
+    assert wrong.status_code == 400 and "translate run" in wrong.json()["detail"]
+    long_prompt = client.post("/api/generate/stream", json={"prompt": "a" * 11})
+    assert long_prompt.status_code == 413 and "max_input_chars" in long_prompt.json()["detail"]
+    too_many = client.post("/api/generate/stream", json={"prompt": "a", "length": 101})
+    assert too_many.status_code == 422 and "max_generation" in too_many.json()["detail"]
+    bad_temperature = client.post("/api/generate/stream", json={"prompt": "a", "temperature": -1})
+    assert bad_temperature.status_code == 422
+    only_translate = TestClient(create_app([translate_run]))
+    none = only_translate.post("/api/generate/stream", json={"prompt": "a"})
+    assert none.status_code == 404 and "task lm" in none.json()["detail"]
+
+
+def test_a_stream_past_request_timeout_ends_with_an_error_event():
+    from rnnkit.server.app import until_deadline
+    from rnnkit.streaming import sse_events
+
+    def slow():
+        for k in range(100):
+            time.sleep(0.02)
+            yield {"k": k}
+
+    frames = list(sse_events(until_deadline(slow(), 0.1)))
+    assert 1 <= len(frames) - 1 < 100
+    assert frames[-1].startswith("event: error\n") and "request_timeout" in frames[-1]
+    assert list(until_deadline(iter([1, 2, 3]), 10.0)) == [1, 2, 3]
+
+
+# -- classify and tag ----------------------------------------------------------------------------------------
+
+def test_classify_and_tag_endpoints_need_their_own_task(lm_and_classify_runs, tag_run):
+    _, classify_run = lm_and_classify_runs
+    client = TestClient(create_app([classify_run, tag_run]))
+    labels = client.post("/api/classify", json={"lines": ["good great", "bad awful"]})
+    assert labels.status_code == 200, labels.text
+    assert labels.json()["predictions"] == task_module("classify").load(classify_run).predict(["good great",
+                                                                                                "bad awful"])
+    tags = client.post("/api/tag", json={"lines": ["the cat sat", "a dog"]})
+    assert tags.status_code == 200, tags.text
+    assert tags.json()["predictions"] == task_module("tag").load(tag_run).predict(["the cat sat", "a dog"])
+    assert [len(t) for t in tags.json()["predictions"]] == [3, 2]
+    wrong = client.post("/api/tag", json={"lines": ["a"], "model": "classify"})
+    assert wrong.status_code == 400 and "tag needs task tag" in wrong.json()["detail"]
+    wrong = client.post("/api/classify", json={"lines": ["a"], "model": "tag"})
+    assert wrong.status_code == 400 and "classify needs task classify" in wrong.json()["detail"]
+    assert client.post("/api/classify", json={"lines": []}).status_code == 422
+    assert client.post("/api/tag", json={"lines": ["a"], "model": "nope"}).status_code == 404
+
+
+# -- diagnostics of one input --------------------------------------------------------------------------------
+
+def test_diagnostics_of_a_language_model(lm_and_classify_runs):
+    lm_run, _ = lm_and_classify_runs
+    client = TestClient(create_app([lm_run]))
+    response = client.post("/api/diagnostics", json={"text": "the lazy dog"})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["model"] == "lm" and result["task"] == "lm"
+    runner = task_module("lm").load(lm_run)
+    ids = runner.vocab.encode("the lazy dog")
+    inputs, targets = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+    with torch.no_grad():  # reference: the model's own forward pass and loss
+        logits, _ = runner.model(inputs)
+        loss = runner.model.loss(logits, targets)
+        embedded = runner.model.embedding(inputs)
+        outputs, _ = runner.model.recurrent(embedded)  # (1, T - 1, H)
+    assert result["loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert sum(result["token_loss"]) / len(result["token_loss"]) == pytest.approx(float(loss), rel=1e-5)
+    assert result["inputs"] == list("the lazy do") and result["target"] == list("he lazy dog")
+    (layer,) = result["layers"]
+    assert layer["labels"] == list("the lazy do") and layer["steps"] == 11
+    assert layer["hidden_norm"] == pytest.approx(outputs[0].norm(dim=1).tolist(), abs=1e-5)
+    assert len(layer["grad_norm"]) == 11 and all(g > 0 for g in layer["grad_norm"])
+    assert set(layer["gates"]) == {"input", "forget", "output"}  # the lm default cell is an LSTM
+    assert len(layer["gates"]["forget"]["unit_mean"]) == 11 and len(layer["gates"]["forget"]["unit_mean"][0]) == 16
+    assert result["attention"] is None
+    assert result["parameters"]["total"] == sum(p.numel() for p in runner.model.parameters())
+
+
+def test_diagnostics_of_a_classifier_with_attention_pooling(lm_and_classify_runs):
+    _, classify_run = lm_and_classify_runs
+    client = TestClient(create_app([classify_run]))
+    runner = task_module("classify").load(classify_run)
+    predicted = runner.predict(["good great fine"])[0]
+    result = client.post("/api/diagnostics", json={"text": "good great fine"}).json()
+    assert result["target"] == predicted and result["inputs"] == ["good", "great", "fine"]
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert result["loss"] == pytest.approx(-math.log(result["probabilities"][predicted]), rel=1e-4)
+    other = next(label for label in result["probabilities"] if label != predicted)
+    against = client.post("/api/diagnostics", json={"text": "good great fine", "target": other}).json()
+    assert against["loss"] == pytest.approx(-math.log(result["probabilities"][other]), rel=1e-4)
+    assert result["attention"]["kind"] == "pooling"
+    (weights,) = result["attention"]["weights"][0]
+    assert len(weights) == 3 and sum(weights) == pytest.approx(1.0, abs=1e-5)
+    assert all(layer["labels"] == ["good", "great", "fine"] for layer in result["layers"])
+    unknown = client.post("/api/diagnostics", json={"text": "good", "target": "maybe"})
+    assert unknown.status_code == 422 and "'maybe'" in unknown.json()["detail"] and "neg" in unknown.json()["detail"]
+
+
+def test_diagnostics_of_a_tagger(tag_run):
+    client = TestClient(create_app([tag_run]))
+    runner = task_module("tag").load(tag_run)
+    result = client.post("/api/diagnostics", json={"text": "the dog sat"}).json()
+    assert result["target"] == runner.predict(["the dog sat"])[0]
+    assert [layer["name"] for layer in result["layers"]] == ["recurrent/l0", "recurrent/l0_reverse"]
+    assert all(layer["labels"] == ["the", "dog", "sat"] for layer in result["layers"])
+    given = client.post("/api/diagnostics", json={"text": "the dog sat", "target": "DET NOUN VERB"}).json()
+    assert given["target"] == ["DET", "NOUN", "VERB"]
+    count = client.post("/api/diagnostics", json={"text": "the dog sat", "target": "DET NOUN"})
+    assert count.status_code == 422 and "3 tokens, got 2 tags" in count.json()["detail"]
+    unknown = client.post("/api/diagnostics", json={"text": "the dog", "target": "DET ADJ"})
+    assert unknown.status_code == 422 and "ADJ" in unknown.json()["detail"]
+
+
+def test_diagnostics_of_a_translation_shows_the_attention_of_its_greedy_output(client, translate_run):
+    result = client.post("/api/diagnostics", json={"text": "3 May 2020"})
+    assert result.status_code == 200, result.text
+    result = result.json()
+    greedy = translate.load(translate_run).translate(["3 May 2020"], beam_size=1)[0][0]
+    assert result["target_text"] == greedy["text"]
+    assert result["target"] == greedy["tokens"] and result["inputs"] == greedy["source_tokens"]
+    attention = result["attention"]
+    assert attention["rows"] == greedy["tokens"] and attention["columns"] == list("3 May 2020")
+    # teacher forcing on the greedy output feeds the decoder what greedy decoding fed it: the same weights
+    assert torch.allclose(torch.tensor(attention["weights"][0]), torch.tensor(greedy["attention"]), atol=1e-5)
+    names = [layer["name"] for layer in result["layers"]]
+    assert any(n.startswith("encoder") for n in names) and any(n.startswith("decoder") for n in names)
+    for layer in result["layers"]:
+        expected = list("3 May 2020") if layer["module"].startswith("encoder") else ["<bos>"] + greedy["tokens"][:-1]
+        assert layer["labels"] == expected, layer["name"]
+
+
+def test_diagnostics_error_paths(client, translate_run, lm_and_classify_runs):
+    unknown = client.post("/api/diagnostics", json={"text": "1 May 2020", "model": "nope"})
+    assert unknown.status_code == 404 and "unknown model 'nope'" in unknown.json()["detail"]
+    long = client.post("/api/diagnostics", json={"text": "x" * 201})
+    assert long.status_code == 413 and "max_input_chars" in long.json()["detail"]
+    long_target = client.post("/api/diagnostics", json={"text": "1 May 2020", "target": "x" * 195})
+    assert long_target.status_code == 413 and "max_input_chars" in long_target.json()["detail"]
+    assert client.post("/api/diagnostics", json={"text": ""}).status_code == 422
+    lm_run, _ = lm_and_classify_runs
+    lm_client = TestClient(create_app([lm_run]))
+    short = lm_client.post("/api/diagnostics", json={"text": "t"})
+    assert short.status_code == 422 and "at least 2 tokens" in short.json()["detail"]
+    target = lm_client.post("/api/diagnostics", json={"text": "the", "target": "he"})
+    assert target.status_code == 422 and "leave target out" in target.json()["detail"]
+    nothing = TestClient(create_app([])).post("/api/diagnostics", json={"text": "a"})
+    assert nothing.status_code == 404 and "no loaded run can diagnose" in nothing.json()["detail"]
+    from rnnkit.server.probe import diagnose_input
+
+    with pytest.raises(ValueError, match="forecast"):
+        diagnose_input("forecast", None, "1 2 3")

@@ -2,14 +2,14 @@
 
 The sentence's characters are embedded (a random ``nn.Embedding`` over their code points modulo a small
 table) and run through an ``rnnkit.LSTM`` / ``GRU`` / ``RNN``. The page shows per step the hidden-state norm
-||h_t||, the hidden state itself (a heatmap) and, for the first layer's forward direction, the gate
-activations, recomputed from the layer's own cell with the seeds' equations:
+||h_t||, the hidden state itself (a heatmap) and, for every layer-direction, the gate activations, recomputed
+from the layer's own cells with the seeds' equations (:func:`rnnkit.diagnostics.gate_activations`):
 
     LSTM  i_t, f_t, o_t = sigma(W_i x_t + U_i h_{t-1} + b)      c_t = f_t * c_{t-1} + i_t * g_t
     GRU   r_t, z_t      = sigma(W_r x_t + U_r h_{t-1} + b)      h_t = (1 - z_t) * n_t + z_t * h_{t-1}
 
-(the RNN has no gates). Each step is advanced with the cell's own ``recur``, so the gates shown belong to the
-same trajectory as the layer's output.
+(the RNN has no gates). :func:`rnnkit.diagnostics.diagnose` records them while each cell's own ``recur``
+advances the state, so the gates shown belong to the same trajectory as the layer's output.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rnnkit.cells import GRUCell, LSTMCell, _layer_norm
+from rnnkit.diagnostics import diagnose, parameter_report
 from rnnkit.layers import GRU, LSTM, RNN
-from rnnkit.parameters import count_parameters, formula_count
+from rnnkit.parameters import FORMULA_NOTE, count_parameters, formula_count
 
 CELLS = ("rnn", "lstm", "gru")
 EMBEDDING_ROWS = 256  # characters are embedded by code point modulo this
@@ -41,49 +40,6 @@ def build_layer(cell: str, input_size: int, hidden_size: int, num_layers: int, b
     if cell == "lstm":
         return LSTM(input_size, hidden_size, layer_norm=layer_norm, **common)
     return GRU(input_size, hidden_size, layer_norm=layer_norm, reset_after=reset_after, **common)
-
-
-def _first_cell(layer: nn.Module) -> nn.Module | None:
-    """Layer 0's forward cell, bound to the layer's parameters (``layer.cells``), if it has gates."""
-    cell = layer.cells[0]
-    return cell if isinstance(cell, (LSTMCell, GRUCell)) else None
-
-
-def gate_activations(cell: nn.Module, xp: torch.Tensor) -> dict[str, list[list[float]]]:
-    """Gates per step of one cell over its input projections ``xp`` (T, G*H), batch of one.
-
-    Returns {gate name: (T, H) nested list}; the state is advanced with ``cell.recur`` itself.
-    """
-    hidden = cell.hidden_size
-    state = cell.initial_state(1, dtype=xp.dtype)
-    names = ("input_gate", "forget_gate", "output_gate") if isinstance(cell, LSTMCell) else ("reset_gate",
-                                                                                            "update_gate")
-    rows: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    for t in range(xp.shape[0]):
-        xp_t = xp[t : t + 1]  # (1, G*H)
-        h_prev = state[0] if isinstance(cell, LSTMCell) else state
-        if isinstance(cell, LSTMCell):
-            recurrent = F.linear(h_prev, cell.weight_hh)  # (1, 4H)
-            if cell.layer_norm:
-                recurrent = _layer_norm(recurrent, cell.ln_hh_weight)
-            gates = torch.sigmoid(xp_t + recurrent)  # (1, 4H); block order i, f, g, o as torch
-            values = (gates[:, :hidden], gates[:, hidden : 2 * hidden], gates[:, 3 * hidden :])
-        else:
-            if cell.reset_after:
-                recurrent = F.linear(h_prev, cell.weight_hh)  # (1, 3H)
-                if cell.layer_norm:
-                    recurrent = cell._normalise(recurrent, cell.ln_hh_weight)
-                if cell.bias_hh is not None:
-                    recurrent = recurrent + cell.bias_hh
-                recurrent = recurrent[:, : 2 * hidden]
-            else:
-                both = slice(0, 2 * hidden)
-                recurrent = cell._recurrent(h_prev, both, both)  # (1, 2H)
-            values = torch.sigmoid(xp_t[:, : 2 * hidden] + recurrent).chunk(2, dim=1)  # r_t, z_t
-        for name, value in zip(names, values, strict=True):
-            rows[name].append(value[0])
-        _, state = cell.recur(xp_t, state)
-    return {name: torch.stack(steps).tolist() for name, steps in rows.items()}  # (T, H) each
 
 
 @torch.no_grad()
@@ -114,7 +70,16 @@ def explore(cell: str, input_size: int, hidden_size: int, num_layers: int, bidir
         "hidden": hidden.tolist(),  # (T, directions * H)
         "gates": {},
     }
-    first = _first_cell(layer)
-    if first is not None:
-        result["gates"] = gate_activations(first, first.input_projection(x[0]))
+    result["parameters"]["layers"] = [  # per layer-direction: the formula with its numbers, and the count
+        {key: r[key] for key in ("component", "input_size", "hidden_size", "formula_text", "formula",
+                                 "torch_formula", "actual")} for r in parameter_report(layer)["recurrent"]]
+    result["parameters"]["note"] = FORMULA_NOTE
+    traces = diagnose(layer, lambda m: m(x)[0].sum(), gradients=False).layers
+    result["layers"] = [{
+        "name": f"layer {trace.layer}" + (" backward" if trace.direction else (" forward" if bidirectional else "")),
+        "layer": trace.layer, "direction": trace.direction,
+        "hidden_norm": trace.hidden_norm, "cell_norm": trace.cell_norm,
+        "gates": {f"{name}_gate": stats.unit_mean for name, stats in trace.gates.items()},  # (T, H) each
+    } for trace in traces]
+    result["gates"] = result["layers"][0]["gates"]  # layer 0, forward
     return result
