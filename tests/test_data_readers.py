@@ -379,3 +379,51 @@ def test_read_dispatches_by_task(tmp_path):
     assert read(path, "classify") == [LabeledText("b", "a")]
     with pytest.raises(ValueError, match="unknown task 'speak'"):
         read(path, "speak")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Regressions found by fuzzing (tests/test_data_readers_fuzz.py)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_conllu_with_a_bom_is_still_recognised_as_conllu(tmp_path):
+    path = write(tmp_path, "bom.txt", b"\xef\xbb\xbf" + CONLLU.encode("utf-8"))
+    assert read_tagging(path) == read_tagging(write(tmp_path, "plain.txt", CONLLU))
+
+
+def test_a_csv_field_longer_than_pythons_default_limit_is_data(tmp_path):
+    long_text = "word " * 40_000  # 200,000 characters: over csv's default field_size_limit (131,072)
+    path = write(tmp_path, "long.csv", f'text,label\n"{long_text}",pos\nshort,neg\n')
+    assert read_classification(path) == [LabeledText(long_text.strip(), "pos"), LabeledText("short", "neg")]
+    series = write(tmp_path, "long_series.csv", "v,note\n1," + "x" * 200_000 + "\n2,y\n")
+    np.testing.assert_array_equal(read_series(series, column="v").values, [1.0, 2.0])
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("npy", "holds a single .npy array"),
+    (b"PK\x03\x04" + b"\x00" * 100, "not a readable .npz"),
+    (b"\x93NUMPY\x01\x00" + b"\xff" * 50, "not a readable .npz"),
+    ("scalar", "'inputs' must be an array with one entry per example"),
+    ("strings", "'targets' must be numeric, found dtype <U"),
+    ("empty", "no examples"),
+    ("truncated", "not a readable .npz"),
+])
+def test_damaged_or_foreign_npz_files_are_data_errors(tmp_path, content, expected):
+    path = tmp_path / "arrays.npz"
+    if content == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(3))
+    elif content == "scalar":
+        np.savez(path, inputs=np.array(3.0), targets=np.array(2.0))
+    elif content == "strings":
+        np.savez(path, inputs=np.zeros((1, 2)), targets=np.array(["a"]))
+    elif content == "empty":
+        np.savez(path, inputs=np.zeros((0, 2)), targets=np.zeros(0))
+    elif content == "truncated":
+        write_arrays(path, SequenceArrays(np.arange(600, dtype=np.float32).reshape(3, 100, 2), np.arange(3)))
+        path.write_bytes(path.read_bytes()[:-120])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(expected)) as info:
+        read_arrays(path)
+    assert_located(info.value, path, None)

@@ -179,3 +179,14 @@ def test_bpe_rejects_foreign_json(tmp_path):
     Vocab.build(["a b"]).save(vocab_path)
     with pytest.raises(DataError, match="rnnkit.bpe"):
         BPETokenizer.load(vocab_path)
+
+
+@pytest.mark.parametrize("loader", [Vocab.load, LabelSet.load, load_tokenizer])
+def test_hostile_json_files_are_data_errors(tmp_path, loader):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)  # json.loads raises RecursionError on this, not JSONDecodeError
+    with pytest.raises(DataError, match="invalid JSON: nested too deeply") as info:
+        loader(deep)
+    assert str(deep) in str(info.value)
+    with pytest.raises(DataError, match="is a directory"):
+        loader(tmp_path)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import codecs
 import csv
 import math
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -214,6 +215,13 @@ def _tab_fields(reader: LineReader, number: int, text: str, names: tuple[str, ..
 class _CsvRow(NamedTuple):
     line: int
     cells: list[str]
+
+
+# Python's csv module refuses fields over 131,072 characters by default ("field larger than field limit"):
+# a long review or document is data, not a malformed file. The whole file is in memory already, so the
+# limit protects nothing here; it is process-wide, so it is only ever raised, never lowered.
+if csv.field_size_limit() < sys.maxsize:
+    csv.field_size_limit(sys.maxsize)
 
 
 def _csv_rows(reader: LineReader) -> Iterator[_CsvRow]:
@@ -406,6 +414,8 @@ def _conllu_token(reader: LineReader, number: int, text: str) -> list[str] | Non
 def _sniff_tagging(path: str | Path, data: bytes) -> str:
     if _suffix(path) == ".conllu":
         return "conllu"
+    if data.startswith(codecs.BOM_UTF8):  # as LineReader does: "# sent_id" after a BOM is still a comment
+        data = data[len(codecs.BOM_UTF8):]
     for raw in data.split(b"\n", 200)[:200]:
         line = raw.strip(b"\r")
         if line.strip() and not line.startswith(b"#"):
@@ -508,21 +518,43 @@ def interpolate_missing(values: np.ndarray) -> np.ndarray:
 
 
 def read_arrays(path: str | Path) -> SequenceArrays:
-    """Read a ``.npz`` file holding ``inputs`` and ``targets`` (no pickles: object arrays are refused)."""
+    """Read a ``.npz`` file holding ``inputs`` and ``targets`` (no pickles: object arrays are refused).
+
+    Both must be numeric (or boolean) arrays with the same first dimension N >= 1 (the examples).
+    """
     read_bytes(path)  # uniform "file not found" errors
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as err:  # numpy and zipfile raise many types for a damaged file
+        raise DataError(path, None, f"not a readable .npz array file ({_short_reason(err)})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(path, None, "holds a single .npy array; expected a .npz archive with arrays 'inputs' and "
+                                    "'targets' (numpy.savez)")
+    try:
+        with loaded as archive:
             if "inputs" not in archive or "targets" not in archive:
                 found = sorted(archive.files)
                 raise DataError(path, None, f"expected arrays 'inputs' and 'targets', found {found}")
             inputs, targets = archive["inputs"], archive["targets"]
     except DataError:
         raise
-    except (OSError, ValueError) as err:
-        raise DataError(path, None, f"not a readable .npz array file ({err})") from None
+    except Exception as err:  # a damaged member: BadZipFile, zlib.error, EOFError, ValueError...
+        raise DataError(path, None, f"not a readable .npz array file ({_short_reason(err)})") from None
+    for name, array in (("inputs", inputs), ("targets", targets)):
+        if array.ndim == 0:
+            raise DataError(path, None, f"'{name}' must be an array with one entry per example, found a scalar")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise DataError(path, None, f"'{name}' must be numeric, found dtype {array.dtype}")
     if len(inputs) != len(targets):
         raise DataError(path, None, f"{len(inputs)} inputs but {len(targets)} targets")
+    if len(inputs) == 0:
+        raise DataError(path, None, "no examples (the arrays are empty)")
     return SequenceArrays(inputs=inputs, targets=targets)
+
+
+def _short_reason(err: BaseException, limit: int = 200) -> str:
+    text = f"{type(err).__name__}: {err}" if not isinstance(err, OSError | ValueError) else str(err)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 READERS = {
