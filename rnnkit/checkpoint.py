@@ -19,8 +19,10 @@ Safety. Weights and tensors are read only as safetensors (a JSON header and raw 
 structure only as JSON, so loading never runs code: a pickle (or ``torch.save`` zip) planted where a
 checkpoint is expected is refused with :class:`CheckpointError` before anything interprets it.
 
-Integrity. Every safetensors file that rnnkit writes carries the SHA-256 of its data section in its header
-metadata, so flipped or missing bytes are detected on load. Loading checks the file against the model:
+Integrity. Every safetensors file that rnnkit writes carries in its header metadata the SHA-256 of its data
+section and the SHA-256 of its tensor layout (names, dtypes, shapes, offsets, tied aliases), so flipped or
+missing bytes are detected on load, in the data and in the header alike. (Digests detect damage, not
+forgery: whoever can write the file can recompute them. See SECURITY.md.) Loading checks the file against the model:
 missing or unexpected keys and shape mismatches are reported by name. Every problem a user can meet
 (missing file, truncated or corrupt file, foreign file, another architecture's weights) raises one error
 class, :class:`CheckpointError` (a ``ValueError``), whose message names the file and the problem.
@@ -95,6 +97,7 @@ STATE_TENSORS_FILE = "trainer.safetensors"
 STATE_JSON_FILE = "trainer.json"
 
 _DIGEST_KEY = "rnnkit.sha256"  # SHA-256 of the data section, in the safetensors header metadata
+_LAYOUT_DIGEST_KEY = "rnnkit.layout_sha256"  # SHA-256 of the tensor names, dtypes, shapes, offsets and aliases
 _ALIASES_KEY = "rnnkit.aliases"  # {"output.weight": "embedding.weight"}: tied parameters stored once
 _MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 
@@ -170,17 +173,28 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _safetensors_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> bytes:
-    """Serialise with the SHA-256 of the data section in the header.
+def _layout_digest(header: Mapping[str, Any]) -> str:
+    """SHA-256 of what the header says about the tensors (names, dtypes, shapes, offsets) and of the tied
+    aliases. The data digest alone would miss a header edited to read the same bytes differently: F16 as
+    BF16, one (2, 3) matrix as (3, 2), two same-shaped tensors swapped by name."""
+    metadata = header.get("__metadata__") or {}
+    layout = {"tensors": {k: v for k, v in header.items() if k != "__metadata__"},
+              "aliases": metadata.get(_ALIASES_KEY)}
+    return hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()
 
-    The data section depends only on the tensors, not on the metadata, so it is hashed from a first
-    serialisation and the digest put in the header of the second.
+
+def _safetensors_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> bytes:
+    """Serialise with SHA-256 digests of the data section and of the tensor layout in the header.
+
+    The data section and the tensor entries depend only on the tensors, not on the metadata, so both are
+    hashed from a first serialisation and the digests put in the header of the second.
     """
     plain = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     first = safetensors.torch.save(plain, metadata=dict(metadata) or None)
     (header_size,) = struct.unpack("<Q", first[:8])
     digest = hashlib.sha256(first[8 + header_size:]).hexdigest()
-    return safetensors.torch.save(plain, metadata={**metadata, _DIGEST_KEY: digest})
+    layout = _layout_digest(json.loads(first[8:8 + header_size]))
+    return safetensors.torch.save(plain, metadata={**metadata, _DIGEST_KEY: digest, _LAYOUT_DIGEST_KEY: layout})
 
 
 def _read_file(path: Path) -> bytes:
@@ -242,6 +256,10 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, st
     expected = metadata.get(_DIGEST_KEY)
     if expected is not None and hashlib.sha256(data[8 + header_size:]).hexdigest() != expected:
         raise CheckpointError(f"{path}: corrupt: the tensor data does not match the checksum written with it")
+    expected_layout = metadata.get(_LAYOUT_DIGEST_KEY)  # absent from files of earlier rnnkit versions
+    if expected_layout is not None and _layout_digest(header) != expected_layout:
+        raise CheckpointError(f"{path}: corrupt: the tensor names, types or shapes in the header do not match "
+                              f"the checksum written with them")
     if _ALIASES_KEY in metadata:
         try:
             aliases = json.loads(metadata[_ALIASES_KEY])

@@ -556,3 +556,54 @@ def test_edited_trainer_state_is_refused_on_resume_and_the_model_is_untouched(tm
         Trainer(task, tmp_path, epochs=2, progress=False).resume()
     assert str(tmp_path / "checkpoints" / "last") in str(caught.value)
     assert same_weights(task.model.state_dict(), before)
+
+
+def _rewrite_header(path: Path, edit) -> None:
+    """Edit the JSON header of a safetensors file, keeping the data section as it is."""
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    edit(header)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size:])
+
+
+@pytest.mark.parametrize("edit", ["dtype", "shape", "swap", "alias"])
+def test_a_header_edited_to_read_the_same_bytes_differently_is_corrupt(tmp_path, edit):
+    """The data digest alone cannot see these: the bytes are intact, the header reads them as other values."""
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.arange(6, dtype=torch.float16).reshape(2, 3))
+            self.b = nn.Parameter(torch.arange(6, 12, dtype=torch.float16).reshape(2, 3))
+            self.c = self.a  # tied
+
+    save_checkpoint(tmp_path, Pair(), name="best")
+    path = tmp_path / "model.safetensors"
+    read_weights_file(path)  # intact: loads
+
+    def change(header):
+        if edit == "dtype":
+            header["a"]["dtype"] = "BF16"  # same size, both floating point: other numbers
+        elif edit == "shape":
+            header["a"]["shape"] = [3, 2]
+        elif edit == "swap":
+            header["a"], header["b"] = header["b"], header["a"]
+        else:
+            header["__metadata__"]["rnnkit.aliases"] = json.dumps({"c": "b"})
+
+    _rewrite_header(path, change)
+    with pytest.raises(CheckpointError, match="tensor names, types or shapes in the header") as caught:
+        load_weights(tmp_path, Pair())
+    assert str(path) in str(caught.value)
+
+
+def test_files_without_the_layout_digest_still_load(tmp_path):
+    """Checkpoints written before the layout digest existed carry only the data digest."""
+    model = fresh(0)
+    save_checkpoint(tmp_path, model, name="best")
+    _rewrite_header(tmp_path / "model.safetensors", lambda h: h["__metadata__"].pop("rnnkit.layout_sha256"))
+    target = fresh(1)
+    load_weights(tmp_path, target)
+    assert same_weights(model, target)
