@@ -427,3 +427,13 @@ def test_damaged_or_foreign_npz_files_are_data_errors(tmp_path, content, expecte
     with pytest.raises(DataError, match=re.escape(expected)) as info:
         read_arrays(path)
     assert_located(info.value, path, None)
+
+
+def test_lenient_tagging_drops_a_sentence_with_an_undecodable_line_whole(tmp_path):
+    """An invalid UTF-8 line is a malformed line like any other: its sentence goes, not just its token."""
+    content = b"a\tX\nb\xff\tY\nc\tZ\n\nd\tX\n\ne\tY\nf\xfe\tZ\n"
+    path = write(tmp_path, "tags.tsv", content)
+    with pytest.warns(DataWarning):
+        kept = read_tagging(path, on_error="skip")
+    assert kept == [TaggedSentence(["d"], ["X"])]
+    assert kept.report.skipped_lines == [2, 8]

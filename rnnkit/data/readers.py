@@ -366,7 +366,10 @@ def read_tagging(path: str | Path, format: str = "auto", on_error: str = "raise"
             sentences.append(TaggedSentence(tokens, tags))
         tokens, tags, broken = [], [], False
 
+    skipped = 0  # lines skipped so far; LineReader skips invalid UTF-8 before we see it: that breaks a sentence too
     for number, text in reader:
+        if len(reader.report.skipped) > skipped:  # a line was skipped since the previous one we saw
+            skipped, broken = len(reader.report.skipped), True
         if not text.strip():
             end_sentence()
             continue
@@ -381,6 +384,7 @@ def read_tagging(path: str | Path, format: str = "auto", on_error: str = "raise"
             continue
         tokens.append(token_tag[0])
         tags.append(token_tag[1])
+    broken = broken or len(reader.report.skipped) > skipped  # the last line was skipped
     end_sentence()
     return reader.finish(Records(sentences, reader.report), len(sentences), what="sentences")
 
