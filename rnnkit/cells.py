@@ -35,12 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell", "State", "check_size", "check_probability"]
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "State", "check_size", "check_probability", "LAYER_NORM_EPS"]
 
 #: A cell state: ``h`` (B, H) for RNN/GRU cells, ``(h, c)`` for LSTM cells.
 State = Tensor | tuple[Tensor, ...]
 
 _NONLINEARITIES = ("tanh", "relu")
+
+#: epsilon of every layer normalisation in the cells (added to the variance), as torch.nn.LayerNorm's default.
+LAYER_NORM_EPS = 1e-5
 
 
 def check_size(name: str, value: object, *, allow_zero: bool = False) -> int:
@@ -59,7 +62,7 @@ def check_probability(name: str, value: object) -> float:
     return float(value)
 
 
-def _layer_norm(x: Tensor, gain: Tensor, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+def _layer_norm(x: Tensor, gain: Tensor, bias: Tensor | None = None, eps: float = LAYER_NORM_EPS) -> Tensor:
     """LN(x; gain, bias): normalise the last dimension to zero mean and unit variance, then scale and shift."""
     return F.layer_norm(x, (x.shape[-1],), gain, bias, eps)
 

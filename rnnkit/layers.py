@@ -16,17 +16,19 @@ Two paths compute the same function:
   layer calls it (``torch._VF.lstm``/``gru``/``rnn_tanh``/``rnn_relu``, as ``torch.nn.RNNBase.forward`` does)
   with the module's own parameters, no copy per call; ``lengths=`` is handled by packing internally;
 * **own**: :func:`rnnkit.recurrent.run_layers` over the rnnkit cells (``rnnkit.cells``), with the input
-  projection of all time steps hoisted into one matrix product. Set ``use_fused=False`` (constructor or
-  attribute) to force it; the tests check that both paths agree with each other and with torch.nn.
+  projection of all time steps hoisted into one matrix product and the recurrence of each layer-direction
+  run by :mod:`rnnkit.fastpath` (one autograd Function per sequence whose backward computes the weight
+  gradients with one matrix product), or, with ``use_fast_path=False``, by stepping the cells' ``recur``
+  with autograd (the reference path).
+
+``use_fused`` chooses: ``"auto"`` (default) takes torch's kernel where it applies except where the own path
+was measured faster (with gradients: variable lengths, since torch's packed kernel has a slow backward, and
+the GRU, whose CPU kernel has no oneDNN path; see :meth:`uses_fused_kernel` and
+benchmarks/results/layers.md); ``True`` takes torch's kernel wherever it applies; ``False`` never. The tests
+check that all paths agree with each other and with torch.nn.
 
 The parameters live on the layer under torch's names; the cells of the own path are bound to them at each
 call, so there is one set of parameters and one definition of each cell's math.
-
-Speed note (CPU, torch 2.13, see benchmarks/results/layers.md): torch's packed kernel, which serves
-``lengths=`` and PackedSequence inputs on the fused path, has a slow backward for long sequences (at
-B=32, T=500, H=128 forward+backward took ~2 s against ~0.3 s for the own path, which computes all T steps
-and masks). When training on long variable-length batches, ``use_fused=False`` can be much faster; for short
-sequences or a batch of one the fused kernel is faster.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from rnnkit import fastpath
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell, State, check_probability, check_size
 from rnnkit.recurrent import _MERGES, check_lengths, run_layers
 
@@ -70,7 +73,8 @@ class _RecurrentLayer(nn.Module):
         residual: bool,
         recurrent_dropout: float,
         zoneout: float,
-        use_fused: bool,
+        use_fused: bool | str,
+        use_fast_path: bool,
         standard_cell: bool,
         make_cell,
     ) -> None:
@@ -92,7 +96,10 @@ class _RecurrentLayer(nn.Module):
         self.residual = bool(residual)
         self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
         self.zoneout = check_probability("zoneout", zoneout)
-        self.use_fused = bool(use_fused)
+        if not (use_fused == "auto" or isinstance(use_fused, bool)):
+            raise ValueError(f"use_fused must be True, False or 'auto', got {use_fused!r}")
+        self.use_fused = use_fused
+        self.use_fast_path = bool(use_fast_path)
         self._standard_cell = standard_cell
         if self.dropout > 0 and num_layers == 1:
             warnings.warn(
@@ -161,16 +168,39 @@ class _RecurrentLayer(nn.Module):
                 cell._parameters[cell_name] = getattr(self, layer_name)
         return self._cells
 
-    def uses_fused_kernel(self) -> bool:
-        """Whether the next call in the current mode runs torch's fused kernel (else rnnkit's own path)."""
-        return (
-            self.use_fused
+    def uses_fused_kernel(self, *, grad: bool | None = None, variable_lengths: bool = False,
+                          batch_size: int | None = None) -> bool:
+        """Whether a call in the current mode runs torch's fused kernel (else rnnkit's own path).
+
+        Args:
+            grad: whether the call records gradients; None: ``torch.is_grad_enabled()`` and some parameter
+                requires grad.
+            variable_lengths: whether the call has ``lengths=`` (not all T) or a PackedSequence.
+            batch_size: the call's B, if known.
+
+        ``use_fused=True``: torch's kernel wherever it applies (standard cells, none of the extras).
+        ``"auto"`` (the default): the same, except where rnnkit's fast path (:mod:`rnnkit.fastpath`) was
+        measured faster on CPU (benchmarks/results/layers.md): with gradients recorded, for variable lengths
+        (torch's packed kernel has a slow backward) and for the GRU (torch's CPU GRU kernel, unlike its LSTM,
+        has no oneDNN path and computes the weight gradients step by step). In training with dropout > 0
+        between layers torch's kernel is kept, so the dropout draws are torch's. ``False``: never.
+        """
+        applies = (
+            self.use_fused is not False
             and self._standard_cell
             and self.merge == "concat"
             and not self.residual
             and self.zoneout == 0.0
             and (self.recurrent_dropout == 0.0 or not self.training)  # identity at evaluation
         )
+        if not applies or self.use_fused is True:
+            return applies
+        if grad is None:
+            grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        own_is_faster = grad and (variable_lengths or self.mode == "GRU") and (batch_size is None or batch_size > 1)
+        keeps_torch_dropout = self.training and self.dropout > 0.0
+        fast_path_applies = self.use_fast_path and all(fastpath.supports(cell) for cell in self._cells)
+        return not (own_is_faster and fast_path_applies and not keeps_torch_dropout)
 
     # -- forward ------------------------------------------------------------------------------------------
 
@@ -190,13 +220,14 @@ class _RecurrentLayer(nn.Module):
         Returns:
             ``(output, h_n)`` (LSTM: ``(output, (h_n, c_n))``); output is a PackedSequence if input is one.
         """
-        fused = self.uses_fused_kernel()
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("lengths= is for padded tensors; a PackedSequence carries its own lengths")
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self._check_input(data, 2, "a PackedSequence with (N, D) data")
             batch_size = int(batch_sizes[0])
+            fused = self.uses_fused_kernel(grad=self._records_gradients(data, hx), variable_lengths=True,
+                                           batch_size=batch_size)
             hx = self._check_hidden(hx, batch_size, batched=True, dtype=data.dtype, device=data.device)
             if fused:
                 hx = _permute(hx, sorted_indices)
@@ -224,6 +255,8 @@ class _RecurrentLayer(nn.Module):
             lengths = check_lengths(lengths, batch_size, max_length, torch.device("cpu"))
             if bool((lengths == max_length).all()):
                 lengths = None  # nothing is padded
+        fused = self.uses_fused_kernel(grad=self._records_gradients(input, hx), variable_lengths=lengths is not None,
+                                       batch_size=batch_size)
         if fused and lengths is None:
             output, hidden = self._run_fused(input, hx, None)
         elif fused:
@@ -243,6 +276,13 @@ class _RecurrentLayer(nn.Module):
             output = output.squeeze(batch_dim)
             hidden = _map_hidden(hidden, lambda h: h.squeeze(1))
         return output, hidden
+
+    def _records_gradients(self, input: Tensor, hx) -> bool:
+        """Whether autograd records this call: grad mode on and the input, a state or a parameter requires grad."""
+        if not torch.is_grad_enabled():
+            return False
+        states = [] if hx is None else list(hx) if isinstance(hx, (tuple, list)) else [hx]
+        return any(t.requires_grad for t in [input, *states]) or any(p.requires_grad for p in self.parameters())
 
     def _run_fused(self, input: Tensor, hx, batch_sizes: Tensor | None):
         """Call torch's kernel with the module's own parameters, exactly as torch.nn.RNNBase.forward does."""
@@ -276,6 +316,7 @@ class _RecurrentLayer(nn.Module):
             recurrent_dropout=self.recurrent_dropout,
             zoneout=self.zoneout,
             training=self.training,
+            fast_path=self.use_fast_path,
         )
         if self.mode == "LSTM":
             hidden = (torch.stack([h for h, _ in finals]), torch.stack([c for _, c in finals]))  # 2 x (L*D, B, .)
@@ -349,8 +390,10 @@ class _RecurrentLayer(nn.Module):
         for name in ("recurrent_dropout", "zoneout"):
             if getattr(self, name):
                 text += f", {name}={getattr(self, name)}"
-        if not self.use_fused:
-            text += ", use_fused=False"
+        if self.use_fused != "auto":
+            text += f", use_fused={self.use_fused}"
+        if not self.use_fast_path:
+            text += ", use_fast_path=False"
         return text
 
 
@@ -396,7 +439,8 @@ class LSTM(_RecurrentLayer):
     Extras (keyword-only; defaults keep torch's behaviour): layer_norm (Ba et al. 2016), residual (between
     layers, Wu et al. 2016), recurrent_dropout (Gal & Ghahramani 2016), zoneout (Krueger et al. 2017),
     forget_bias (initial forget-gate bias), merge ("concat" or "sum" of the two directions), use_fused
-    (False forces rnnkit's own path).
+    ("auto", True: torch's kernel wherever it applies, False: rnnkit's own path; see the module docstring),
+    use_fast_path (False: the own path steps the cells with autograd, the reference the tests compare with).
 
     Shapes: input (T, B, D) ((B, T, D) if batch_first; (T, D) unbatched; or a PackedSequence); h_0, h_n
     (num_layers * num_directions, B, P or H); c_0, c_n (num_layers * num_directions, B, H); output
@@ -430,7 +474,8 @@ class LSTM(_RecurrentLayer):
         zoneout: float = 0.0,
         forget_bias: float | None = None,
         merge: str = "concat",
-        use_fused: bool = True,
+        use_fused: bool | str = "auto",
+        use_fast_path: bool = True,
     ) -> None:
         check_size("proj_size", proj_size, allow_zero=True)
         if proj_size >= check_size("hidden_size", hidden_size):
@@ -444,7 +489,7 @@ class LSTM(_RecurrentLayer):
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, device,
             dtype, merge=merge, residual=residual, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
-            use_fused=use_fused, standard_cell=not layer_norm, make_cell=make_cell,
+            use_fused=use_fused, use_fast_path=use_fast_path, standard_cell=not layer_norm, make_cell=make_cell,
         )
 
     def _hidden_shapes(self, batch_size: int) -> list[tuple[int, ...]]:
@@ -473,7 +518,7 @@ class GRU(_RecurrentLayer):
 
     Args (torch's): input_size D, hidden_size H, num_layers, bias, batch_first, dropout, bidirectional,
     device, dtype. Extras (keyword-only): reset_after, layer_norm, residual, recurrent_dropout, zoneout,
-    merge, use_fused (see :class:`LSTM`).
+    merge, use_fused, use_fast_path (see :class:`LSTM`).
 
     Shapes: input (T, B, D) ((B, T, D) if batch_first; (T, D) unbatched; or a PackedSequence); h_0, h_n
     (num_layers * num_directions, B, H); output (T, B, num_directions * H).
@@ -504,7 +549,8 @@ class GRU(_RecurrentLayer):
         recurrent_dropout: float = 0.0,
         zoneout: float = 0.0,
         merge: str = "concat",
-        use_fused: bool = True,
+        use_fused: bool | str = "auto",
+        use_fast_path: bool = True,
     ) -> None:
         self.reset_after = bool(reset_after)
         self.layer_norm = bool(layer_norm)
@@ -515,7 +561,8 @@ class GRU(_RecurrentLayer):
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
             merge=merge, residual=residual, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
-            use_fused=use_fused, standard_cell=reset_after and not layer_norm, make_cell=make_cell,
+            use_fused=use_fused, use_fast_path=use_fast_path, standard_cell=reset_after and not layer_norm,
+            make_cell=make_cell,
         )
 
     def extra_repr(self) -> str:
@@ -535,7 +582,7 @@ class RNN(_RecurrentLayer):
 
     Args (torch's): input_size D, hidden_size H, num_layers, nonlinearity, bias, batch_first, dropout,
     bidirectional, device, dtype. Extras (keyword-only): residual, recurrent_dropout, zoneout, merge,
-    use_fused (see :class:`LSTM`).
+    use_fused, use_fast_path (see :class:`LSTM`).
 
     Shapes: input (T, B, D) ((B, T, D) if batch_first; (T, D) unbatched; or a PackedSequence); h_0, h_n
     (num_layers * num_directions, B, H); output (T, B, num_directions * H).
@@ -563,7 +610,8 @@ class RNN(_RecurrentLayer):
         recurrent_dropout: float = 0.0,
         zoneout: float = 0.0,
         merge: str = "concat",
-        use_fused: bool = True,
+        use_fused: bool | str = "auto",
+        use_fast_path: bool = True,
     ) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
@@ -576,7 +624,7 @@ class RNN(_RecurrentLayer):
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
             merge=merge, residual=residual, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
-            use_fused=use_fused, standard_cell=True, make_cell=make_cell,
+            use_fused=use_fused, use_fast_path=use_fast_path, standard_cell=True, make_cell=make_cell,
         )
 
     def extra_repr(self) -> str:

@@ -16,6 +16,11 @@ How a layer-direction runs, for inputs ``x`` (T, B, D) (time-major inside, whate
    last valid step) and the output is 0;
 5. reverse the outputs back.
 
+Step 3 is the *reference path*. For the rnnkit cells it is replaced by the *fast path*
+(:mod:`rnnkit.fastpath`, ``fast_path=True``, the default): the same equations for all T steps in one
+autograd Function whose backward computes the weight gradients with one matrix product after the loop. The
+fast path is not used with zoneout or recurrent dropout in training, which stay on the reference path.
+
 Initial and final states are lists with one cell state per layer-direction, in torch's order
 ``index = layer * num_directions + direction`` (direction 1 is the backward one).
 """
@@ -28,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit import fastpath
 from rnnkit.cells import State, check_probability, check_size
 
 __all__ = ["Recurrent", "detach_state", "run_layers", "check_lengths", "CellFactory"]
@@ -106,15 +112,16 @@ def _run_direction(
     cell: nn.Module,
     x: Tensor,
     state: State,
-    valid: tuple[Tensor, ...] | None,
+    valid: Tensor | None,
     reverse: Tensor | bool,
     recurrent_mask: Tensor | None,
     zoneout: float,
     training: bool,
+    fast_path: bool = True,
 ) -> tuple[Tensor, State]:
     """Run one cell over (T, B, D) inputs; return outputs (T, B, H) (not yet zeroed past lengths) and final state.
 
-    ``valid`` holds one (B, 1) bool per step, True while the step is within the sequence (None: no padding).
+    ``valid`` (T, B, 1) is True while a step is within its sequence (None: no padding).
     ``reverse`` is a (T, B, 1) valid-prefix reversal index, True for a plain flip, or False.
     """
     if isinstance(reverse, Tensor):
@@ -122,11 +129,31 @@ def _run_direction(
     elif reverse:
         x = x.flip(0)
     project = getattr(cell, "input_projection", None)
-    if project is not None:
+    if fast_path and recurrent_mask is None and zoneout == 0.0 and fastpath.supports(cell):
+        output, state = fastpath.run(cell, project(x), state, valid)
+    elif project is not None:
         xp = project(x)  # (T, B, G*H): every step's input contribution in one matrix product
-        step = cell.recur
+        output, state = _step_loop(cell.recur, xp, state, valid, recurrent_mask, zoneout, training)
     else:  # any module with the cell contract h_t, state = cell(x_t, state)
-        xp, step = x, cell
+        output, state = _step_loop(cell, x, state, valid, recurrent_mask, zoneout, training)
+    if isinstance(reverse, Tensor):
+        output = _gather_time(output, reverse)
+    elif reverse:
+        output = output.flip(0)
+    return output, state
+
+
+def _step_loop(
+    step,
+    xp: Tensor,
+    state: State,
+    valid: Tensor | None,
+    recurrent_mask: Tensor | None,
+    zoneout: float,
+    training: bool,
+) -> tuple[Tensor, State]:
+    """The reference path: ``step(xp_t, state)`` once per time step, recorded by autograd step by step."""
+    valid_per_step = None if valid is None else valid.unbind(0)  # one (B, 1) per step
     outputs = []
     for t, xp_t in enumerate(xp.unbind(0)):
         if recurrent_mask is None:
@@ -142,17 +169,12 @@ def _run_direction(
             else:
                 new_state = _map(lambda new, old: torch.lerp(new, old, zoneout), new_state, state)
             h_t = _hidden(new_state)
-        if valid is not None:
+        if valid_per_step is not None:
             # Past its length a sequence keeps its state, so the final state is the one at its own end.
-            new_state = _map(lambda new, old, v=valid[t]: torch.where(v, new, old), new_state, state)
+            new_state = _map(lambda new, old, v=valid_per_step[t]: torch.where(v, new, old), new_state, state)
         state = new_state
         outputs.append(h_t)
-    output = torch.stack(outputs)  # (T, B, H)
-    if isinstance(reverse, Tensor):
-        output = _gather_time(output, reverse)
-    elif reverse:
-        output = output.flip(0)
-    return output, state
+    return torch.stack(outputs), state  # (T, B, H)
 
 
 def run_layers(
@@ -169,6 +191,7 @@ def run_layers(
     recurrent_dropout: float = 0.0,
     zoneout: float = 0.0,
     training: bool = False,
+    fast_path: bool = True,
 ) -> tuple[Tensor, list[State]]:
     """Run stacked (bi)directional cells over a time-major batch; the engine behind :class:`Recurrent`.
 
@@ -177,6 +200,8 @@ def run_layers(
         x: (T, B, D) inputs.
         states: one initial cell state per layer-direction.
         lengths: (B,) int64 valid lengths on x's device (checked by the caller), or None (all T).
+        fast_path: run the rnnkit cells with :mod:`rnnkit.fastpath` where it applies (False: the reference
+            path, the cells' ``recur`` stepped with autograd; the tests compare the two).
         Other arguments as in :class:`Recurrent`.
     Returns:
         outputs (T, B, H_out), 0 past each length, and the final state of every layer-direction.
@@ -188,7 +213,6 @@ def run_layers(
         valid_steps = torch.arange(max_length, device=x.device).unsqueeze(1) < lengths  # (T, B), True = real
         valid = valid_steps.unsqueeze(-1)  # (T, B, 1)
         reverse_index = _reverse_index(lengths, max_length)
-    valid_per_step = None if valid is None else valid.unbind(0)
     layer_input = x
     finals: list[State] = []
     for layer in range(num_layers):
@@ -203,7 +227,7 @@ def run_layers(
                 mask = hidden.new_empty(batch_size, hidden.shape[-1]).bernoulli_(keep) / keep  # (B, H)
             reverse = (reverse_index if reverse_index is not None else True) if direction == 1 else False
             output, final = _run_direction(
-                cells[index], layer_input, states[index], valid_per_step, reverse, mask, zoneout, training
+                cells[index], layer_input, states[index], valid, reverse, mask, zoneout, training, fast_path
             )
             direction_outputs.append(output)
             finals.append(final)
@@ -248,6 +272,9 @@ class Recurrent(nn.Module):
             state is given. For truncated BPTT call :meth:`detach_state` between chunks (it keeps the values
             and cuts the graph) and :meth:`reset_state` between independent sequences. Without ``stateful``,
             pass states yourself and cut them with :func:`detach_state`.
+        fast_path: run rnnkit cells (except with zoneout, or recurrent dropout in training) through
+            :mod:`rnnkit.fastpath`: the same equations, one autograd Function for all steps. False steps the
+            cells' ``recur`` with autograd (the reference path; slower, same results).
 
     Shapes: ``forward(x, state=None, lengths=None) -> (output, final_state)`` with x (B, T, D), lengths (B,)
     in [1, T], output (B, T, H_out) with zeros past each length, and states as lists of one cell state per
@@ -274,6 +301,7 @@ class Recurrent(nn.Module):
         zoneout: float = 0.0,
         batch_first: bool = True,
         stateful: bool = False,
+        fast_path: bool = True,
     ) -> None:
         super().__init__()
         self.num_layers = check_size("num_layers", num_layers)
@@ -287,6 +315,7 @@ class Recurrent(nn.Module):
         self.zoneout = check_probability("zoneout", zoneout)
         self.batch_first = bool(batch_first)
         self.stateful = bool(stateful)
+        self.fast_path = bool(fast_path)
         self.state: list[State] | None = None
         num_directions = 2 if bidirectional else 1
         count = self.num_layers * num_directions
@@ -363,6 +392,7 @@ class Recurrent(nn.Module):
             recurrent_dropout=self.recurrent_dropout,
             zoneout=self.zoneout,
             training=self.training,
+            fast_path=self.fast_path,
         )
         if self.stateful:
             self.state = finals
@@ -406,6 +436,8 @@ class Recurrent(nn.Module):
             parts.append("batch_first=False")
         if self.stateful:
             parts.append("stateful=True")
+        if not self.fast_path:
+            parts.append("fast_path=False")
         return ", ".join(parts)
 
 

@@ -227,7 +227,17 @@ def test_lengths_equal_to_t_equals_no_lengths():
 
 def test_extras_use_own_path_and_defaults_use_fused():
     assert rnnkit.LSTM(D, H).uses_fused_kernel()
-    assert rnnkit.GRU(D, H).uses_fused_kernel()
+    assert rnnkit.GRU(D, H).uses_fused_kernel(grad=False)
+    # "auto": with gradients the GRU and variable lengths take rnnkit's fast path (measured faster) ...
+    assert not rnnkit.GRU(D, H).uses_fused_kernel(grad=True)
+    assert not rnnkit.LSTM(D, H).uses_fused_kernel(grad=True, variable_lengths=True)
+    assert rnnkit.LSTM(D, H).uses_fused_kernel(grad=False, variable_lengths=True)
+    # ... but not for a batch of one, not with torch's dropout draws in training, not if told otherwise
+    assert rnnkit.GRU(D, H).uses_fused_kernel(grad=True, batch_size=1)
+    assert rnnkit.GRU(D, H, num_layers=2, dropout=0.3).uses_fused_kernel(grad=True)
+    assert rnnkit.GRU(D, H, use_fused=True).uses_fused_kernel(grad=True)
+    assert rnnkit.GRU(D, H, use_fast_path=False).uses_fused_kernel(grad=True)  # the step loop is slower
+    assert rnnkit.LSTM(D, H, proj_size=2).uses_fused_kernel(grad=True, variable_lengths=True)  # no fast path
     assert not rnnkit.GRU(D, H, reset_after=False).uses_fused_kernel()
     assert not rnnkit.LSTM(D, H, layer_norm=True).uses_fused_kernel()
     assert not rnnkit.LSTM(D, H, num_layers=2, residual=True).uses_fused_kernel()
