@@ -437,3 +437,13 @@ def test_lenient_tagging_drops_a_sentence_with_an_undecodable_line_whole(tmp_pat
         kept = read_tagging(path, on_error="skip")
     assert kept == [TaggedSentence(["d"], ["X"])]
     assert kept.report.skipped_lines == [2, 8]
+
+
+def test_lenient_csv_drops_a_quoted_record_that_spans_an_undecodable_line(tmp_path):
+    """Skipping the bad line alone would keep the record with part of its text missing."""
+    path = write(tmp_path, "cut.csv", b'text,label\n"first part\nbad \xff line\nlast part",pos\nok,neg\n')
+    with pytest.warns(DataWarning):
+        records = read_classification(path, on_error="skip")
+    assert records == [LabeledText("ok", "neg")]
+    assert records.report.skipped_lines == [2, 3]  # in file order: the record, then the line inside it
+    assert "spans a line that is not valid UTF-8" in records.report.skipped[0].reason

@@ -183,6 +183,7 @@ class LineReader:
     def finish(self, records: Any, count: int, what: str = "records") -> Any:
         """Check that something was read, fill in the report, warn about skipped lines, return ``records``."""
         self.report.records = count
+        self.report.skipped.sort(key=lambda skipped: skipped.line)  # a record is reported after its inner lines
         if count == 0:
             if self.report.skipped:
                 first = self.report.skipped[0]
@@ -225,13 +226,17 @@ if csv.field_size_limit() < sys.maxsize:
 
 
 def _csv_rows(reader: LineReader) -> Iterator[_CsvRow]:
-    """Parse CSV records (quoted fields may span lines), each with the line it starts on; skip blank lines."""
-    state = {"start": None, "current": 0}
+    """Parse CSV records (quoted fields may span lines), each with the line it starts on; skip blank lines.
+
+    A record that spans a line LineReader skipped (invalid UTF-8 inside a quoted field) lost part of a field:
+    it is dropped whole and reported, like any malformed record."""
+    state = {"start": None, "current": 0, "skipped": 0}
 
     def feed() -> Iterator[str]:
         for number, text in reader:
             if state["start"] is None:
                 state["start"] = number
+                state["skipped"] = len(reader.report.skipped)  # skips from here on fall inside this record
             state["current"] = number
             yield text + "\n"  # csv keeps newlines inside quoted fields only if they are present
 
@@ -248,6 +253,9 @@ def _csv_rows(reader: LineReader) -> Iterator[_CsvRow]:
             continue
         start = state["start"]
         state["start"] = None
+        if len(reader.report.skipped) > state["skipped"]:
+            reader.problem(start, "the record starting here spans a line that is not valid UTF-8; dropped whole")
+            continue
         if cells:
             yield _CsvRow(start, cells)
 
