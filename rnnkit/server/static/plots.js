@@ -1,73 +1,96 @@
-// Small canvas plots for the rnnkit page: line charts and heatmaps, no external library.
+// Plots of the rnnkit page, drawn with the vendored plotly.js (static/vendor/, no network access):
+// line charts (linear or log y) and labelled heatmaps with a colour bar.
 "use strict";
 
-const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"];
+const PLOT_CONFIG = {displaylogo: false, responsive: true,
+                     modeBarButtonsToRemove: ["select2d", "lasso2d", "autoScale2d", "toggleSpikelines"]};
+const PLOT_FONT = {family: "DejaVu Sans, Arial, sans-serif", size: 12, color: "#222"};
+const CELL_COLOURS = {rnn: "#d62728", lstm: "#1f77b4", gru: "#2ca02c"};
+const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 
-function clearCanvas(canvas) {
-  const ctx = canvas.getContext("2d");
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  return ctx;
+// A token as an axis label: spaces and newlines made visible, long tokens cut.
+function tokenLabel(token) {
+  const text = String(token);
+  if (text === " ") return "␣";
+  if (text === "\n") return "↵";
+  return text.length > 12 ? text.slice(0, 11) + "…" : text;
 }
 
-// series: [{name, values: [y...] or points: [[x, y]...]}]; options: {logY, xLabel}
-function lineChart(canvas, series, options = {}) {
-  const ctx = clearCanvas(canvas);
-  const left = 60, right = 140, top = 10, bottom = 28;
-  const w = canvas.width - left - right, h = canvas.height - top - bottom;
-  const tr = (y) => (options.logY ? Math.log10(Math.max(y, 1e-12)) : y);
-  const all = [];
-  const lines = series.map((s) => (s.points || s.values.map((y, i) => [i + 1, y])));
-  lines.forEach((pts) => pts.forEach(([x, y]) => all.push([x, tr(y)])));
-  if (all.length === 0) { canvas.dataset.points = "0"; return; }
-  let [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
-  let [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
-  if (x1 === x0) x1 = x0 + 1;
-  if (y1 === y0) { y1 = y0 + 1; y0 -= 1; }
-  const px = (x) => left + ((x - x0) / (x1 - x0)) * w;
-  const py = (y) => top + h - ((y - y0) / (y1 - y0)) * h;
-  ctx.strokeStyle = "#999"; ctx.strokeRect(left, top, w, h);
-  ctx.fillStyle = "#333"; ctx.font = "11px sans-serif";
-  for (const y of [y0, (y0 + y1) / 2, y1]) {
-    const label = options.logY ? "1e" + y.toFixed(1) : y.toPrecision(3);
-    ctx.fillText(label, 4, py(y) + 4);
-  }
-  ctx.fillText(String(x0), left, top + h + 16);
-  ctx.fillText(String(x1), left + w - 20, top + h + 16);
-  if (options.xLabel) ctx.fillText(options.xLabel, left + w / 2 - 20, top + h + 16);
-  lines.forEach((pts, k) => {
-    ctx.strokeStyle = PALETTE[k % PALETTE.length]; ctx.lineWidth = 1.5; ctx.beginPath();
-    pts.forEach(([x, y], i) => (i ? ctx.lineTo(px(x), py(tr(y))) : ctx.moveTo(px(x), py(tr(y)))));
-    ctx.stroke();
-    ctx.fillStyle = PALETTE[k % PALETTE.length];
-    ctx.fillText(series[k].name || "", left + w + 8, top + 14 + 14 * k);
-  });
-  canvas.dataset.points = String(all.length);  // for tests: how many points are drawn
+// Tick labels for index positions 0..n-1; at most ~40 shown so that long inputs stay readable.
+function indexTicks(labels) {
+  const step = Math.max(1, Math.ceil(labels.length / 40));
+  const tickvals = [], ticktext = [];
+  labels.forEach((label, i) => { if (i % step === 0) { tickvals.push(i); ticktext.push(tokenLabel(label)); } });
+  return {tickmode: "array", tickvals, ticktext};
 }
 
-// matrix: rows x cols numbers; rowLabels / colLabels optional; colour from white (min) to blue (max)
-function heatmap(canvas, matrix, rowLabels = [], colLabels = [], options = {}) {
+// Log-axis ticks that read well: 0.1, 0.2, 0.5, 1 ... over a narrow range, powers of ten over a wide one.
+function logTicks(series) {
+  const positive = series.flatMap((s) => s.y).filter((y) => typeof y === "number" && y > 0);
+  if (!positive.length) return {};
+  const decades = Math.log10(Math.max(...positive) / Math.min(...positive));
+  if (decades < 2) return {dtick: decades < 1 ? "D1" : "D2", exponentformat: "none", tickformat: "~g"};
+  return {dtick: decades > 8 ? 2 : 1, exponentformat: "power"};
+}
+
+// series: [{name, y, x?, color?, dash?, mode?}]; options: {title, xTitle, yTitle, logY, height, xLabels, yRange}
+// With xLabels the x values are positions 0..n-1 labelled by those tokens.
+function lineChart(element, series, options = {}) {
+  const data = series.map((s, k) => ({
+    type: "scatter", mode: s.mode || (s.y.length > 60 ? "lines" : "lines+markers"), name: s.name,
+    x: s.x || s.y.map((_, i) => (options.xLabels ? i : i + 1)), y: s.y,
+    line: {color: s.color || PALETTE[k % PALETTE.length], width: 2, dash: s.dash || "solid"},
+    marker: {size: 5},
+    text: options.xLabels ? options.xLabels.map(tokenLabel) : undefined,
+    hovertemplate: (options.xLabels ? "%{text}" : "%{x}") + ": %{y:.4g}<extra>" + s.name + "</extra>",
+  }));
+  const xaxis = {title: {text: options.xTitle || ""}, zeroline: false, automargin: true};
+  if (options.xLabels) Object.assign(xaxis, indexTicks(options.xLabels));
+  const yaxis = {title: {text: options.yTitle || ""}, type: options.logY ? "log" : "linear", automargin: true};
+  if (options.logY) Object.assign(yaxis, logTicks(series));
+  if (options.yRange) yaxis.range = options.yRange;
+  const layout = {
+    title: options.title ? {text: options.title, font: {size: 14}, x: 0, xanchor: "left"} : undefined,
+    height: options.height || 280, margin: {l: 70, r: 20, t: options.title ? 40 : 16, b: 50},
+    font: PLOT_FONT, xaxis, yaxis, showlegend: series.length > 1 || Boolean(options.legend),
+    legend: {x: 1.01, xanchor: "left", y: 1, font: {size: 11}}, paper_bgcolor: "white", plot_bgcolor: "white",
+  };
+  element.dataset.points = String(series.reduce((n, s) => n + s.y.length, 0));  // for tests and the curious
+  return Plotly.react(element, data, layout, PLOT_CONFIG);
+}
+
+// White (0) to dark blue (1): attention weights, where most cells are near 0.
+const WHITE_BLUE = [[0, "#ffffff"], [0.1, "#deebf7"], [0.4, "#6baed6"], [0.7, "#2171b5"], [1, "#08306b"]];
+
+// matrix: rows x columns; options: {rowLabels, colLabels, title, xTitle, yTitle, zmin, zmax, colorscale,
+// colorbarTitle}. Rows are drawn top to bottom in their order.
+function heatmap(element, matrix, options = {}) {
   const rows = matrix.length, cols = rows ? matrix[0].length : 0;
-  const left = rowLabels.length ? 90 : 10, top = colLabels.length ? 40 : 10;
-  const cell = Math.max(4, Math.min(28, Math.floor((canvas.width - left - 10) / Math.max(cols, 1))));
-  const cellH = Math.max(3, Math.min(28, options.cellHeight || cell));
-  canvas.height = top + rows * cellH + 10;
-  const ctx = clearCanvas(canvas);
-  const flat = matrix.flat();
-  const lo = options.min ?? Math.min(...flat), hi = options.max ?? Math.max(...flat);
-  const span = hi - lo || 1;
-  for (let i = 0; i < rows; i++) {
-    for (let j = 0; j < cols; j++) {
-      const v = (matrix[i][j] - lo) / span;
-      const r = Math.round(255 - 225 * v), g = Math.round(255 - 170 * v), b = Math.round(255 - 75 * v);
-      ctx.fillStyle = `rgb(${r},${g},${b})`;
-      ctx.fillRect(left + j * cell, top + i * cellH, cell - 1, cellH - 1);
-    }
-  }
-  ctx.fillStyle = "#222"; ctx.font = "11px sans-serif";
-  rowLabels.forEach((t, i) => ctx.fillText(String(t).slice(0, 12), 4, top + i * cellH + cellH * 0.7));
-  colLabels.forEach((t, j) => {
-    ctx.save(); ctx.translate(left + j * cell + cell * 0.7, top - 4); ctx.rotate(-Math.PI / 3);
-    ctx.fillText(String(t) === " " ? "␣" : String(t).slice(0, 10), 0, 0); ctx.restore();
-  });
-  canvas.dataset.cells = String(rows * cols);  // for tests: how many cells are drawn
+  const rowLabels = options.rowLabels || matrix.map((_, i) => String(i));
+  const colLabels = options.colLabels || (rows ? matrix[0].map((_, j) => String(j)) : []);
+  const text = matrix.map((_, i) => colLabels.map((c) => `${options.yTitle || "row"} ${tokenLabel(rowLabels[i])}` +
+                                                      ` · ${options.xTitle || "column"} ${tokenLabel(c)}`));
+  const data = [{
+    type: "heatmap", z: matrix, x: colLabels.map((_, j) => j), y: rowLabels.map((_, i) => i),
+    zmin: options.zmin, zmax: options.zmax, colorscale: options.colorscale || "Viridis", text,
+    hovertemplate: "%{text}<br>value %{z:.3f}<extra></extra>", xgap: cols <= 60 ? 1 : 0, ygap: rows <= 60 ? 1 : 0,
+    colorbar: {title: {text: options.colorbarTitle || "", side: "right"}, thickness: 14, len: 1},
+  }];
+  const layout = {
+    title: options.title ? {text: options.title, font: {size: 14}, x: 0, xanchor: "left"} : undefined,
+    height: Math.min(720, Math.max(220, 14 * rows + 130)),
+    margin: {l: 80, r: 20, t: options.title ? 40 : 16, b: 60}, font: PLOT_FONT,
+    xaxis: {title: {text: options.xTitle || ""}, ...indexTicks(colLabels), side: "bottom", automargin: true,
+            showgrid: false, zeroline: false},
+    yaxis: {title: {text: options.yTitle || ""}, ...indexTicks(rowLabels), autorange: "reversed", automargin: true,
+            showgrid: false, zeroline: false},
+    paper_bgcolor: "white", plot_bgcolor: "white",
+  };
+  element.dataset.cells = String(rows * cols);  // for tests and the curious
+  return Plotly.react(element, data, layout, PLOT_CONFIG);
+}
+
+// A (T, H) list of rows as the (H, T) matrix a heatmap with units as rows and steps as columns needs.
+function transpose(rows) {
+  return rows.length ? rows[0].map((_, j) => rows.map((row) => row[j])) : [];
 }
