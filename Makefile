@@ -18,9 +18,10 @@ install: $(STAMP)
 browser:
 	bash scripts/install_browser.sh
 
+# The browser tests' screenshots of each view are kept in runs/screenshots (the CI artifacts).
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check rnnkit tests benchmarks
-	$(PY) -m pytest -q --timeout=1800
+	RNNKIT_SCREENSHOTS=runs/screenshots $(PY) -m pytest -q --timeout=1800
 
 test-fast: $(STAMP) browser
 	$(PY) -m pytest -q -m "not slow"
