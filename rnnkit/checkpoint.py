@@ -394,21 +394,50 @@ def decode_state(skeleton: Any, tensors: Mapping[str, Tensor]) -> Any:
         if tag == "__dict__":
             return {_hashable(decode(k)): decode(v) for k, v in value["__dict__"]}
         if tag == "__float__":
+            if value["__float__"] not in _NON_FINITE:
+                raise ValueError(f"__float__ must be one of {sorted(_NON_FINITE)}, got {value['__float__']!r}")
             return float(value["__float__"])
         if tag == "__ndarray__":
-            return np.asarray(value["__ndarray__"], dtype=np.dtype(value["dtype"]))
+            return _decode_ndarray(value["__ndarray__"], value.get("dtype"))
         return {k: decode(v) for k, v in value.items()}
 
     return decode(skeleton)
+
+
+_NON_FINITE = {"nan", "inf", "-inf"}
+
+
+def _decode_ndarray(values: Any, dtype_name: Any) -> np.ndarray:
+    """A NumPy array from JSON numbers: plain numeric dtypes only (what RNG states use), so an edited file
+    cannot ask for object arrays or a dtype with a billion-element sub-array per entry."""
+    try:
+        dtype = np.dtype(dtype_name) if isinstance(dtype_name, str) else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "biuf" or dtype.shape != ():
+        raise ValueError(f"__ndarray__ dtype must be a plain numeric dtype like 'uint32', got {dtype_name!r}")
+    try:
+        return np.asarray(values, dtype=dtype)
+    except OverflowError as err:
+        raise ValueError(f"__ndarray__ values do not fit {dtype}: {err}") from None
 
 
 def _hashable(key: Any) -> Any:
     return tuple(_hashable(k) for k in key) if isinstance(key, list | tuple) else key
 
 
-def _device_or_cpu(name: str) -> torch.device:
-    device = torch.device(name)
+def _device_or_cpu(name: Any) -> torch.device:
+    """The device a tensor was saved from, if this machine has it, else the CPU. Only CPU, CUDA and MPS: a
+    ``meta`` tensor (no data) or another backend's would break training later, far from the file."""
+    try:
+        device = torch.device(name) if isinstance(name, str) else None
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r} (expected 'cpu', 'cuda' or 'mps')")
     if device.type == "cuda" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
         return torch.device("cpu")
     return device
 

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 import struct
 import subprocess
@@ -607,3 +608,28 @@ def test_files_without_the_layout_digest_still_load(tmp_path):
     target = fresh(1)
     load_weights(tmp_path, target)
     assert same_weights(model, target)
+
+
+@pytest.mark.parametrize("skeleton, expected", [
+    ({"__tensor__": "t", "device": "garbage"}, "unknown device 'garbage'"),
+    ({"__tensor__": "t", "device": "meta"}, "unknown device 'meta'"),  # would load a tensor without data
+    ({"__tensor__": "t", "device": 5}, "unknown device 5"),
+    ({"__ndarray__": [2**70], "dtype": "uint32"}, "do not fit uint32"),
+    ({"__ndarray__": [1], "dtype": "O"}, "plain numeric dtype"),
+    ({"__ndarray__": [1], "dtype": "(1000,)f8"}, "plain numeric dtype"),
+    ({"__float__": "1e5"}, "__float__ must be one of"),
+])
+def test_decode_state_refuses_what_rnnkit_never_writes(skeleton, expected):
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        decode_state(skeleton, {"t": torch.zeros(2)})
+    assert decode_state({"__tensor__": "t", "device": "cuda:0"}, {"t": torch.zeros(2)}).shape == (2,)
+
+
+def test_a_trainer_state_with_a_foreign_device_is_a_checkpoint_error(tmp_path):
+    save_checkpoint(tmp_path, fresh(), name="last", trainer_state={"carry": torch.ones(2)})
+    path = tmp_path / "checkpoints" / "last" / "trainer.json"
+    document = json.loads(path.read_text())
+    document["state"]["carry"]["device"] = "xla:0"
+    path.write_text(json.dumps(document))
+    with pytest.raises(CheckpointError, match="trainer.json: does not match trainer.safetensors.*unknown device"):
+        load_checkpoint(tmp_path, "last")
