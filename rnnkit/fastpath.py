@@ -31,7 +31,9 @@ leak into gradients.
 
 Which cells (see :func:`supports`): ``RNNCell`` (tanh, ReLU), ``LSTMCell`` without projection (with or
 without layer normalisation), ``GRUCell`` without layer normalisation (reset after, torch's form, or reset
-before, Cho et al. 2014). Zoneout and recurrent dropout in training are handled by the reference path.
+before, Cho et al. 2014), and any cell class with a ``run_sequence(xp, state, valid)`` method that computes
+its whole sequence itself (:mod:`rnnkit.minimal`: minGRU, minLSTM). Zoneout and recurrent dropout in training
+are handled by the reference path.
 """
 
 from __future__ import annotations
@@ -41,9 +43,19 @@ from torch import Tensor, nn
 
 from rnnkit.cells import LAYER_NORM_EPS, GRUCell, LSTMCell, RNNCell, State
 
-__all__ = ["supports", "run"]
+__all__ = ["supports", "run", "linear_recurrence"]
 
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+
+
+def linear_recurrence(a: Tensor, v: Tensor, h0: Tensor) -> Tensor:
+    """All h_t of the linear recurrence ``h_t = a_t * h_{t-1} + v_t``: a, v (T, B, H), h0 (B, H) -> (T, B, H).
+
+    A loop of one ``addcmul`` per step in the forward and one in the backward (dL/dh_{t-1} = a_t dL/dh_t +
+    dL/d out_{t-1}); dL/da = dL/dh * h_{t-1} and dL/dv = dL/dh for all steps at once. The sequential form of
+    :mod:`rnnkit.minimal`'s cells.
+    """
+    return _LinearRecurrence.apply(a, v, h0)
 
 
 def supports(cell: nn.Module) -> bool:
@@ -55,6 +67,8 @@ def supports(cell: nn.Module) -> bool:
     """
     if "recur" in cell.__dict__ or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
+    if callable(getattr(type(cell), "run_sequence", None)):  # a cell that runs whole sequences itself
+        return True
     if type(cell) is RNNCell:
         return True
     if type(cell) is LSTMCell:
@@ -75,6 +89,8 @@ def run(cell: nn.Module, xp: Tensor, state: State, valid: Tensor | None) -> tupl
     Returns:
         outputs (T, B, H) (past a length: the frozen state; the caller zeroes them) and the final state.
     """
+    if callable(getattr(type(cell), "run_sequence", None)):
+        return cell.run_sequence(xp, state, valid)
     if type(cell) is LSTMCell:
         h0, c0 = state
         if cell.layer_norm:
@@ -129,6 +145,33 @@ def _clean(xp: Tensor, valid: Tensor | None) -> Tensor:
 
 def _steps(valid: Tensor | None, steps: int) -> list:
     return [None] * steps if valid is None else list(valid.unbind(0))
+
+
+# -- linear recurrence (minGRU, minLSTM) -------------------------------------------------------------------
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, v: Tensor, h0: Tensor):
+        steps = a.shape[0]
+        hs = a.new_empty(steps + 1, *h0.shape)  # h_0 (given), h_1 .. h_T
+        hs[0] = h0
+        for t in range(steps):
+            torch.addcmul(v[t], a[t], hs[t], out=hs[t + 1])
+        ctx.save_for_backward(a, hs)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx, d_outputs: Tensor):
+        a, hs = ctx.saved_tensors
+        steps = a.shape[0]
+        d_h = torch.empty_like(d_outputs)  # dL/dh_t, all paths
+        d_h[steps - 1] = d_outputs[steps - 1]
+        for t in range(steps - 2, -1, -1):
+            torch.addcmul(d_outputs[t], a[t + 1], d_h[t + 1], out=d_h[t])
+        d_a = d_h * hs[:-1] if ctx.needs_input_grad[0] else None
+        d_h0 = a[0] * d_h[0] if ctx.needs_input_grad[2] else None
+        return d_a, d_h, d_h0
 
 
 # -- Elman RNN ------------------------------------------------------------------------------------------------
