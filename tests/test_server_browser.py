@@ -74,12 +74,17 @@ def assert_heatmap(page, selector: str, shape: tuple[int, int]) -> dict:
 def screenshot(page, tmp_path: Path, name: str, max_height: int | None = None, element=None) -> Path:
     """Save a full-page (or one element's) screenshot in the test's tmp dir, and in $RNNKIT_SCREENSHOTS if set."""
     path = tmp_path / f"{name}.png"
+    # A viewport as tall as the page, rather than full_page=True: that resizes the window while it captures,
+    # and plotly's responsive plots may be caught half-way through their relayout.
+    height = page.evaluate("document.documentElement.scrollHeight")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": min(height, max_height or height)})
+    page.wait_for_function("[...document.querySelectorAll('.view.active .js-plotly-plot')]"
+                           ".every((p) => Math.abs(p._fullLayout.width - p.clientWidth) < 4)")
     if element is not None:
         element.screenshot(path=str(path))
     else:
-        height = page.evaluate("document.documentElement.scrollHeight")
-        clip = {"x": 0, "y": 0, "width": VIEWPORT["width"], "height": min(height, max_height or height)}
-        page.screenshot(path=str(path), full_page=True, clip=clip)
+        page.screenshot(path=str(path))
+    page.set_viewport_size(VIEWPORT)
     keep = os.environ.get("RNNKIT_SCREENSHOTS")
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)

@@ -533,7 +533,7 @@ function diagnosePanel(run, defaultText) {
     <div class="controls slim diagnose-gate-controls hidden"><label>Gate <select class="diagnose-gate"></select></label>
       <label>of <select class="diagnose-layer"></select></label>
       <span class="note">mean activation per unit: 0 = closed, 1 = open</span></div>
-    <div class="diagnose-gates"></div><div class="plot diagnose-attention"></div>`;
+    <div class="diagnose-gates"></div><div class="plot diagnose-attention hidden"></div>`;
   const form = panel.querySelector("form"), error = panel.querySelector(".error");
   let result = null;
   const drawDiagnosticGates = () => {  // one gate of one layer-direction at a time: large models have many units
@@ -593,6 +593,7 @@ function diagnosePanel(run, defaultText) {
     panel.querySelector(".diagnose-gate-controls").classList.toggle("hidden", !select.options.length);
     if (select.options.length) drawDiagnosticGates(); else panel.querySelector(".diagnose-gates").innerHTML = "";
     const attention = panel.querySelector(".diagnose-attention");
+    attention.classList.toggle("hidden", !result.attention);  // shown before plotly measures its width
     if (result.attention && result.attention.kind === "seq2seq") {
       heatmap(attention, result.attention.weights[0], {title: "Attention (teacher forcing on the target)",
         rowLabels: result.attention.rows, colLabels: result.attention.columns, xTitle: "source token",
