@@ -343,6 +343,8 @@ async function startJob(cell) {
   const source = new EventSource(`/api/jobs/${job.id}/events`);
   source.onmessage = (message) => {
     const e = JSON.parse(message.data);
+    // after a dropped connection EventSource reconnects and the server replays the job from its first step
+    if (job.losses.length && e.step <= job.losses[job.losses.length - 1][0]) return;
     job.losses.push([e.step, e.loss]);
     job.grads = e.grad_norms;  // ||dL/dh_t|| of the latest training step
     status.textContent = `job ${job.id} (${job.cell.toUpperCase()}): step ${e.step}/${job.steps}, loss ${e.loss.toFixed(4)}`;
@@ -361,7 +363,6 @@ async function startJob(cell) {
       if (queue.length && d.status === "finished") startJob(queue.shift());
     }
   });
-  source.onerror = () => { if (source.readyState === EventSource.CLOSED) return; };
   scheduleRedraw();
 }
 

@@ -29,7 +29,8 @@ function logTicks(series) {
   const positive = series.flatMap((s) => s.y).filter((y) => typeof y === "number" && y > 0);
   if (!positive.length) return {};
   const decades = Math.log10(Math.max(...positive) / Math.min(...positive));
-  if (decades < 2) return {dtick: decades < 1 ? "D1" : "D2", exponentformat: "none", tickformat: "~g"};
+  if (decades < 0.7) return {exponentformat: "none", tickformat: "~g"};  // plotly's own: 1.5, 2, 2.5 ...
+  if (decades < 2) return {dtick: "D2", exponentformat: "none", tickformat: "~g"};
   return {dtick: decades > 8 ? 2 : 1, exponentformat: "power"};
 }
 
