@@ -67,9 +67,13 @@ class Limits:
     max_seq_len: int = 200  # job sequence length
     max_jobs: int = 2  # concurrent training jobs
     request_timeout: float = 60.0  # seconds
+    max_body_bytes: int = 1_000_000  # one request body; refused with 413 before it is read further
 
 
 # -- request bodies ------------------------------------------------------------------------------------------
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit integers; a larger seed is a 422, not a torch error
+
 
 class TranslateRequest(BaseModel):
     text: str = Field(min_length=1, max_length=100_000, description="one source sentence")
@@ -85,7 +89,7 @@ class GenerateRequest(BaseModel):
     length: int = Field(100, ge=1, le=100_000)
     temperature: float = Field(0.8, ge=0.0, le=10.0)
     top_k: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
 
 
 class PredictRequest(BaseModel):
@@ -114,7 +118,7 @@ class ExploreRequest(BaseModel):
     input_size: int = Field(8, ge=1, le=100_000)
     hidden_size: int = Field(16, ge=1, le=100_000)
     sentence: str = Field(min_length=1, max_length=100_000)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class JobRequest(BaseModel):
@@ -123,7 +127,7 @@ class JobRequest(BaseModel):
     steps: int = Field(100, ge=1, le=1_000_000)
     seq_len: int = Field(30, ge=2, le=100_000)
     hidden_size: int = Field(32, ge=1, le=100_000)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 def _over(limit: str, value: Any, maximum: Any, status: int = 413) -> HTTPException:
@@ -168,16 +172,26 @@ class Run:
                 self._runner = task_module(self.task).load(self.path)
             return self._runner
 
+    def inside(self, path: Path) -> Path | None:
+        """``path`` resolved (symlinks followed) if it is a file inside this run directory, else None."""
+        try:
+            target = path.resolve()
+            return target if target.is_relative_to(self.path) and target.is_file() else None
+        except (OSError, ValueError, RuntimeError):  # NUL bytes, names too long, symlink loops
+            return None
+
     def metrics(self) -> list[dict[str, Any]]:
-        path = self.path / "metrics.jsonl"
-        if not path.is_file():
+        path = self.inside(self.path / "metrics.jsonl")
+        if path is None:
             return []
         records = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line being written by a live trainer
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                continue  # a line being written by a live trainer, or damaged
+            if isinstance(record, dict):
+                records.append(record)
         return records
 
     def last_eval(self) -> dict[str, Any]:
@@ -186,7 +200,7 @@ class Run:
 
     def files(self) -> list[str]:
         return sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*")
-                      if p.is_file() and p.suffix in REPORT_SUFFIXES)
+                      if p.suffix in REPORT_SUFFIXES and self.inside(p) is not None)
 
     def summary(self) -> dict[str, Any]:
         settings = self.config.get("settings", {})
@@ -219,6 +233,56 @@ class Job:
                 "events": len(self.events)}
 
 
+class _BodyTooLarge(HTTPException):
+    """Raised while the app reads the body; FastAPI passes an HTTPException from a middleware on as it is."""
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before the app parses it, from its
+    Content-Length when it has one, else by counting the bytes as they arrive (chunked uploads)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            return await self._refuse(send, declared.decode("latin-1")[:30])
+        received, started = 0, False
+
+        async def counting_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge(413, self._message(f"more than {self.limit}"))
+            return message
+
+        async def watching_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(send, f"more than {self.limit}")
+
+    def _message(self, size: str) -> str:
+        return f"limit max_body_bytes exceeded: got {size} bytes, the server allows at most {self.limit}"
+
+    async def _refuse(self, send: Any, size: str) -> None:
+        body = json.dumps({"detail": self._message(size)}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _name_runs(run_dirs: list[str | Path]) -> dict[str, Run]:
     runs: dict[str, Run] = {}
     for given in run_dirs:
@@ -240,6 +304,7 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits()) -> Fa
     jobs: dict[str, Job] = {}
     job_ids = itertools.count(1)
     app = FastAPI(title="rnnkit", version="1", description=__doc__)
+    app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     app.state.limits, app.state.runs, app.state.jobs = limits, runs, jobs
 
     def pick(name: str | None, tasks: tuple[str, ...], verb: str) -> Run:
@@ -424,12 +489,15 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits()) -> Fa
     @app.get("/api/runs/{name}/files/{path:path}")
     def run_file(name: str, path: str) -> FileResponse:
         run = get_run(name)
-        target = (run.path / path).resolve()
+        try:
+            target = (run.path / path).resolve()
+        except (OSError, ValueError, RuntimeError):  # NUL bytes, names too long, symlink loops
+            raise HTTPException(404, f"run {run.name!r} has no report file {path[:200]!r}") from None
         # Only files inside the run directory: resolve() follows '..' and symlinks before the check.
         if not target.is_relative_to(run.path):
-            raise HTTPException(403, f"{path!r} is outside run directory {run.name!r}")
-        if not target.is_file() or target.suffix not in REPORT_SUFFIXES:
-            raise HTTPException(404, f"run {run.name!r} has no report file {path!r}")
+            raise HTTPException(403, f"{path[:200]!r} is outside run directory {run.name!r}")
+        if run.inside(target) is None or target.suffix not in REPORT_SUFFIXES:
+            raise HTTPException(404, f"run {run.name!r} has no report file {path[:200]!r}")
         return FileResponse(target)
 
     return app

@@ -1,0 +1,248 @@
+"""Reliability of ``rnnkit serve`` under hostile or heavy use: schemathesis against the OpenAPI spec (no 5xx
+for any generated request, valid or not), oversized inputs refused with 413/422 before any work, run files
+that cannot be read outside the run directories, and a small loopback load test (no errors, bounded memory).
+
+The runs are untrained (prepare + initial weights): the server does the same work on them as on trained ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+
+from rnnkit.checkpoint import save_checkpoint
+from rnnkit.server import Limits, create_app
+from rnnkit.tasks import resolve_settings, task_module
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = Limits(max_input_chars=200, max_lines=8, max_generation=20, max_beam=4, max_hidden=32, max_layers=2,
+               max_job_steps=20, max_seq_len=20, max_jobs=1, request_timeout=20.0)
+
+
+def make_runs(root: Path) -> list[Path]:
+    text = root / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 20, encoding="utf-8")
+    labelled = root / "labels.tsv"
+    labelled.write_text("pos\tgood fine\nneg\tbad poor\n" * 10, encoding="utf-8")
+    tagged = root / "tags.tsv"
+    tagged.write_text("the\tDET\ndog\tNOUN\nruns\tVERB\n\na\tDET\ncat\tNOUN\n\n" * 5, encoding="utf-8")
+    pairs = root / "pairs.tsv"
+    pairs.write_text("ab\tba\nabc\tcba\nbca\tacb\n" * 5, encoding="utf-8")
+    runs = []
+    for task, source in (("lm", text), ("classify", labelled), ("tag", tagged), ("translate", pairs)):
+        settings_ = resolve_settings(task, {"data": str(source), "valid": str(source), "hidden_size": 8})
+        run_dir = root / "runs" / task
+        model_task, run_config = task_module(task).prepare(settings_, run_dir)
+        save_checkpoint(run_dir, model_task.model, run_config, name="best")
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"event": "eval", "step": 1, "metrics": {"loss": 1.0}})
+                                               + "\n", encoding="utf-8")
+        (run_dir / "report.md").write_text("# report\n", encoding="utf-8")
+        runs.append(run_dir)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    return make_runs(tmp_path_factory.mktemp("reliability"))
+
+
+@pytest.fixture(scope="module")
+def app(runs):
+    return create_app(runs, SMALL)
+
+
+@pytest.fixture()
+def client(app) -> TestClient:
+    return TestClient(app)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# schemathesis: no request the spec allows (or nearly allows) makes the server fail
+# ----------------------------------------------------------------------------------------------------------
+
+EXAMPLES_PER_OPERATION = 60  # per generation mode (valid and invalid data)
+
+
+def with_model(case, name: str | None):
+    """The case with its body's ``model`` set to a loaded run (or left out: the server picks one)."""
+    if isinstance(case.body, dict) and "model" in case.operation.definition.raw.get("requestBody", {}).get(
+            "content", {}).get("application/json", {}).get("schema", {}).get("properties", {"model": 1}):
+        body = {k: v for k, v in case.body.items() if k != "model"}
+        if name is not None:
+            body["model"] = name
+        case.body = body
+    return case
+
+
+def test_schemathesis_finds_no_server_error(app, capsys):
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    names = sorted(app.state.runs)
+    statuses: Counter[int] = Counter()
+    failures: list[str] = []
+    operations = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE, "known models"):
+            if mode == "known models":  # valid bodies that name a loaded run, so the runners do real work
+                strategy = operation.as_strategy(generation_mode=GenerationMode.POSITIVE).flatmap(
+                    lambda case: st.sampled_from([None, *names]).map(lambda name, c=case: with_model(c, name)))
+            else:
+                strategy = operation.as_strategy(generation_mode=mode)
+
+            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=strategy)
+            def no_server_error(case):
+                response = case.call()
+                statuses[response.status_code] += 1
+                if response.status_code >= 500:
+                    failures.append(f"{case.method} {case.formatted_path} {case.body!r:.300} -> "
+                                    f"{response.status_code} {response.text[:300]}")
+
+            try:
+                no_server_error()
+            except Unsatisfiable:  # nothing to make invalid (no parameters, no body): nothing to send
+                assert mode is GenerationMode.NEGATIVE
+    assert operations >= 10
+    assert not failures, "\n".join(failures[:20])
+    assert sum(statuses.values()) >= operations * EXAMPLES_PER_OPERATION  # operations without inputs send fewer
+    with capsys.disabled():
+        print(f"\n[schemathesis] {operations} operations, {sum(statuses.values())} requests, "
+              f"status codes {dict(sorted(statuses.items()))}, 5xx: {len(failures)}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Oversized and out-of-range inputs: refused with 413 / 422 before any work, naming the limit
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url, body, status, limit", [
+    ("/api/translate", {"text": "a" * 201}, 413, "max_input_chars"),
+    ("/api/translate", {"text": "a" * 100_001}, 422, "text"),
+    ("/api/translate", {"text": "abc", "beam_size": 5, "n_best": 1}, 422, "max_beam"),
+    ("/api/generate", {"prompt": "a" * 201}, 413, "max_input_chars"),
+    ("/api/generate", {"prompt": "a", "length": 21}, 422, "max_generation"),
+    ("/api/generate", {"prompt": "a", "seed": 2**70}, 422, "seed"),
+    ("/api/generate/stream", {"prompt": "a", "length": 21}, 422, "max_generation"),
+    ("/api/predict", {"lines": ["a"] * 9}, 413, "max_lines"),
+    ("/api/predict", {"lines": ["a" * 150, "b" * 51]}, 413, "max_input_chars"),
+    ("/api/diagnostics", {"text": "a" * 201}, 413, "max_input_chars"),
+    ("/api/explore", {"sentence": "a b", "hidden_size": 33}, 422, "max_hidden"),
+    ("/api/explore", {"sentence": "a b", "num_layers": 3}, 422, "max_layers"),
+    ("/api/explore", {"sentence": "a b", "seed": -1}, 422, "seed"),
+    ("/api/jobs", {"steps": 21}, 422, "max_job_steps"),
+    ("/api/jobs", {"seq_len": 21, "steps": 5}, 422, "max_seq_len"),
+])
+def test_over_a_limit_is_a_4xx_naming_it(client, url, body, status, limit):
+    response = client.post(url, json=body)
+    assert response.status_code == status, response.text
+    assert limit in response.text
+
+
+def test_a_body_over_max_body_bytes_is_413_before_it_is_parsed(client):
+    huge = {"lines": ["x" * 1000] * 2000}  # 2 MB of JSON
+    response = client.post("/api/predict", json=huge)
+    assert response.status_code == 413 and "max_body_bytes" in response.text
+    # Without a Content-Length (chunked upload) the bytes are counted as they arrive.
+    def chunks():
+        for _ in range(2000):
+            yield b"x" * 1000
+
+    response = client.post("/api/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "max_body_bytes" in response.text
+    assert client.post("/api/predict", json={"lines": ["good fine"], "model": "classify"}).status_code == 200
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Run files: nothing outside the given run directories, whatever the path looks like
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def traps(runs, tmp_path):
+    """Secrets beside and far from the run directories, and symlinks inside a run that point at them."""
+    lm = runs[0]
+    secret = lm.parent / "secret.json"
+    secret.write_text('{"secret": "beside the runs"}', encoding="utf-8")
+    far = tmp_path / "far.txt"
+    far.write_text('{"event": "eval", "metrics": {"secret": 1}}\n', encoding="utf-8")
+    links = {"link.json": secret, "far.txt": far, "metrics-link.jsonl": far}
+    for name, target in links.items():
+        (lm / name).unlink(missing_ok=True)
+        os.symlink(target, lm / name)
+    (lm / "outside_dir").unlink(missing_ok=True)
+    os.symlink(tmp_path, lm / "outside_dir", target_is_directory=True)
+    inner = lm / "inner.md"
+    inner.unlink(missing_ok=True)
+    os.symlink(lm / "report.md", inner)  # a symlink that stays inside is fine
+    yield lm
+    for name in [*links, "outside_dir", "inner.md"]:
+        (lm / name).unlink(missing_ok=True)
+
+
+ESCAPES = [
+    "../secret.json", "..%2Fsecret.json", "%2E%2E/secret.json", "%2e%2e%2fsecret.json", "..%252Fsecret.json",
+    "checkpoints/..%2F..%2Fsecret.json", "./../secret.json", "..\\secret.json", "..%5Csecret.json",
+    "%2Fetc%2Fpasswd", "//etc/passwd", "/etc/passwd", "%2F%2Fetc%2Fpasswd", "....//secret.json",
+    "link.json", "far.txt", "outside_dir/far.txt", "metrics-link.jsonl", "%00", "config.json%00.png",
+    "a" * 5000, "%C0%AE%C0%AE/secret.json", "..%c0%afsecret.json", "%u002e%u002e/secret.json",
+]
+
+
+@pytest.mark.parametrize("path", ESCAPES)
+def test_run_files_cannot_be_read_outside_the_run_directory(client, traps, path):
+    response = client.get(f"/api/runs/lm/files/{path}")
+    assert response.status_code in (403, 404), (path, response.status_code, response.text[:200])
+    assert "secret" not in response.text.replace(repr(path), "").replace("secret.json", "")
+
+
+def test_files_inside_are_served_and_listed_but_no_link_that_leads_out(client, traps):
+    assert client.get("/api/runs/lm/files/report.md").text == "# report\n"
+    assert client.get("/api/runs/lm/files/inner.md").text == "# report\n"  # a symlink within the run
+    assert client.get("/api/runs/lm/files/config.json").json()["task"] == "lm"
+    listing = {run["name"]: run for run in client.get("/api/runs").json()}
+    files = listing["lm"]["files"]
+    assert "report.md" in files and "inner.md" in files and "config.json" in files
+    for name in ("link.json", "far.txt", "metrics-link.jsonl", "outside_dir/far.txt"):
+        assert name not in files, name
+    assert "secret" not in json.dumps(listing)
+
+
+def test_a_metrics_file_that_links_outside_is_not_read(client, traps):
+    metrics = traps / "metrics.jsonl"
+    saved = metrics.read_bytes()
+    metrics.unlink()
+    os.symlink(traps / "metrics-link.jsonl", metrics)  # -> far.txt, outside
+    try:
+        listing = {run["name"]: run for run in client.get("/api/runs").json()}
+        assert listing["lm"]["records"] == [] and "secret" not in json.dumps(listing)
+        assert client.get("/api/models").status_code == 200
+    finally:
+        metrics.unlink()
+        metrics.write_bytes(saved)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8\n", b"[" * 100_000 + b"\n", b'{"event": "eval"}\n\x00\n'])
+def test_a_damaged_metrics_file_does_not_break_the_listing(client, runs, content):
+    metrics = runs[1] / "metrics.jsonl"
+    saved = metrics.read_bytes()
+    metrics.write_bytes(saved + content)
+    try:
+        for url in ("/api/runs", "/api/models"):
+            response = client.get(url)
+            assert response.status_code == 200, response.text[:300]
+        listing = {run["name"]: run for run in client.get("/api/runs").json()}
+        assert listing["classify"]["records"][0] == json.loads(saved)  # the good lines are still there
+    finally:
+        metrics.write_bytes(saved)
