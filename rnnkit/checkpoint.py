@@ -49,6 +49,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -96,9 +97,13 @@ CHECKPOINTS_DIR = "checkpoints"
 STATE_TENSORS_FILE = "trainer.safetensors"
 STATE_JSON_FILE = "trainer.json"
 
-_DIGEST_KEY = "rnnkit.sha256"  # SHA-256 of the data section, in the safetensors header metadata
-_LAYOUT_DIGEST_KEY = "rnnkit.layout_sha256"  # SHA-256 of the tensor names, dtypes, shapes, offsets and aliases
+# In the safetensors header metadata: "DATA:LAYOUT", the SHA-256 (hex) of the data section and of the tensor
+# layout (names, dtypes, shapes, offsets, aliases). One required entry, not two, so that damage to one name
+# cannot switch a check off unseen. Files of earlier rnnkit versions hold "DATA" alone.
+_DIGEST_KEY = "rnnkit.sha256"
+_DIGEST_FORMAT = re.compile(r"([0-9a-f]{64})(?::([0-9a-f]{64}))?")
 _ALIASES_KEY = "rnnkit.aliases"  # {"output.weight": "embedding.weight"}: tied parameters stored once
+_RNNKIT_KEYS = (_DIGEST_KEY, _ALIASES_KEY)
 _MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 
 
@@ -194,7 +199,7 @@ def _safetensors_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str
     (header_size,) = struct.unpack("<Q", first[:8])
     digest = hashlib.sha256(first[8 + header_size:]).hexdigest()
     layout = _layout_digest(json.loads(first[8:8 + header_size]))
-    return safetensors.torch.save(plain, metadata={**metadata, _DIGEST_KEY: digest, _LAYOUT_DIGEST_KEY: layout})
+    return safetensors.torch.save(plain, metadata={**metadata, _DIGEST_KEY: f"{digest}:{layout}"})
 
 
 def _read_file(path: Path) -> bytes:
@@ -249,17 +254,20 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, st
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: corrupt safetensors header (metadata is not a string map)")
+    _check_rnnkit_metadata(path, metadata)
     try:
         tensors = safetensors.torch.load(data)
     except Exception as err:  # the library raises its own SafetensorError for truncation and bad offsets
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({err})") from None
-    expected = metadata.get(_DIGEST_KEY)
-    if expected is not None and hashlib.sha256(data[8 + header_size:]).hexdigest() != expected:
-        raise CheckpointError(f"{path}: corrupt: the tensor data does not match the checksum written with it")
-    expected_layout = metadata.get(_LAYOUT_DIGEST_KEY)  # absent from files of earlier rnnkit versions
-    if expected_layout is not None and _layout_digest(header) != expected_layout:
-        raise CheckpointError(f"{path}: corrupt: the tensor names, types or shapes in the header do not match "
-                              f"the checksum written with them")
+    if _DIGEST_KEY in metadata:  # required in rnnkit's own files (_check_rnnkit_metadata)
+        digests = _DIGEST_FORMAT.fullmatch(metadata[_DIGEST_KEY])
+        if digests is None:
+            raise CheckpointError(f"{path}: corrupt header metadata (the checksum entry is damaged)")
+        if hashlib.sha256(data[8 + header_size:]).hexdigest() != digests[1]:
+            raise CheckpointError(f"{path}: corrupt: the tensor data does not match the checksum written with it")
+        if digests[2] is not None and _layout_digest(header) != digests[2]:
+            raise CheckpointError(f"{path}: corrupt: the tensor names, types or shapes in the header do not "
+                                  f"match the checksum written with them")
     if _ALIASES_KEY in metadata:
         try:
             aliases = json.loads(metadata[_ALIASES_KEY])
@@ -268,6 +276,18 @@ def read_weights_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, st
         except (ValueError, KeyError, AttributeError, TypeError, RecursionError) as err:
             raise CheckpointError(f"{path}: corrupt list of tied parameters ({_short(err)!r})") from None
     return tensors, dict(metadata)
+
+
+def _check_rnnkit_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+    """The digests only help if damage cannot switch them off: a file rnnkit wrote must still carry its data
+    digest, and a damaged ``rnnkit.*`` key name (which would hide a digest) is itself damage."""
+    unknown = sorted(k for k in metadata if k.startswith("rnnkit.") and k not in _RNNKIT_KEYS)
+    fmt = metadata.get("format", "")
+    if unknown or (fmt.startswith("rnnkit.") and fmt not in (WEIGHTS_FORMAT, STATE_FORMAT)):
+        raise CheckpointError(f"{path}: corrupt header metadata (unknown rnnkit entries "
+                              f"{_short(unknown or [fmt], 120)})")
+    if (fmt in (WEIGHTS_FORMAT, STATE_FORMAT) or _ALIASES_KEY in metadata) and _DIGEST_KEY not in metadata:
+        raise CheckpointError(f"{path}: corrupt header metadata: an rnnkit file without its checksum")
 
 
 def save_weights_file(path: str | Path, state_dict: Mapping[str, Tensor],

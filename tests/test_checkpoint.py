@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -496,7 +497,8 @@ def test_deeply_nested_json_is_a_checkpoint_error_not_a_recursion_error(tmp_path
         load_weights(tmp_path, fresh())
     assert str(tmp_path / "model.safetensors") in str(caught.value) and len(str(caught.value)) < 500
 
-    aliases = json.dumps({"__metadata__": {"rnnkit.aliases": DEEP}}).encode()
+    empty_data = hashlib.sha256(b"").hexdigest()  # the checksum of an empty data section: valid
+    aliases = json.dumps({"__metadata__": {"rnnkit.aliases": DEEP, "rnnkit.sha256": empty_data}}).encode()
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(aliases)) + aliases)
     with pytest.raises(CheckpointError, match="corrupt list of tied parameters"):
         read_weights_file(tmp_path / "model.safetensors")
@@ -604,10 +606,31 @@ def test_files_without_the_layout_digest_still_load(tmp_path):
     """Checkpoints written before the layout digest existed carry only the data digest."""
     model = fresh(0)
     save_checkpoint(tmp_path, model, name="best")
-    _rewrite_header(tmp_path / "model.safetensors", lambda h: h["__metadata__"].pop("rnnkit.layout_sha256"))
+
+    def data_digest_only(header):
+        header["__metadata__"]["rnnkit.sha256"] = header["__metadata__"]["rnnkit.sha256"].split(":")[0]
+
+    _rewrite_header(tmp_path / "model.safetensors", data_digest_only)
     target = fresh(1)
     load_weights(tmp_path, target)
     assert same_weights(model, target)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda m: m.pop("rnnkit.sha256"), "an rnnkit file without its checksum"),
+    (lambda m: m.update({"rnnkit.sha25X": m.pop("rnnkit.sha256")}), "unknown rnnkit entries"),
+    (lambda m: m.update({"rnnkit.sha256": m["rnnkit.sha256"][:-1] + "Z"}), "the checksum entry is damaged"),
+    (lambda m: m.update(format="rnnkit.weightz"), "unknown rnnkit entries"),
+])
+def test_damage_cannot_switch_the_checksum_off(tmp_path, edit, expected):
+    """Two faults at once (a damaged checksum entry and damaged data) must not pass as a file without checks."""
+    save_checkpoint(tmp_path, fresh(0), name="best")
+    path = tmp_path / "model.safetensors"
+    _flip_byte(path, -3)
+    _rewrite_header(path, lambda h: edit(h["__metadata__"]))
+    with pytest.raises(CheckpointError, match=expected) as caught:
+        load_weights(tmp_path, fresh(1))
+    assert str(path) in str(caught.value)
 
 
 @pytest.mark.parametrize("skeleton, expected", [
