@@ -20,9 +20,10 @@ structure only as JSON, so loading never runs code: a pickle (or ``torch.save`` 
 checkpoint is expected is refused with :class:`CheckpointError` before anything interprets it.
 
 Integrity. Every safetensors file that rnnkit writes carries in its header metadata the SHA-256 of its data
-section and the SHA-256 of its tensor layout (names, dtypes, shapes, offsets, tied aliases), so flipped or
-missing bytes are detected on load, in the data and in the header alike. (Digests detect damage, not
-forgery: whoever can write the file can recompute them. See SECURITY.md.) Loading checks the file against the model:
+section and the SHA-256 of its tensor layout (names, dtypes, shapes, offsets, tied aliases), in one required
+entry, so flipped or missing bytes are detected on load, in the data and in the header alike: any one or two
+faults are caught or harmless (fuzzed in tests/test_checkpoint_fuzz.py). Digests detect damage, not
+forgery: whoever can write the file can recompute them (SECURITY.md). Loading checks the file against the model:
 missing or unexpected keys and shape mismatches are reported by name. Every problem a user can meet
 (missing file, truncated or corrupt file, foreign file, another architecture's weights) raises one error
 class, :class:`CheckpointError` (a ``ValueError``), whose message names the file and the problem.
