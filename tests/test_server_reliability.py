@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -246,3 +247,24 @@ def test_a_damaged_metrics_file_does_not_break_the_listing(client, runs, content
         assert listing["classify"]["records"][0] == json.loads(saved)  # the good lines are still there
     finally:
         metrics.write_bytes(saved)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Load on loopback: a real uvicorn server, concurrent requests, no errors, memory that does not run away
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_load_on_loopback_has_no_errors_and_bounded_memory(capsys):
+    """The small version of ``python -m benchmarks.server_load`` (1,000 requests at 32 there). No timing is
+    asserted: only that every request got its expected answer and the server's memory stayed put."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.server_load import markdown, run_load
+
+    result = run_load(requests=300, concurrency=16, warmup=40)
+    assert result.errors == 0, result.error_examples
+    assert result.requests == 300
+    assert result.rss_growth_mib < 64, f"server memory grew by {result.rss_growth_mib:.0f} MiB"
+    assert {"POST /api/generate", "POST /api/translate", "POST /api/predict"} <= set(result.per_endpoint_ms)
+    with capsys.disabled():
+        print("\n[load] " + markdown(result).split("\n\n")[0].replace("\n", "; "))
