@@ -1,5 +1,5 @@
 """Tests for rnnkit.experiments: the registry, the shared harness, each experiment's pieces on tiny sizes, and
-(marked slow) the adding and vanishing-gradient experiments in their quick settings with their claims."""
+(marked slow) every experiment in its quick setting, as `rnnkit experiment NAME --quick` runs it in CI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 from rnnkit.data.generated import adding_problem, copy_memory, copy_memory_baseline
 from rnnkit.experiments import adding, lstm_vs_gru, registry, vanishing_gradients
 from rnnkit.experiments import copy_memory as copy_experiment
-from rnnkit.experiments.harness import fit, mean_squared_error, memory_regressor, set_forget_bias
+from rnnkit.experiments.harness import fit, mean_squared_error, memory_classifier, memory_regressor, set_forget_bias
 from rnnkit.parameters import formula_count
 
 ISSUE_NAMES = ["vanishing-gradients", "adding", "copy-memory", "attention-length", "sequential-digits",
@@ -245,3 +245,72 @@ def test_vanishing_gradients_quick(tmp_path):
     unclipped, clipped = exploding["runs"]["no clipping"], exploding["runs"]["clipped at 1.0"]
     assert unclipped["non_finite_losses"] > 0 or unclipped["final_test_mse"] is None
     assert clipped["non_finite_losses"] == 0 and clipped["final_test_mse"] is not None
+
+
+# Slow: the quick settings of the other five experiments, as CI runs them (`rnnkit experiment NAME --quick`)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_copy_memory_quick_lstm_below_half_the_memoryless_baseline(tmp_path):
+    figures = registry.run("copy-memory", quick=True, out=tmp_path, seed=0)
+    _read_results(tmp_path)
+    run = figures["runs"]["lstm_T10"]
+    print({"T": 10, "baseline": run["baseline"], "lstm": run["final_cross_entropy"]})
+    assert run["baseline"] == pytest.approx(10 * math.log(8) / 30)
+    assert run["final_cross_entropy"] < 0.5 * run["baseline"]
+    assert figures["claim"]["lstm_below_half_baseline_for_T<=50"] is True
+
+
+@pytest.mark.slow
+def test_attention_length_quick_attention_holds_on_long_sources(tmp_path):
+    figures = registry.run("attention-length", quick=True, out=tmp_path, seed=0)
+    _read_results(tmp_path)
+    attention, plain = figures["attention"]["bucket_accuracy"], figures["no attention"]["bucket_accuracy"]
+    print({"attention": attention, "no attention": plain})
+    assert attention["11-20"] >= 0.8 and attention["11-20"] >= 0.85 * attention["5-10"]
+    assert plain["11-20"] <= 0.6 * plain["5-10"]
+    assert attention["11-20"] > 2 * plain["11-20"]
+
+
+@pytest.mark.slow
+def test_sequential_digits_quick_every_cell_learns(tmp_path):
+    figures = registry.run("sequential-digits", quick=True, out=tmp_path, seed=0)
+    _read_results(tmp_path)
+    models = figures["models"]
+    print({cell: models[cell]["test_accuracy"] for cell in models})
+    assert set(models) == {"rnn", "lstm", "gru"} and figures["steps_per_image"] == 64
+    for cell in models:
+        assert models[cell]["test_accuracy"] >= 0.5  # 10 classes: chance is 0.1
+        assert models[cell]["parameters"] == sum(
+            p.numel() for p in memory_classifier(cell, 1, 64, 10, forget_bias=None).parameters())
+
+
+@pytest.mark.slow
+def test_lstm_vs_gru_quick_measures_time_and_parameters(tmp_path):
+    figures = registry.run("lstm-vs-gru", quick=True, out=tmp_path, seed=0)
+    _read_results(tmp_path)
+    models = figures["models"]
+    lstm, same_n, same_budget = (models[k] for k in ("LSTM, n = 64", "GRU, n = 64 (same n)",
+                                                     "GRU, n = 74 (same budget)"))
+    print(figures["ratios"])
+    assert figures["ratios"]["gru_same_n_parameters_over_lstm"] == pytest.approx(
+        same_n["parameters"] / lstm["parameters"])
+    assert 0.7 < figures["ratios"]["gru_same_n_parameters_over_lstm"] < 0.8  # 3 gates' weights against 4
+    assert abs(same_budget["parameters"] - lstm["parameters"]) / lstm["parameters"] < 0.01
+    for model in models.values():
+        assert model["test_accuracy"] >= 0.5 and model["seconds_per_epoch"] > 0
+
+
+@pytest.mark.slow
+def test_sentiment_baselines_quick_table(tmp_path):
+    figures = registry.run("sentiment-baselines", quick=True, out=tmp_path, seed=0)
+    _read_results(tmp_path)
+    models = figures["models"]
+    print({name: round(m["test_accuracy"], 3) for name, m in models.items()})
+    assert set(models) == {"majority", "bag of words + logistic regression", "tanh RNN", "LSTM",
+                           "bidirectional LSTM"}
+    assert models["majority"]["test_accuracy"] == pytest.approx(0.58, abs=0.01)
+    assert models["bag of words + logistic regression"]["test_accuracy"] >= 0.72
+    for name in ("tanh RNN", "LSTM", "bidirectional LSTM"):
+        assert models[name]["train_seconds"] > 0 and models[name]["test_accuracy"] > 0.5
