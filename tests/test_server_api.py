@@ -556,7 +556,7 @@ def test_diagnostics_error_paths(client, translate_run, lm_and_classify_runs):
     assert target.status_code == 422 and "leave target out" in target.json()["detail"]
     nothing = TestClient(create_app([])).post("/api/diagnostics", json={"text": "a"})
     assert nothing.status_code == 404 and "no loaded run can diagnose" in nothing.json()["detail"]
-    from rnnkit.server.probe import diagnose_input
+    from rnnkit.probe import diagnose_input
 
     with pytest.raises(ValueError, match="forecast"):
         diagnose_input("forecast", None, "1 2 3")

@@ -9,7 +9,7 @@ Endpoints (OpenAPI spec at ``/openapi.json``, interactive docs at ``/docs``):
                                   drawn ({"id", "token", "text"}), then ``done`` ({"count"}) or ``error``
 ``POST /api/predict``             classify / tag lines (``/api/classify`` and ``/api/tag``: the same, one task)
 ``POST /api/diagnostics``         one input through a loaded run's model: ||dL/dh_t||, hidden norms and gates per
-                                  layer-direction, attention (see :mod:`rnnkit.server.probe`)
+                                  layer-direction, attention (see :mod:`rnnkit.probe`)
 ``POST /api/explore``             architecture explorer: parameter counts and a forward pass with gates
 ``POST /api/jobs``                start a small training job (adding / vanishing gradients)
 ``GET  /api/jobs/{id}``           its status and all events so far
@@ -44,8 +44,8 @@ from starlette.concurrency import run_in_threadpool
 from rnnkit.checkpoint import read_config
 from rnnkit.server.dynamics import run_job
 from rnnkit.server.explore import explore
-from rnnkit.server.probe import TASKS as DIAGNOSABLE_TASKS
-from rnnkit.server.probe import diagnose_input
+from rnnkit.probe import TASKS as DIAGNOSABLE_TASKS
+from rnnkit.probe import diagnose_input
 from rnnkit.streaming import sse_events
 from rnnkit.tasks import task_module
 
