@@ -139,8 +139,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     trainer = make_trainer(task, run_dir, training_settings(settings), run_config=run_config)
     result = trainer.resume() if resume else trainer.train(overwrite=overwrite)
     if getattr(trainer, "rank", 0) != 0:
-        return 0  # rank 0 prints the summary
-    summary = {"run_dir": str(run_dir), "stop_reason": result.stop_reason, "steps": result.step,
+        return 0  # rank 0 writes the report and prints the summary
+    from rnnkit.report import write_run_report
+
+    report = write_run_report(run_dir)
+    summary = {"run_dir": str(run_dir), "report": str(report), "stop_reason": result.stop_reason, "steps": result.step,
                "best_" + getattr(task, "primary_metric", "metric"): result.best_metric,
                "last_metrics": result.last_metrics}
     _print_json(summary)

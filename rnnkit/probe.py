@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rnnkit.data.batching import pad_sequences
-from rnnkit.diagnostics import attention_maps, diagnose
+from rnnkit.diagnostics import Diagnostics, attention_maps, diagnose
 from rnnkit.tasks.translate import decode_texts, hypothesis_text
 
 TASKS = ("lm", "classify", "tag", "translate")
@@ -48,7 +48,7 @@ def _labelled(result, labels_of) -> dict[str, Any]:
     return data
 
 
-def _lm(runner, text: str, target: str | None) -> dict[str, Any]:
+def _lm(runner, text: str, target: str | None) -> tuple[Diagnostics, dict[str, Any]]:
     if target is not None:
         raise ValueError("a language model's target is its own text (the next tokens): leave target out")
     ids = runner.vocab.encode(text)
@@ -67,10 +67,10 @@ def _lm(runner, text: str, target: str | None) -> dict[str, Any]:
     data["target"] = words[1:]
     data["token_loss"] = surprisal.tolist()
     data["loss_of"] = "mean next-token cross-entropy (nats) of the text"
-    return data
+    return result, data
 
 
-def _classify(runner, text: str, target: str | None) -> dict[str, Any]:
+def _classify(runner, text: str, target: str | None) -> tuple[Diagnostics, dict[str, Any]]:
     ids = runner.encoder([text])[0]
     tokens = runner.vocab.tokenize(runner.encoder.normalise(text))[: len(ids)] or ["<unk>"]
     inputs, lengths = torch.tensor([ids]), torch.tensor([len(ids)])  # (1, T), (1,)
@@ -89,10 +89,10 @@ def _classify(runner, text: str, target: str | None) -> dict[str, Any]:
     data["target"] = runner.labels.decode(label)
     data["probabilities"] = {runner.labels.decode(k): float(p) for k, p in enumerate(probabilities)}
     data["loss_of"] = f"cross-entropy of the class {runner.labels.decode(label)!r}"
-    return data
+    return result, data
 
 
-def _tag(runner, text: str, target: str | None) -> dict[str, Any]:
+def _tag(runner, text: str, target: str | None) -> tuple[Diagnostics, dict[str, Any]]:
     words = text.split()
     if not words:
         raise ValueError("a tagger needs at least one whitespace-separated token, got none")
@@ -114,10 +114,10 @@ def _tag(runner, text: str, target: str | None) -> dict[str, Any]:
     data["inputs"] = words
     data["target"] = [tagging.tags.decode(t) for t in tags]
     data["loss_of"] = "the tagger's loss of the tags " + ("given" if target is not None else "it predicts")
-    return data
+    return result, data
 
 
-def _translate(runner, text: str, target: str | None) -> dict[str, Any]:
+def _translate(runner, text: str, target: str | None) -> tuple[Diagnostics, dict[str, Any]]:
     source_ids = runner.encode([text])[0]
     source_tokens = runner.source_vocab.tokenize(text)
     if len(source_tokens) != len(source_ids):  # an empty source is encoded as one <unk>
@@ -149,10 +149,24 @@ def _translate(runner, text: str, target: str | None) -> dict[str, Any]:
         data["attention"]["rows"] = predicted
         data["attention"]["columns"] = source_tokens
     data["loss_of"] = "teacher-forced cross-entropy of the target " + repr(target)
-    return data
+    return result, data
 
 
 PROBES = {"lm": _lm, "classify": _classify, "tag": _tag, "translate": _translate}
+
+
+def probe(task: str, runner, text: str,
+          target: str | Sequence[str] | None = None) -> tuple[Diagnostics, dict[str, Any]]:
+    """Diagnostics of ``runner``'s model (a loaded run of ``task``) on one input: the :class:`Diagnostics`
+    (for the plots of :mod:`rnnkit.diagnostics`) and its plain JSON (see :func:`diagnose_input`).
+    A bad input or target raises ValueError naming what was expected."""
+    if task not in PROBES:
+        raise ValueError(f"diagnostics are available for tasks {', '.join(TASKS)}, got a {task} run")
+    if isinstance(target, (list, tuple)):
+        target = " ".join(target)
+    result, data = PROBES[task](runner, text, target)
+    data["task"] = task
+    return result, data
 
 
 def diagnose_input(task: str, runner, text: str, target: str | Sequence[str] | None = None) -> dict[str, Any]:
@@ -163,10 +177,4 @@ def diagnose_input(task: str, runner, text: str, target: str | Sequence[str] | N
     ``labels`` per layer (the token each step reads), ``inputs``, ``target`` and ``loss_of`` (what L is).
     A bad input or target raises ValueError naming what was expected.
     """
-    if task not in PROBES:
-        raise ValueError(f"diagnostics are available for tasks {', '.join(TASKS)}, got a {task} run")
-    if isinstance(target, (list, tuple)):
-        target = " ".join(target)
-    data = PROBES[task](runner, text, target)
-    data["task"] = task
-    return data
+    return probe(task, runner, text, target)[1]

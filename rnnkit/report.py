@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -127,13 +128,18 @@ def _show(token: str) -> str:
 
 def write_report(run_dir: str | Path, title: str, *, figures: Sequence[str | Path] = (),
                  tables: Mapping[str, Mapping[str, object]] | None = None,
-                 text: Sequence[str] = ()) -> Path:
-    """Write ``run_dir/report.html``: a title, paragraphs, one table per mapping and the figures (by relative path)."""
+                 text: Sequence[str] = (), preformatted: Mapping[str, str] | None = None) -> Path:
+    """Write ``run_dir/report.html``: a title, paragraphs, one table per mapping, preformatted blocks (sample
+    outputs) and the figures.
+
+    The page is self-contained: each PNG figure is embedded as a ``data:`` URI (the files stay beside it, and
+    each image's ``alt`` text is its file name), so the report can be mailed or opened from anywhere.
+    """
     run_dir = Path(run_dir)
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
-             "img{max-width:100%}</style>",
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+             "img{max-width:100%}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap}</style>",
              f"<h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(paragraph)}</p>" for paragraph in text]
     for name, table in (tables or {}).items():
@@ -142,12 +148,157 @@ def write_report(run_dir: str | Path, title: str, *, figures: Sequence[str | Pat
             shown = f"{value:.4g}" if isinstance(value, float) else str(value)
             parts.append(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(shown)}</td></tr>")
         parts.append("</table>")
+    for name, block in (preformatted or {}).items():
+        parts.append(f"<h2>{html.escape(name)}</h2><pre>{html.escape(block)}</pre>")
     for figure in figures:
-        try:
-            rel = Path(figure).resolve().relative_to(run_dir.resolve())
-        except ValueError:  # a figure outside the run directory is linked by its absolute path
-            rel = Path(figure).resolve()
-        parts.append(f"<figure><img src='{html.escape(rel.as_posix())}' alt='{html.escape(rel.stem)}'></figure>")
+        figure = Path(figure)
+        encoded = base64.b64encode(figure.read_bytes()).decode("ascii")
+        parts.append(f"<figure><img src='data:image/png;base64,{encoded}' alt='{html.escape(figure.name)}'>"
+                     "</figure>")
     out = run_dir / "report.html"
     out.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The report of a training run
+# ----------------------------------------------------------------------------------------------------------
+
+SAMPLES = 5  # validation examples shown in a run report
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.html`` for a run trained by ``rnnkit train``: its configuration, the training
+    summary and last validation metrics, the training curves, what happens inside the trained model on one
+    validation example (||dL/dh_t|| through time per layer-direction, gate activity, state norms; the attention
+    heatmap of a translation run) and sample outputs on validation examples. ``rnnkit train`` calls it at the
+    end of every run; it reads only the run directory (and the run's own validation data)."""
+    from rnnkit.checkpoint import read_config
+    from rnnkit.tasks import task_module
+
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    task = config.get("task")
+    if not isinstance(task, str):
+        raise ValueError(f"{run_dir / 'config.json'} names no task")
+    runner = task_module(task).load(run_dir)
+    events = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    figures: list[Path] = []
+    if any(e.get("split") == "train" for e in events):
+        figures.append(plot_training_curves(events, run_dir / "training_curves.png", title=f"{task}: training"))
+    tables: dict[str, Mapping[str, object]] = {}
+    stop = next((e for e in reversed(events) if e.get("event") == "stop"), None)
+    if stop is not None:
+        tables["training"] = {k: stop[k] for k in ("reason", "step", "epoch", "best_metric", "best_step",
+                                                   "clip_events", "nonfinite_steps", "wall_time") if k in stop}
+    last_eval = next((e for e in reversed(events) if e.get("event") == "eval"), None)
+    if last_eval is not None and isinstance(last_eval.get("metrics"), Mapping):
+        tables[f"last evaluation ({last_eval.get('split', 'valid')}, step {last_eval.get('step')})"] = \
+            last_eval["metrics"]
+    parameters = sum(p.numel() for p in runner.model.parameters())
+    tables["model"] = {"parameters": parameters, **_plain(config.get("model", {}))}
+    tables["settings"] = _plain(config.get("settings", {}))
+    samples, inside = _run_samples(task, runner, config, run_dir)
+    figures += inside
+    return write_report(run_dir, f"rnnkit {task} run: {run_dir.name}", figures=figures, tables=tables,
+                        preformatted=samples)
+
+
+def _plain(mapping: Mapping) -> dict[str, object]:
+    """A flat table of a config mapping: nested values as compact JSON."""
+    return {str(k): (v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v))
+            for k, v in mapping.items()}
+
+
+def _run_samples(task: str, runner, config: Mapping, run_dir: Path) -> tuple[dict[str, str], list[Path]]:
+    """Sample outputs on the run's validation data and the plots of what happens inside the model on the
+    first validation example."""
+    from rnnkit.data import load_source
+
+    data = config.get("data", {})
+    source = data.get("valid") or data.get("train")
+    settings = config.get("settings", {})
+    samples: dict[str, str] = {}
+    figures: list[Path] = []
+    probe_input = None
+    if task == "forecast":
+        figures.append(_plot_forecast(runner, run_dir / "forecast.png"))
+        return samples, figures
+    records = load_source(source, task, "valid", cache_dir=settings.get("cache_dir"), quiet=True)
+    if task == "lm":
+        samples["generated at temperature 0.8 (seed 0)"] = runner.generate("", length=300, temperature=0.8, seed=0)
+        probe_input = str(records)[:120]
+    elif task == "classify":
+        shown = list(records[:SAMPLES])
+        predicted = runner.predict([r.text for r in shown])
+        samples["validation examples: gold -> predicted"] = "\n".join(
+            f"{r.label} -> {p}: {r.text}" for r, p in zip(shown, predicted, strict=True))
+        probe_input = shown[0].text if shown else None
+    elif task == "tag":
+        shown = list(records[:SAMPLES])
+        predicted = runner.predict([" ".join(r.tokens) for r in shown])
+        samples["validation sentences: token/gold/predicted"] = "\n".join(
+            " ".join(f"{w}/{g}/{p}" for w, g, p in zip(r.tokens, r.tags, tags, strict=True))
+            for r, tags in zip(shown, predicted, strict=True))
+        probe_input = " ".join(shown[0].tokens) if shown else None
+    elif task == "translate":
+        shown = list(records[:SAMPLES])
+        outputs = runner.translate([r.source for r in shown], beam_size=5, n_best=3)
+        samples["validation sources: beam 5, 3-best (score = log p)"] = "\n".join(
+            f"{r.source}  ->  " + " | ".join(f"{o['text']} ({o['score']:.2f})" for o in options)
+            + ("" if options[0]["text"] == r.target else f"   [expected {r.target}]")
+            for r, options in zip(shown, outputs, strict=True))
+        if shown:
+            best = outputs[0][0]
+            figures.append(plot_attention(best["attention"], best["source_tokens"], best["tokens"],
+                                          run_dir / "attention.png", title=f"attention: {shown[0].source}"))
+            probe_input = shown[0].source
+    if probe_input:
+        figures += _plot_inside(task, runner, probe_input, run_dir)
+    return samples, figures
+
+
+def _plot_inside(task: str, runner, text: str, run_dir: Path) -> list[Path]:
+    """||dL/dh_t||, gates and state norms of the trained model on one input (see :mod:`rnnkit.probe`)."""
+    from rnnkit.diagnostics import plot_gates, plot_gradient_norms, plot_state_norms
+    from rnnkit.probe import probe
+
+    result, _ = probe(task, runner, text)
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    figures = []
+    curves = {trace.name: trace.grad_norm for trace in result.layers if trace.grad_norm is not None}
+    if curves:
+        figures.append(plot_gradient_norms(curves, run_dir / "gradient_through_time.png",
+                                           title=f"||dL/dh_t|| on one validation input: {shown}"))
+    gated = [trace for trace in result.layers if trace.gates]
+    if gated:
+        figures.append(plot_gates(gated[0], run_dir / "gates.png"))
+    if result.layers:
+        figures.append(plot_state_norms(result.layers, run_dir / "state_norms.png"))
+    return figures
+
+
+def _plot_forecast(runner, out_png: Path) -> Path:
+    """The end of the series with the model's forecast of the first test horizon next to the actual values."""
+    import numpy as np
+
+    parts = runner.parts
+    history = np.concatenate([parts["train"], parts["valid"]])
+    predicted = runner.forecast(history)
+    horizon = len(predicted)
+    actual = parts["test"][:horizon]
+    shown = history[-4 * max(horizon, 8):]
+    start = len(history) - len(shown)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(range(start, len(history)), shown, label="history", color="#555")
+    future = range(len(history), len(history) + horizon)
+    ax.plot(future[:len(actual)], actual, label="actual", color="#1f77b4")
+    ax.plot(future, predicted, "--", label="forecast", color="#d62728")
+    ax.set_xlabel("time step")
+    ax.set_ylabel("value")
+    ax.set_title(f"forecast of the first {horizon} test steps")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
