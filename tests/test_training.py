@@ -612,3 +612,48 @@ def test_module_docstring_example_runs(tmp_path, monkeypatch):
     namespace = {"torch": torch, "Trainer": Trainer, "x": x, "y": x @ torch.tensor([1.0, -2.0, 0.5])}
     exec(compile(code, "training-docstring", "exec"), namespace)
     assert namespace["result"].epoch == 8 and (tmp_path / "runs" / "reg" / "model.safetensors").exists()
+
+
+def test_a_nan_injected_into_a_real_task_stops_with_remedies_and_the_run_recovers(tmp_path):
+    """An rnnkit language model (prepare() of the lm task) whose loss turns NaN at step 7: the run stops naming
+    the step and the remedies, the checkpoint before it is intact, and resuming with nan_policy="skip" (the
+    remedy the message names) skips that step, counts it, and ends with finite weights."""
+    from rnnkit.tasks import resolve_settings, task_module, training_settings
+
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 30, encoding="utf-8")
+    settings = resolve_settings("lm", {"data": str(text), "valid": str(text), "hidden_size": 8, "bptt": 8,
+                                       "batch_size": 4, "max_steps": 12, "checkpoint_every": 5,
+                                       "progress": False, "log_every": 1})
+    run_dir = tmp_path / "run"
+
+    def poisoned():
+        task, run_config = task_module("lm").prepare(settings, run_dir)
+        original, state = task.loss, {"step": 0}
+        task.begin_step = lambda step: state.update(step=step)
+
+        def loss(batch, carry):
+            value, items, carry = original(batch, carry)
+            return (value * float("nan") if state["step"] == 7 else value), items, carry
+
+        task.loss = loss
+        return task, run_config
+
+    task, run_config = poisoned()
+    with pytest.raises(NonFiniteLossError) as caught:
+        Trainer(task, run_dir, training_settings(settings), run_config=run_config).train()
+    message = str(caught.value)
+    assert "step 7" in message and "the loss is nan" in message
+    assert "lower the learning rate" in message and "clip" in message and "nan_policy='skip'" in message
+    assert "(step 5)" in message and load_checkpoint(run_dir, "last").trainer_state["loop"]["step"] == 5
+
+    task, run_config = poisoned()
+    skipping = training_settings({**settings, "nan_policy": "skip"})
+    with pytest.warns(UserWarning, match="different nan_policy"):
+        result = Trainer(task, run_dir, skipping, run_config=run_config).resume()
+    assert result.stop_reason == "max_steps" and result.step == 12 and result.nonfinite_steps == 1
+    assert all(torch.isfinite(p).all() for p in task.model.parameters())
+    skipped = [e for e in read_events(run_dir) if e["event"] == "nonfinite"]
+    assert [e["step"] for e in skipped] == [7]
+    clipped = [e["clip_events"] for e in read_events(run_dir) if e["event"] == "train"]
+    assert clipped == sorted(clipped)  # a running count in every train event
