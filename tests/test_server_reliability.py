@@ -268,3 +268,22 @@ def test_load_on_loopback_has_no_errors_and_bounded_memory(capsys):
     assert {"POST /api/generate", "POST /api/translate", "POST /api/predict"} <= set(result.per_endpoint_ms)
     with capsys.disabled():
         print("\n[load] " + markdown(result).split("\n\n")[0].replace("\n", "; "))
+
+
+def test_report_html_and_svg_are_sandboxed(client, runs):
+    """A run directory from elsewhere may hold a report.html with a script: it must not run in the API's
+    origin (where it could start jobs or read every run)."""
+    planted = runs[0] / "evil.html"
+    planted.write_text("<script>fetch('/api/jobs', {method: 'POST'})</script>", encoding="utf-8")
+    (runs[0] / "evil.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
+                                      encoding="utf-8")
+    try:
+        for name in ("evil.html", "evil.svg"):
+            response = client.get(f"/api/runs/lm/files/{name}")
+            assert response.status_code == 200
+            assert response.headers["content-security-policy"] == "sandbox"
+            assert response.headers["x-content-type-options"] == "nosniff"
+        assert "content-security-policy" not in client.get("/api/runs/lm/files/config.json").headers
+    finally:
+        planted.unlink()
+        (runs[0] / "evil.svg").unlink()

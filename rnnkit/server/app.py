@@ -42,10 +42,10 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from rnnkit.checkpoint import read_config
-from rnnkit.server.dynamics import run_job
-from rnnkit.server.explore import explore
 from rnnkit.probe import TASKS as DIAGNOSABLE_TASKS
 from rnnkit.probe import diagnose_input
+from rnnkit.server.dynamics import run_job
+from rnnkit.server.explore import explore
 from rnnkit.streaming import sse_events
 from rnnkit.tasks import task_module
 
@@ -498,7 +498,12 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits()) -> Fa
             raise HTTPException(403, f"{path[:200]!r} is outside run directory {run.name!r}")
         if run.inside(target) is None or target.suffix not in REPORT_SUFFIXES:
             raise HTTPException(404, f"run {run.name!r} has no report file {path[:200]!r}")
-        return FileResponse(target)
+        # Report files come from run directories, which may come from elsewhere: active content (HTML, SVG)
+        # is sandboxed, so a planted script cannot run in this page's origin and call the API.
+        headers = {"X-Content-Type-Options": "nosniff"}
+        if target.suffix in (".html", ".svg"):
+            headers["Content-Security-Policy"] = "sandbox"
+        return FileResponse(target, headers=headers)
 
     return app
 
