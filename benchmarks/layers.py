@@ -1,36 +1,36 @@
-"""Speed of rnnkit's recurrent layers against torch.nn and a per-step cell loop.
+"""Speed of rnnkit's recurrent layers against torch.nn, a per-step cell loop and rnnkit's reference path.
 
-Measures forward (under no_grad) and forward+backward (gradients of every parameter and of the input)
-throughput in tokens per second, medians of several repeats. Within a group the contenders run round-robin
-(interleaved), so that changes in machine load hit them alike. Each row also shows its fraction of the sgemm
-peak, timed with a big matrix product in the same rounds: a layer's forward costs about
-2 * tokens * G * H * (D + H) FLOPs (G gates), forward+backward about 3 times that.
+Throughput in tokens per second, forward (under no_grad) and forward+backward (the gradients of every
+parameter and of the input), for the same inputs and weights, the contenders of a group interleaved round by
+round (see benchmarks/harness.py for the timing rules). Each row also shows:
 
-Groups per size (B, T, H = D):
+* its fraction of the sgemm peak measured in the same run with the same thread count: a layer's forward
+  costs about 2 * tokens * G * H * (D + H) FLOPs (G gates; the input projection and the recurrent product),
+  forward+backward 3 times that (dx, dW_ih, dh, dW_hh); for variable lengths tokens are the real tokens;
+* the peak RSS of one forward+backward at (B, T, H) = (64, 500, 256), each implementation in a fresh process.
 
-* LSTM, GRU, RNN: torch.nn vs rnnkit (fused kernel) vs rnnkit's own path (forced), and for the LSTM a
-  per-step ``nn.LSTMCell`` loop;
-* layer-norm LSTM and reset-before GRU (rnnkit's own path; torch.nn has no such layer), next to torch.nn's
-  standard layer of the same size;
+Groups per size (B, T, H = D), baseline (the ratios' denominator) first:
+
+* LSTM, GRU, RNN: torch.nn vs rnnkit (use_fused="auto", the default) vs rnnkit's fast path (own path
+  forced) [vs the per-step ``nn.LSTMCell`` loop; vs rnnkit's reference path (the cells' ``recur`` stepped)];
+* layer-norm LSTM and reset-before GRU against torch.nn.LSTM of the same size (torch has no such layers; the
+  goal is stated against its LSTM), with torch.nn.GRU beside them;
 * variable lengths (uniform in [T/4, T]): torch.nn on a PackedSequence (pack, run, unpack) vs rnnkit's
-  ``lengths=`` (fused: packs internally; own path: masks). Tokens are the real tokens.
+  ``lengths=``.
 
-Usage: ``python -m benchmarks.layers [--quick] [--repeats N] [--threads N] [--output PATH]``, or
-``rnnkit bench layers``. Writes a markdown table to benchmarks/results/layers.md.
+Usage: ``python -m benchmarks.layers [--quick] [--repeats N] [--threads N] [--sizes B,T,H ...]
+[--no-memory] [--output PATH]``, or ``rnnkit bench layers``. Writes benchmarks/results/layers.md
+(``--quick``: layers.quick.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
+import json
 import platform
-import statistics
 import sys
-import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -41,33 +41,21 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
+from benchmarks.harness import Contender, Peak, Summary, load_average, peak_rss, probe, rate, run_rounds
 
 SIZES = [(64, 100, 256), (64, 100, 512), (1, 100, 256), (32, 500, 128)]  # (B, T, H = D)
+QUICK_SIZES = [(8, 20, 32), (1, 20, 32)]
+MEMORY_SIZE = (64, 500, 256)
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 RESULTS = Path(__file__).resolve().parent / "results" / "layers.md"
 
 
 @dataclass
-class Contender:
-    """One implementation in a group: ``run(backward)`` does one forward (and backward) pass."""
-
-    label: str
-    run: Callable[[bool], None]
-    forward_times: list[float] = field(default_factory=list)  # seconds per call, one entry per repeat
-    backward_times: list[float] = field(default_factory=list)
-    calls: dict[bool, int] = field(default_factory=lambda: {False: 1, True: 1})  # calls per measurement
-
-    def calibrate(self, min_seconds: float) -> None:
-        """Warm up, and choose how many calls make one measurement last at least ``min_seconds``."""
-        for backward in (False, True):
-            seconds = _time(lambda b=backward: self.run(b))  # warm-up: allocator, oneDNN primitives
-            seconds = _time(lambda b=backward: self.run(b))
-            self.calls[backward] = max(1, math.ceil(min_seconds / max(seconds, 1e-9)))
-
-    def measure(self) -> None:
-        for backward, times in ((False, self.forward_times), (True, self.backward_times)):
-            calls = self.calls[backward]
-            times.append(_time(lambda b=backward, n=calls: [self.run(b) for _ in range(n)]) / calls)
+class Group:
+    name: str
+    cell: str  # for the FLOP count: LSTM, GRU or RNN
+    contenders: list[Contender]
+    tokens: int
 
 
 @dataclass
@@ -75,17 +63,16 @@ class Row:
     size: tuple[int, int, int]
     group: str
     label: str
-    forward: float  # tokens / s
-    backward: float  # tokens / s (forward + backward)
-    forward_ratio: float  # vs the group's torch.nn baseline
-    backward_ratio: float
-    forward_peak: float  # fraction of the measured sgemm FLOP/s
+    key: str
+    forward: Summary
+    backward: Summary
+    forward_peak: float  # fraction of the best sgemm FLOP/s
     backward_peak: float
 
 
 def _layer_run(module: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None, packed: bool):
     """A closure running ``module`` on x (T, B, D), with variable lengths the torch way or the rnnkit way."""
-    parameters = [p for p in module.parameters()]
+    parameters = list(module.parameters())
 
     def run(backward: bool) -> None:
         with torch.set_grad_enabled(backward):
@@ -121,157 +108,237 @@ def _cell_loop_run(cell: nn.LSTMCell, x: torch.Tensor):
     return run
 
 
-def _groups(batch: int, steps: int, hidden: int) -> list[tuple[str, str, list[Contender], int]]:
-    """(group name, cell type for FLOPs, contenders (baseline first), tokens) for one size."""
+def _copy(module: nn.Module, reference: nn.Module) -> nn.Module:
+    module.load_state_dict(reference.state_dict())
+    return module
+
+
+def groups(batch: int, steps: int, hidden: int) -> list[Group]:
+    """The groups of one size; every contender's ``key`` names it for the memory probe."""
     torch.manual_seed(0)
     x = torch.randn(steps, batch, hidden, requires_grad=True)  # (T, B, D)
     tokens = batch * steps
-    groups = []
+    result = []
     for name, theirs, ours in (("LSTM", nn.LSTM, rnnkit.LSTM), ("GRU", nn.GRU, rnnkit.GRU),
                                ("RNN", nn.RNN, rnnkit.RNN)):
         reference = theirs(hidden, hidden)
-        fused = ours(hidden, hidden)
-        fused.load_state_dict(reference.state_dict())
-        own = ours(hidden, hidden, use_fused=False)
-        own.load_state_dict(reference.state_dict())
         contenders = [
-            Contender(f"torch.nn.{name}", _layer_run(reference, x, None, False)),
-            Contender(f"rnnkit.{name} (fused)", _layer_run(fused, x, None, False)),
-            Contender(f"rnnkit.{name} (own path)", _layer_run(own, x, None, False)),
+            Contender(f"torch.nn.{name}", _layer_run(reference, x, None, False), f"torch.nn.{name}"),
+            Contender(f"rnnkit.{name}", _layer_run(_copy(ours(hidden, hidden), reference), x, None, False),
+                      f"rnnkit.{name}"),
+            Contender(f"rnnkit.{name} fast path", _layer_run(
+                _copy(ours(hidden, hidden, use_fused=False), reference), x, None, False), f"rnnkit.{name} fast"),
         ]
         if name == "LSTM":
-            cell = nn.LSTMCell(hidden, hidden)
-            contenders.append(Contender("nn.LSTMCell loop", _cell_loop_run(cell, x)))
-        groups.append((name, name, contenders, tokens))
-    groups.append(("layer-norm LSTM", "LSTM", [
-        Contender("torch.nn.LSTM (standard)", _layer_run(nn.LSTM(hidden, hidden), x, None, False)),
+            contenders.append(Contender("nn.LSTMCell loop", _cell_loop_run(nn.LSTMCell(hidden, hidden), x),
+                                        "nn.LSTMCell loop"))
+        if name == "GRU":
+            slow = _copy(ours(hidden, hidden, use_fused=False, use_fast_path=False), reference)
+            contenders.append(Contender("rnnkit.GRU reference path", _layer_run(slow, x, None, False),
+                                        "rnnkit.GRU reference"))
+        result.append(Group(name, name, contenders, tokens))
+    result.append(Group("layer-norm LSTM, reset-before GRU", "LSTM", [
+        Contender("torch.nn.LSTM", _layer_run(nn.LSTM(hidden, hidden), x, None, False), "torch.nn.LSTM"),
         Contender("rnnkit.LSTM(layer_norm=True)", _layer_run(rnnkit.LSTM(hidden, hidden, layer_norm=True), x,
-                                                             None, False)),
-    ], tokens))
-    groups.append(("reset-before GRU", "GRU", [
-        Contender("torch.nn.GRU (reset after)", _layer_run(nn.GRU(hidden, hidden), x, None, False)),
+                                                             None, False), "rnnkit.LSTM layer_norm"),
+        Contender("rnnkit.LSTM(layer_norm=True) reference path", _layer_run(
+            rnnkit.LSTM(hidden, hidden, layer_norm=True, use_fast_path=False), x, None, False),
+            "rnnkit.LSTM layer_norm reference"),
         Contender("rnnkit.GRU(reset_after=False)", _layer_run(rnnkit.GRU(hidden, hidden, reset_after=False), x,
-                                                              None, False)),
+                                                              None, False), "rnnkit.GRU reset_before"),
+        Contender("torch.nn.GRU", _layer_run(nn.GRU(hidden, hidden), x, None, False), "torch.nn.GRU"),
     ], tokens))
     generator = torch.Generator().manual_seed(1)
     lengths = torch.randint(max(1, steps // 4), steps + 1, (batch,), generator=generator)
     lengths[0] = steps
-    reference = nn.LSTM(hidden, hidden)
-    fused = rnnkit.LSTM(hidden, hidden)
-    fused.load_state_dict(reference.state_dict())
-    own = rnnkit.LSTM(hidden, hidden, use_fused=False)
-    own.load_state_dict(reference.state_dict())
-    groups.append(("LSTM, variable lengths", "LSTM", [
-        Contender("torch.nn.LSTM + PackedSequence", _layer_run(reference, x, lengths, True)),
-        Contender("rnnkit.LSTM lengths= (fused)", _layer_run(fused, x, lengths, False)),
-        Contender("rnnkit.LSTM lengths= (own path)", _layer_run(own, x, lengths, False)),
-    ], int(lengths.sum())))
-    return groups
+    for name, theirs, ours in (("LSTM", nn.LSTM, rnnkit.LSTM), ("GRU", nn.GRU, rnnkit.GRU),
+                               ("RNN", nn.RNN, rnnkit.RNN)):
+        reference = theirs(hidden, hidden)
+        result.append(Group(f"{name}, variable lengths", name, [
+            Contender(f"torch.nn.{name} + PackedSequence", _layer_run(reference, x, lengths, True),
+                      f"torch.nn.{name} packed"),
+            Contender(f"rnnkit.{name} lengths=", _layer_run(_copy(ours(hidden, hidden), reference), x, lengths,
+                                                            False), f"rnnkit.{name} lengths"),
+            Contender(f"rnnkit.{name} lengths= fast path", _layer_run(
+                _copy(ours(hidden, hidden, use_fused=False), reference), x, lengths, False),
+                f"rnnkit.{name} lengths fast"),
+        ], int(lengths.sum())))
+    return result
 
 
-def _time(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def _sgemm_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
-    return _time(lambda: torch.mm(a, b))
-
-
-def measure(repeats: int, sizes=SIZES, min_seconds: float = 0.2, log=print) -> tuple[list[Row], float]:
-    """Run every group ``repeats`` times round-robin; return the rows and the median sgemm FLOP/s.
-
-    One measurement repeats a call until it lasts ``min_seconds`` (short calls are noisy on a shared machine).
-    """
-    n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)  # warm-up
-    sgemm = []
+def measure(sizes, repeats: int, min_seconds: float, log=print) -> tuple[list[Row], Peak]:
+    """Run every group of every size; return its rows and the sgemm peak measured between the rounds."""
+    peak = Peak(min_seconds)
     rows: list[Row] = []
     for size in sizes:
-        batch, steps, hidden = size
-        for group, cell, contenders, tokens in _groups(*size):
-            log(f"  {size} {group} ...")
-            for contender in contenders:
-                contender.calibrate(min_seconds)
-            for repeat in range(repeats):
-                sgemm.append(2 * n**3 / _sgemm_seconds(a, b))
-                start = repeat % len(contenders)  # rotate the order so no one always runs first
-                for contender in contenders[start:] + contenders[:start]:
-                    contender.measure()
-            peak = statistics.median(sgemm)
-            flops = 2 * tokens * GATES[cell] * hidden * (hidden + hidden)  # 2 * tokens * G * H * (D + H)
-            baseline = contenders[0]
-            base_forward = statistics.median(baseline.forward_times)
-            base_backward = statistics.median(baseline.backward_times)
-            for contender in contenders:
-                forward = statistics.median(contender.forward_times)
-                backward = statistics.median(contender.backward_times)
-                rows.append(Row(size, group, contender.label, tokens / forward, tokens / backward,
-                                base_forward / forward, base_backward / backward,
-                                flops / forward / peak, 3 * flops / backward / peak))
-    return rows, statistics.median(sgemm)
+        for group in groups(*size):
+            log(f"  {size} {group.name} ...")
+            run_rounds(group.contenders, repeats, min_seconds, peak)
+            batch, steps, hidden = size
+            flops = 2 * group.tokens * GATES[group.cell] * hidden * (hidden + hidden)  # 2 tokens G H (D + H)
+            baseline = group.contenders[0]
+            for contender in group.contenders:
+                forward = Summary.of(contender.seconds[False], baseline.seconds[False], group.tokens)
+                backward = Summary.of(contender.seconds[True], baseline.seconds[True], group.tokens)
+                rows.append(Row(size, group.name, contender.label, contender.key, forward, backward,
+                                flops * forward.median / group.tokens / peak.best,
+                                3 * flops * backward.median / group.tokens / peak.best))
+    return rows, peak
 
 
-def table(rows: list[Row], peak: float, repeats: int, threads: int, load: str, min_seconds: float) -> str:
+def memory(keys: list[str], threads: int, log=print) -> dict[str, dict]:
+    """Peak RSS of forward+backward at MEMORY_SIZE for each contender key, one fresh process each."""
+    result = {}
+    for key in keys:
+        log(f"  peak RSS of {key} at {MEMORY_SIZE} ...")
+        figures = peak_rss("layers", key, threads)
+        if figures is not None:
+            result[key] = figures
+    return result
+
+
+def _memory_probe(key: str) -> dict:
+    for group in groups(*MEMORY_SIZE):
+        for contender in group.contenders:
+            if contender.key == key:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return probe(contender.run)
+    raise SystemExit(f"no contender {key!r}")
+
+
+# -- the goals of issue 7, checked from the rows -----------------------------------------------------------------
+
+
+def goals(rows: list[Row]) -> list[tuple[str, str, bool]]:
+    """(goal, measured, met) for the layer goals that the rows measure."""
+    checks = []
+
+    def find(label: str, group: str, sizes=None) -> list[Row]:
+        return [r for r in rows if r.label == label and r.group == group and (sizes is None or r.size in sizes)]
+
+    standard = [r for name in ("LSTM", "GRU", "RNN") for r in find(f"rnnkit.{name}", name)]
+    standard += [r for name in ("LSTM", "GRU", "RNN") for r in find(f"rnnkit.{name} lengths=",
+                                                                     f"{name}, variable lengths")]
+    if standard:
+        worst = min(standard, key=lambda r: min(r.forward.ratio, r.backward.ratio))
+        value = min(worst.forward.ratio, worst.backward.ratio)
+        checks.append(("standard LSTM/GRU/RNN >= 0.95x torch.nn, fwd and fwd+bwd, every size and variable "
+                       "lengths", f"lowest {value:.2f}x ({worst.label}, {_size(worst.size)}, "
+                       f"{'fwd' if worst.forward.ratio <= worst.backward.ratio else 'fwd+bwd'})", value >= 0.95))
+    large = [(64, 100, 256), (64, 100, 512)]
+    for label in ("rnnkit.LSTM(layer_norm=True)", "rnnkit.GRU(reset_after=False)"):
+        found = find(label, "layer-norm LSTM, reset-before GRU", large)
+        if found:
+            value = min(r.backward.ratio for r in found)
+            checks.append((f"{label} >= 0.8x torch.nn.LSTM fwd+bwd at H = 256 and 512",
+                           ", ".join(f"{r.backward.ratio:.2f}x at H={r.size[2]}" for r in found), value >= 0.8))
+    found = find("rnnkit.GRU", "GRU")
+    if found:
+        value = min(r.backward.ratio for r in found)
+        checks.append(("rnnkit.GRU >= 1.15x torch.nn.GRU fwd+bwd",
+                       ", ".join(f"{r.backward.ratio:.2f}x at {_size(r.size)}" for r in found), value >= 1.15))
+    return checks
+
+
+# -- the table ------------------------------------------------------------------------------------------------
+
+
+def _size(size) -> str:
+    return ", ".join(str(v) for v in size)
+
+
+def table(rows: list[Row], peak: Peak, memory_figures: dict[str, dict], *, repeats: int, threads: int,
+          min_seconds: float, load_before: str, load_after: str, command: str) -> str:
     lines = [
         "# rnnkit layers vs torch.nn",
         "",
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {threads} thread(s), "
-        f"median of {repeats} repeats (each repeat times >= {min_seconds} s of calls), contenders interleaved in "
-        f"rotating order. sgemm peak (1024^3, same run): {peak / 1e9:.1f} GFLOP/s. "
-        f"Load average (1, 5, 15 min) before the run: {load}.",
+        f"`{command}`: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{threads} thread(s), float32. {repeats} rounds, each timing every contender once per mode (>= "
+        f"{min_seconds} s of calls) in a rotated order. Load average (1, 5, 15 min) before: {load_before}; "
+        f"after: {load_after}.",
         "",
-        "Throughput in tokens/s; `x torch` is the ratio to the group's first row (torch.nn); `% peak` uses "
-        "2*tokens*G*H*(D+H) FLOPs forward, 3x that forward+backward.",
+        f"sgemm peak at {threads} thread(s), best of {len(peak.samples)} timings (1024^3 and 2048^3) taken "
+        f"between the rounds: **{peak.best / 1e9:.1f} GFLOP/s** (median {peak.median / 1e9:.1f}).",
         "",
-        "| B, T, H=D | group | implementation | fwd tok/s | fwd x torch | fwd % peak | fwd+bwd tok/s "
-        "| fwd+bwd x torch | fwd+bwd % peak |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "Throughput in tokens/s: median over rounds, (min-max) over rounds. `x torch`: median over rounds of "
+        "the group's first row's time / this row's time, taken in the same round. `% peak`: "
+        "2*tokens*G*H*(D+H) FLOPs forward, 3x that forward+backward, over the sgemm peak. Peak RSS: one "
+        f"forward+backward at (B, T, H) = ({_size(MEMORY_SIZE)}) in a fresh process (ru_maxrss; in brackets "
+        "the increase over the process's RSS before the call).",
+        "",
+        "| B, T, H=D | group | implementation | fwd tok/s (min-max) | fwd x torch | fwd % peak "
+        "| fwd+bwd tok/s (min-max) | fwd+bwd x torch | fwd+bwd % peak | peak RSS MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        figures = memory_figures.get(r.key)
+        rss = ""
+        if figures is not None:
+            rss = f"{figures['peak_mib']:,.0f} (+{figures['peak_mib'] - figures['before_mib']:,.0f})"
         lines.append(
-            f"| {r.size[0]}, {r.size[1]}, {r.size[2]} | {r.group} | {r.label} | {r.forward:,.0f} | "
-            f"{r.forward_ratio:.2f} | {100 * r.forward_peak:.0f}% | {r.backward:,.0f} | {r.backward_ratio:.2f} | "
-            f"{100 * r.backward_peak:.0f}% |"
+            f"| {_size(r.size)} | {r.group} | {r.label} | {rate(r.forward.median)} ({rate(r.forward.low)}-"
+            f"{rate(r.forward.high)}) | {r.forward.ratio:.2f} | {100 * r.forward_peak:.0f}% | "
+            f"{rate(r.backward.median)} ({rate(r.backward.low)}-{rate(r.backward.high)}) | "
+            f"{r.backward.ratio:.2f} | {100 * r.backward_peak:.0f}% | {rss} |"
         )
+    checks = goals(rows)
+    if checks:
+        lines += ["", "## Goals (issue 7) measured by this run", "", "| goal | measured | met |", "|---|---|---|"]
+        lines += [f"| {goal} | {value} | {'yes' if met else 'no'} |" for goal, value, met in checks]
     return "\n".join(lines) + "\n"
-
-
-def _load_average() -> str:
-    try:
-        return ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:  # not available on this platform
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rnnkit bench layers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 repeats of >= 0.05 s instead of 5 of >= 0.2 s")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (median)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, 2 rounds of >= 0.02 s, no memory probe (a smoke test)")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds (default 5)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"markdown table (default {RESULTS})")
+    parser.add_argument("--sizes", nargs="+", default=None, metavar="B,T,H", help="sizes to run (default: all)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probes")
+    parser.add_argument("--output", type=Path, default=None, help=f"markdown table (default {RESULTS})")
+    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one RSS probe
     args = parser.parse_args(argv)
-    repeats = args.repeats or (2 if args.quick else 5)
-    if repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {repeats}")
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    min_seconds = 0.05 if args.quick else 0.2
-    load = _load_average()
-    print(f"benchmarking with {torch.get_num_threads()} thread(s), {repeats} repeats; load average {load}",
-          file=sys.stderr)
+    if args.memory_probe is not None:
+        print(json.dumps(_memory_probe(args.memory_probe)))
+        return 0
+    repeats = args.repeats or (2 if args.quick else 5)
+    if repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {repeats}")
+    try:
+        sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else None
+    except ValueError:
+        parser.error(f"--sizes takes B,T,H triples of integers, got {args.sizes}")
+    if sizes is not None and any(len(s) != 3 or min(s) < 1 for s in sizes):
+        parser.error(f"--sizes takes B,T,H triples of positive integers, got {args.sizes}")
+    sizes = sizes or (QUICK_SIZES if args.quick else SIZES)
+    output = args.output or (RESULTS.with_suffix(".quick.md") if args.quick else RESULTS)
+    min_seconds = 0.02 if args.quick else 0.2
+    threads = torch.get_num_threads()
+    load_before = load_average()
+    print(f"benchmarking with {threads} thread(s), {repeats} rounds; load average {load_before}", file=sys.stderr)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows, peak = measure(repeats, min_seconds=min_seconds, log=lambda message: print(message, file=sys.stderr))
-    text = table(rows, peak, repeats, torch.get_num_threads(), load, min_seconds)
+        rows, peak = measure(sizes, repeats, min_seconds, log=log)
+    figures = {}
+    if not (args.quick or args.no_memory):
+        figures = memory(list(dict.fromkeys(r.key for r in rows)), threads, log=log)
+    command = " ".join(["python -m benchmarks.layers", *(sys.argv[1:] if argv is None else argv)])
+    text = table(rows, peak, figures, repeats=repeats, threads=threads, min_seconds=min_seconds,
+                 load_before=load_before, load_after=load_average(), command=command)
     print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"written to {args.output}", file=sys.stderr)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"written to {output}", file=sys.stderr)
     return 0
 
 

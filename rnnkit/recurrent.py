@@ -118,11 +118,13 @@ def _run_direction(
     zoneout: float,
     training: bool,
     fast_path: bool = True,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, State]:
     """Run one cell over (T, B, D) inputs; return outputs (T, B, H) (not yet zeroed past lengths) and final state.
 
-    ``valid`` (T, B, 1) is True while a step is within its sequence (None: no padding).
-    ``reverse`` is a (T, B, 1) valid-prefix reversal index, True for a plain flip, or False.
+    ``valid`` (T, B, 1) is True while a step is within its sequence, and ``lengths`` (B,) the same as lengths
+    (both None: no padding). ``reverse`` is a (T, B, 1) valid-prefix reversal index, True for a plain flip, or
+    False.
     """
     if isinstance(reverse, Tensor):
         x = _gather_time(x, reverse)
@@ -130,7 +132,7 @@ def _run_direction(
         x = x.flip(0)
     project = getattr(cell, "input_projection", None)
     if fast_path and recurrent_mask is None and zoneout == 0.0 and fastpath.supports(cell):
-        output, state = fastpath.run(cell, project(x), state, valid)
+        output, state = fastpath.run(cell, project(x), state, lengths)
     elif project is not None:
         xp = project(x)  # (T, B, G*H): every step's input contribution in one matrix product
         output, state = _step_loop(cell.recur, xp, state, valid, recurrent_mask, zoneout, training)
@@ -227,7 +229,8 @@ def run_layers(
                 mask = hidden.new_empty(batch_size, hidden.shape[-1]).bernoulli_(keep) / keep  # (B, H)
             reverse = (reverse_index if reverse_index is not None else True) if direction == 1 else False
             output, final = _run_direction(
-                cells[index], layer_input, states[index], valid, reverse, mask, zoneout, training, fast_path
+                cells[index], layer_input, states[index], valid, reverse, mask, zoneout, training, fast_path,
+                None if valid is None else lengths,
             )
             direction_outputs.append(output)
             finals.append(final)
