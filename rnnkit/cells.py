@@ -337,8 +337,7 @@ class LSTMCell(_Cell):
         bias = self.bias_ih + self.bias_hh if self.bias else None
         if not self.layer_norm:
             return F.linear(x, self.weight_ih, bias)
-        projected = _layer_norm(F.linear(x, self.weight_ih), self.ln_ih_weight)  # (..., 4H)
-        return projected if bias is None else projected + bias
+        return _layer_norm(F.linear(x, self.weight_ih), self.ln_ih_weight, bias)  # LN(W_ih x) a_ih + b: (..., 4H)
 
     def recur(
         self, xp_t: Tensor, state: tuple[Tensor, Tensor], recurrent_mask: Tensor | None = None

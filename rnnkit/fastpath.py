@@ -42,11 +42,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rnnkit import kernels
 from rnnkit.cells import LAYER_NORM_EPS, GRUCell, LSTMCell, RNNCell, State
 
 __all__ = ["supports", "run", "linear_recurrence"]
 
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+
+# Block sizes of the per-step storage (see _Steps and _RecurrentGradient): below glibc's 32 MB mmap threshold.
+_STEP_BLOCK_BYTES = 16 << 20
+_GRADIENT_BLOCK_BYTES = 4 << 20
 
 
 def supports(cell: nn.Module) -> bool:
@@ -163,6 +168,68 @@ def _flat(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+class _Steps:
+    """Rows (B, W) of T steps, indexed like a (T, B, W) tensor (``store[t, :n]``), kept in blocks of at most
+    16 MB: glibc serves an allocation above 32 MB with fresh pages (an mmap) that fault on first touch at every
+    call; smaller blocks are reused from the heap. Measured at B = 64, T = 100, H = 256 (the LSTM's 6H factors
+    are 39 MB): ~10,000 page faults and ~25 ms of system time less per forward+backward."""
+
+    def __init__(self, blocks: list[Tensor], size: int) -> None:
+        self.blocks, self.size = blocks, size
+
+    @classmethod
+    def empty(cls, like: Tensor, steps: int, batch: int, width: int, zero: bool = False) -> _Steps:
+        size = max(1, min(steps, _STEP_BLOCK_BYTES // max(1, batch * width * like.element_size())))
+        make = like.new_zeros if zero else like.new_empty
+        return cls([make(min(size, steps - start), batch, width) for start in range(0, steps, size)], size)
+
+    def __getitem__(self, key):
+        t, *rest = key if isinstance(key, tuple) else (key,)
+        return self.blocks[t // self.size][(t % self.size, *rest)]
+
+    def __setitem__(self, key, value) -> None:
+        self[key].copy_(value)
+
+    def spans(self):
+        """(first step, block) for every block, for per-block products."""
+        return [(index * self.size, block) for index, block in enumerate(self.blocks)]
+
+
+class _RecurrentGradient:
+    """dL/d(W_hh h_{t-1}) of every step, needed only for dW_hh = sum_t d_t^T h_{t-1} (and db_hh = sum_t d_t):
+    kept in a block of K steps that is multiplied out (one (G*H, K*B) x (K*B, H) product) each time it fills,
+    going backwards, rather than in one (T, B, G*H) buffer. An allocation that large (26 MB at B = 64, T = 100,
+    G*H = 1024) is served with fresh pages that fault on first touch at every call; the block (~4 MB) is reused.
+    """
+
+    def __init__(self, like: Tensor, hs: Tensor, width: int, weight: bool, bias: bool):
+        steps, batch = hs.shape[0] - 1, hs.shape[1]
+        self.size = max(1, min(steps, _GRADIENT_BLOCK_BYTES // max(1, batch * width * like.element_size())))
+        self.block = like.new_zeros(self.size, batch, width)
+        self.hs, self.weight, self.bias = hs, weight, bias
+        self.d_weight = self.d_bias = None
+
+    def step(self, t: int, rows: int) -> Tensor:
+        """The (B, G*H) slot of step t; rows past ``rows`` are kept zero (sequences that have ended)."""
+        slot = self.block[t % self.size]
+        if rows < slot.shape[0]:
+            slot[rows:].zero_()
+        return slot
+
+    def done(self, t: int) -> None:
+        """Step t's slot is written; at a block's first step multiply the block out."""
+        if t % self.size:
+            return
+        filled = min(self.size, self.hs.shape[0] - 1 - t)
+        block = _flat(self.block[:filled])
+        if self.weight:
+            product = block.t() @ _flat(self.hs[t : t + filled])  # h_{s-1} of steps s = t .. t + filled - 1
+            self.d_weight = product if self.d_weight is None else self.d_weight.add_(product)
+        if self.bias:
+            total = block.sum(0)
+            self.d_bias = total if self.d_bias is None else self.d_bias.add_(total)
+
+
 def _keeps(ctx) -> bool:
     """Whether the backward will run (else the forward stores nothing for it)."""
     return any(ctx.needs_input_grad)
@@ -195,6 +262,7 @@ class _LinearRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_outputs: Tensor):
+        d_outputs = d_outputs.contiguous()  # (an output's gradient may be expanded, e.g. from .sum())
         a, hs = ctx.saved_tensors
         steps = a.shape[0]
         d_h = torch.empty_like(d_outputs)  # dL/dh_t, all paths
@@ -237,6 +305,7 @@ class _RNNRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_outputs: Tensor, d_h_n: Tensor):
+        d_outputs = d_outputs.contiguous()  # (an output's gradient may be expanded, e.g. from .sum())
         hs, weight_hh = ctx.saved_tensors
         schedule = ctx.schedule
         d_pre = _buffer(d_outputs, d_outputs.shape, len(schedule) < d_outputs.shape[0] or min(schedule) < hs.shape[1])
@@ -303,12 +372,17 @@ class _LSTMRecurrence(torch.autograd.Function):
         a = xp.new_empty(batch, gates)  # one step's pre-activations, then gates
         tanh_c = xp.new_empty(batch, hidden)
         hs = _buffer(xp, (steps + 1, batch, hidden), padded)  # h_0 (given), h_1 .. h_T
-        factors = _buffer(xp, (steps, batch, 6 * hidden), padded) if keep else None  # see _lstm_cell_factors
+        factors = _Steps.empty(xp, steps, batch, 6 * hidden) if keep else None  # see _lstm_cell_factors
         hs[0] = h0
         c = c0.clone()  # c_t of every row; a row stops changing after its last step
         w_t = weight_hh.t()
+        fused = kernels.available(xp)
         for t, n in enumerate(schedule):
-            i, f, g, o = _lstm_gates(torch.addmm(xp[t, :n], hs[t, :n], w_t, out=a[:n]), hidden)
+            torch.addmm(xp[t, :n], hs[t, :n], w_t, out=a[:n])
+            if fused:  # the same elementwise work as below, in one C call
+                kernels.lstm_forward(a[:n], c[:n], hs[t + 1, :n], factors[t, :n] if keep else None)
+                continue
+            i, f, g, o = _lstm_gates(a[:n], hidden)
             c_prev = c[:n]
             if keep:
                 _lstm_cell_factors(factors[t, :n], i, f, g, c_prev, hidden)
@@ -317,22 +391,28 @@ class _LSTMRecurrence(torch.autograd.Function):
             if keep:
                 _lstm_output_factors(factors[t, :n], h, o, tanh_c[:n], hidden)
         if keep:
-            ctx.save_for_backward(factors, hs, weight_hh)
-            ctx.schedule = schedule
+            ctx.save_for_backward(hs, weight_hh, *factors.blocks)
+            ctx.schedule, ctx.block = schedule, factors.size
         return hs[1:], _finals(hs, schedule, batch), c
 
     @staticmethod
     def backward(ctx, d_outputs: Tensor, d_h_n: Tensor, d_c_n: Tensor):
-        factors, hs, weight_hh = ctx.saved_tensors
+        d_outputs = d_outputs.contiguous()  # (an output's gradient may be expanded, e.g. from .sum())
+        hs, weight_hh, *blocks = ctx.saved_tensors
+        factors = _Steps(blocks, ctx.block)
         schedule = ctx.schedule
-        steps, batch, _ = factors.shape
-        hidden = hs.shape[-1]
+        steps, batch, hidden = d_outputs.shape
         d_gates = _buffer(d_outputs, (steps, batch, 4 * hidden), len(schedule) < steps or min(schedule) < batch)
         d_h_run = d_h_n.clone()
         d_c_run = d_c_n.clone()  # dL/dc_t likewise, not yet counting h_t's own dependence on c_t
+        fused = kernels.available(d_outputs, d_h_run, d_c_run)
         for t in range(len(schedule) - 1, -1, -1):
             n = schedule[t]
             step_factors = factors[t, :n]
+            if fused:
+                kernels.lstm_backward(d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, d_gates[t, :n])
+                torch.mm(d_gates[t, :n], weight_hh, out=d_h_run[:n])
+                continue
             d_h = d_h_run[:n] + d_outputs[t, :n]
             d_c = torch.addcmul(d_c_run[:n], d_h, step_factors[:, 4 * hidden : 5 * hidden])  # dL/dc_t
             _lstm_gate_gradients(d_gates[t, :n], d_c, d_h, step_factors, hidden)
@@ -361,15 +441,24 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
         tanh_shown = xp.new_empty(batch, hidden)
         hs = _buffer(xp, (steps + 1, batch, hidden), padded)
         if keep:  # the normalisations' inputs and statistics, for their backward
-            recurrent = torch.empty_like(xp)  # W_hh h_{t-1}: (T, B, 4H)
-            cs = xp.new_empty(steps, batch, hidden)  # c_t
-            stats = xp.new_empty(4, steps, batch, 1)  # mean and 1/std of W_hh h and of c, per step and row
-            factors = _buffer(xp, (steps, batch, 6 * hidden), padded)
+            recurrent = _Steps.empty(xp, steps, batch, gates)  # W_hh h_{t-1}
+            cs = _Steps.empty(xp, steps, batch, hidden)  # c_t
+            # mean and 1/std of W_hh h and of c, per step and row: [mean_rec, rstd_rec, mean_c, rstd_c]
+            step_stats = xp.new_empty(steps, batch, 4)
+            stats = step_stats.permute(2, 0, 1).unsqueeze(-1)  # (4, T, B, 1) views for the torch operations
+            factors = _Steps.empty(xp, steps, batch, 6 * hidden)
         hs[0] = h0
         c = c0.clone()
         w_t = weight_hh.t()
+        fused = kernels.available(xp)
         for t, n in enumerate(schedule):
             r = torch.mm(hs[t, :n], w_t, out=recurrent[t, :n] if keep else rec[:n])
+            if fused:
+                kernels.layer_norm_lstm_forward(
+                    r, xp[t, :n], ln_hh_weight, ln_cell_weight, ln_cell_bias, LAYER_NORM_EPS, c[:n], hs[t + 1, :n],
+                    factors[t, :n] if keep else None, cs[t, :n] if keep else None,
+                    step_stats[t, :n] if keep else None)
+                continue
             normalised, mean, rstd = torch.native_layer_norm(r, (gates,), ln_hh_weight, None, LAYER_NORM_EPS)
             i, f, g, o = _lstm_gates(torch.add(xp[t, :n], normalised, out=a[:n]), hidden)
             c_prev = c[:n]
@@ -385,22 +474,28 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
                 stats[2, t, :n], stats[3, t, :n] = mean, rstd
                 _lstm_output_factors(factors[t, :n], h, o, tanh_shown[:n], hidden)
         if keep:
-            ctx.save_for_backward(recurrent, cs, stats, factors, hs, weight_hh, ln_hh_weight, ln_cell_weight,
-                                  ln_cell_bias)
+            ctx.save_for_backward(step_stats, hs, weight_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias,
+                                  *recurrent.blocks, *cs.blocks, *factors.blocks)
+            ctx.blocks = [(len(store.blocks), store.size) for store in (recurrent, cs, factors)]
             ctx.schedule = schedule
         return hs[1:], _finals(hs, schedule, batch), c
 
     @staticmethod
     def backward(ctx, d_outputs, d_h_n, d_c_n):
-        (recurrent, cs, stats, factors, hs, weight_hh, ln_hh_weight, ln_cell_weight,
-         ln_cell_bias) = ctx.saved_tensors
+        d_outputs = d_outputs.contiguous()  # (an output's gradient may be expanded, e.g. from .sum())
+        step_stats, hs, weight_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, *blocks = ctx.saved_tensors
+        stores = []
+        for count, size in ctx.blocks:
+            stores.append(_Steps(blocks[:count], size))
+            blocks = blocks[count:]
+        recurrent, cs, factors = stores
         schedule = ctx.schedule
-        steps, batch, gates = recurrent.shape
-        hidden = gates // 4
+        steps, batch, hidden = d_outputs.shape
+        gates = 4 * hidden
         needs = ctx.needs_input_grad
         padded = len(schedule) < steps or min(schedule) < batch
         d_gates = _buffer(d_outputs, (steps, batch, gates), padded)  # dL/d(pre-activations)
-        d_recurrent = _buffer(d_outputs, (steps, batch, gates), padded)  # dL/d(W_hh h_{t-1})
+        d_recurrent = _RecurrentGradient(d_outputs, hs, gates, needs[3], False)  # dL/d(W_hh h_{t-1})
         d_shown = d_outputs.new_empty(batch, hidden)  # dL/d LN(c_t)
         # The normalisations' parameter gradients, summed over steps (LN's backward sums over the rows).
         d_ln_hh = torch.zeros_like(ln_hh_weight)
@@ -408,21 +503,34 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
         d_ln_cell_bias = torch.zeros_like(ln_cell_bias)
         d_h_run = d_h_n.clone()
         d_c_run = d_c_n.clone()
+        fused = kernels.available(d_outputs, d_h_run, d_c_run)
+        scratch = d_outputs.new_empty(2 * hidden)
         for t in range(len(schedule) - 1, -1, -1):
             n = schedule[t]
             step_factors = factors[t, :n]
+            d_rec = d_recurrent.step(t, n)
+            if fused:  # also adds the three normalisation gains' and shift's gradients
+                kernels.layer_norm_lstm_backward(
+                    d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, recurrent[t, :n], cs[t, :n],
+                    step_stats[t, :n], ln_hh_weight, ln_cell_weight, d_gates[t, :n], d_rec[:n], d_ln_hh,
+                    d_ln_cell, d_ln_cell_bias, scratch)
+                torch.mm(d_rec[:n], weight_hh, out=d_h_run[:n])
+                d_recurrent.done(t)
+                continue
+            mean_rec, rstd_rec, mean_c, rstd_c = step_stats[t, :n].t().contiguous().unsqueeze(-1)  # 4 x (n, 1)
             d_h = d_h_run[:n] + d_outputs[t, :n]
             torch.mul(d_h, step_factors[:, 4 * hidden : 5 * hidden], out=d_shown[:n])
             d_cell, d_gain, d_shift = _layer_norm_backward(
-                d_shown[:n], cs[t, :n], (hidden,), stats[2, t, :n], stats[3, t, :n], ln_cell_weight, ln_cell_bias,
+                d_shown[:n], cs[t, :n], (hidden,), mean_c, rstd_c, ln_cell_weight, ln_cell_bias,
                 [True, needs[5], needs[6]])
             d_c = d_c_run[:n] + d_cell
             _lstm_gate_gradients(d_gates[t, :n], d_c, d_h, step_factors, hidden)
-            d_rec, d_rec_gain, _ = _layer_norm_backward(
-                d_gates[t, :n], recurrent[t, :n], (gates,), stats[0, t, :n], stats[1, t, :n], ln_hh_weight, None,
+            d_rec_n, d_rec_gain, _ = _layer_norm_backward(
+                d_gates[t, :n], recurrent[t, :n], (gates,), mean_rec, rstd_rec, ln_hh_weight, None,
                 [True, needs[4], False])
-            d_recurrent[t, :n] = d_rec
-            torch.mm(d_rec, weight_hh, out=d_h_run[:n])
+            d_rec[:n] = d_rec_n
+            torch.mm(d_rec_n, weight_hh, out=d_h_run[:n])
+            d_recurrent.done(t)
             torch.mul(d_c, step_factors[:, 5 * hidden :], out=d_c_run[:n])
             if needs[4]:
                 d_ln_hh += d_rec_gain
@@ -430,8 +538,7 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
                 d_ln_cell += d_gain
             if needs[6]:
                 d_ln_cell_bias += d_shift
-        d_weight = _flat(d_recurrent).t() @ _flat(hs[:-1]) if needs[3] else None  # (4H, T*B) x (T*B, H)
-        return (d_gates, d_h_run, d_c_run, d_weight, d_ln_hh if needs[4] else None,
+        return (d_gates, d_h_run, d_c_run, d_recurrent.d_weight, d_ln_hh if needs[4] else None,
                 d_ln_cell if needs[5] else None, d_ln_cell_bias if needs[6] else None, None)
 
 
@@ -470,17 +577,22 @@ class _GRURecurrence(torch.autograd.Function):
         padded = running is not None
         keep = _keeps(ctx)
         rec = xp.new_empty(batch, gates)  # W_hh h_{t-1} + b_hh of one step
-        factors = _buffer(xp, (steps, batch, 5 * hidden), padded) if keep else None  # see _gru_factors
+        factors = _Steps.empty(xp, steps, batch, 5 * hidden) if keep else None  # see _gru_factors
         rz = xp.new_empty(batch, 2 * hidden)
         candidate = xp.new_empty(batch, hidden)
         hs = _buffer(xp, (steps + 1, batch, hidden), padded)
         hs[0] = h0
         w_t = weight_hh.t()
+        fused = kernels.available(xp)
         for t, rows in enumerate(schedule):
             if bias_hh is None:
                 torch.mm(hs[t, :rows], w_t, out=rec[:rows])
             else:
                 torch.addmm(bias_hh, hs[t, :rows], w_t, out=rec[:rows])
+            if fused:
+                kernels.gru_forward(rec[:rows], xp[t, :rows], hs[t, :rows], hs[t + 1, :rows],
+                                    factors[t, :rows] if keep else None)
+                continue
             gate_values = factors[t, :rows, 3 * hidden :] if keep else rz[:rows]
             torch.add(xp[t, :rows, : 2 * hidden], rec[:rows, : 2 * hidden], out=gate_values).sigmoid_()  # r, z
             r, z = gate_values[:, :hidden], gate_values[:, hidden:]
@@ -491,37 +603,45 @@ class _GRURecurrence(torch.autograd.Function):
             if keep:
                 _gru_factors(factors[t, :rows], h, n, reset_operand, hidden)
         if keep:
-            ctx.save_for_backward(factors, hs, weight_hh)
-            ctx.schedule, ctx.has_bias = schedule, bias_hh is not None
+            ctx.save_for_backward(hs, weight_hh, *factors.blocks)
+            ctx.schedule, ctx.block, ctx.has_bias = schedule, factors.size, bias_hh is not None
         return hs[1:], _finals(hs, schedule, batch)
 
     @staticmethod
     def backward(ctx, d_outputs: Tensor, d_h_n: Tensor):
-        factors, hs, weight_hh = ctx.saved_tensors
+        d_outputs = d_outputs.contiguous()  # (an output's gradient may be expanded, e.g. from .sum())
+        hs, weight_hh, *blocks = ctx.saved_tensors
+        factors = _Steps(blocks, ctx.block)
         schedule = ctx.schedule
-        steps, batch, _ = factors.shape
-        hidden = hs.shape[-1]
+        steps, batch, hidden = d_outputs.shape
         padded = len(schedule) < steps or min(schedule) < batch
         d_xp = _buffer(d_outputs, (steps, batch, 3 * hidden), padded)  # dL/d(pre-activations from the input)
-        d_recurrent = _buffer(d_outputs, (steps, batch, 3 * hidden), padded)  # dL/d(W_hh h_{t-1} + b_hh)
+        needs = ctx.needs_input_grad
+        d_recurrent = _RecurrentGradient(d_outputs, hs, 3 * hidden, needs[2], ctx.has_bias and needs[3])
         d_h_run = d_h_n.clone()
+        fused = kernels.available(d_outputs, d_h_run)
         for t in range(len(schedule) - 1, -1, -1):
             rows = schedule[t]
             step_factors = factors[t, :rows]
+            d_rec = d_recurrent.step(t, rows)[:rows]  # dL/d(W_hh h_{t-1} + b_hh)
+            if fused:
+                kernels.gru_backward(d_h_run[:rows], d_outputs[t, :rows], step_factors, d_xp[t, :rows], d_rec,
+                                     d_h_run[:rows])
+                d_h_run[:rows].addmm_(d_rec, weight_hh)
+                d_recurrent.done(t)
+                continue
             d_h = d_h_run[:rows] + d_outputs[t, :rows]
             # [dL/d(pre z), dL/d(pre n)] = dh * [F_z, F_n]
             torch.mul(d_h.unsqueeze(1), step_factors[:, : 2 * hidden].unflatten(1, (2, hidden)),
                       out=d_xp[t, :rows, hidden:].unflatten(1, (2, hidden)))
             d_n = d_xp[t, :rows, 2 * hidden :]
             torch.mul(d_n, step_factors[:, 2 * hidden : 3 * hidden], out=d_xp[t, :rows, :hidden])  # dL/d(pre r)
-            d_recurrent[t, :rows, : 2 * hidden] = d_xp[t, :rows, : 2 * hidden]
-            torch.mul(d_n, step_factors[:, 3 * hidden : 4 * hidden], out=d_recurrent[t, :rows, 2 * hidden :])
+            d_rec[:, : 2 * hidden] = d_xp[t, :rows, : 2 * hidden]
+            torch.mul(d_n, step_factors[:, 3 * hidden : 4 * hidden], out=d_rec[:, 2 * hidden :])
             # dL/dh_{t-1} = z dh + dL/d(W_hh h_{t-1}) W_hh
-            torch.mul(step_factors[:, 4 * hidden :], d_h, out=d_h_run[:rows]).addmm_(d_recurrent[t, :rows], weight_hh)
-        needs = ctx.needs_input_grad
-        d_weight = _flat(d_recurrent).t() @ _flat(hs[:-1]) if needs[2] else None  # (3H, T*B) x (T*B, H)
-        d_bias = _flat(d_recurrent).sum(0) if ctx.has_bias and needs[3] else None
-        return d_xp, d_h_run, d_weight, d_bias, None
+            torch.mul(step_factors[:, 4 * hidden :], d_h, out=d_h_run[:rows]).addmm_(d_rec, weight_hh)
+            d_recurrent.done(t)
+        return d_xp, d_h_run, d_recurrent.d_weight, d_recurrent.d_bias, None
 
 
 class _ResetBeforeGRURecurrence(torch.autograd.Function):
@@ -539,15 +659,25 @@ class _ResetBeforeGRURecurrence(torch.autograd.Function):
         padded = running is not None
         keep = _keeps(ctx)
         w_rz_t, w_n_t = weight_hh[: 2 * hidden].t(), weight_hh[2 * hidden :].t()
-        factors = _buffer(xp, (steps, batch, 5 * hidden), padded) if keep else None  # see _gru_factors
-        reset_states = _buffer(xp, (steps, batch, hidden), padded) if keep else None  # r_t h_{t-1}, W_hn's input
+        factors = _Steps.empty(xp, steps, batch, 5 * hidden) if keep else None  # see _gru_factors
+        # r_t h_{t-1}, W_hn's input (zero past a length: it meets zero gradients in dW_hn's product)
+        reset_states = _Steps.empty(xp, steps, batch, hidden, zero=padded) if keep else None
         rz = xp.new_empty(batch, 2 * hidden)
         reset = xp.new_empty(batch, hidden)
         candidate = xp.new_empty(batch, hidden)
         hs = _buffer(xp, (steps + 1, batch, hidden), padded)
         hs[0] = h0
+        fused = kernels.available(xp)
         for t, rows in enumerate(schedule):
             gate_values = factors[t, :rows, 3 * hidden :] if keep else rz[:rows]
+            if fused:
+                torch.addmm(xp[t, :rows, : 2 * hidden], hs[t, :rows], w_rz_t, out=gate_values)
+                reset_state = reset_states[t, :rows] if keep else reset[:rows]
+                kernels.reset_before_gates(gate_values, hs[t, :rows], reset_state)
+                torch.addmm(xp[t, :rows, 2 * hidden :], reset_state, w_n_t, out=candidate[:rows])
+                kernels.reset_before_forward(candidate[:rows], gate_values, hs[t, :rows], hs[t + 1, :rows],
+                                             factors[t, :rows] if keep else None)
+                continue
             torch.addmm(xp[t, :rows, : 2 * hidden], hs[t, :rows], w_rz_t, out=gate_values).sigmoid_()
             r, z = gate_values[:, :hidden], gate_values[:, hidden:]
             reset_state = torch.mul(r, hs[t, :rows], out=reset_states[t, :rows] if keep else reset[:rows])
@@ -557,22 +687,37 @@ class _ResetBeforeGRURecurrence(torch.autograd.Function):
             if keep:
                 _gru_factors(factors[t, :rows], h, n, hs[t, :rows], hidden)
         if keep:
-            ctx.save_for_backward(factors, reset_states, hs, weight_hh)
+            ctx.save_for_backward(hs, weight_hh, *factors.blocks, *reset_states.blocks)
+            ctx.blocks = [(len(factors.blocks), factors.size), (len(reset_states.blocks), reset_states.size)]
             ctx.schedule = schedule
         return hs[1:], _finals(hs, schedule, batch)
 
     @staticmethod
     def backward(ctx, d_outputs: Tensor, d_h_n: Tensor):
-        factors, reset_states, hs, weight_hh = ctx.saved_tensors
+        d_outputs = d_outputs.contiguous()  # (an output's gradient may be expanded, e.g. from .sum())
+        hs, weight_hh, *blocks = ctx.saved_tensors
+        (factor_blocks, factor_size), (_, reset_size) = ctx.blocks
+        factors = _Steps(blocks[:factor_blocks], factor_size)
+        reset_states = _Steps(blocks[factor_blocks:], reset_size)
         schedule = ctx.schedule
-        steps, batch, hidden = reset_states.shape
+        steps, batch, hidden = d_outputs.shape
         w_rz, w_n = weight_hh[: 2 * hidden], weight_hh[2 * hidden :]
         padded = len(schedule) < steps or min(schedule) < batch
         d_xp = _buffer(d_outputs, (steps, batch, 3 * hidden), padded)  # dL/d(pre-activations): (T, B, 3H)
         d_h_run = d_h_n.clone()
+        fused = kernels.available(d_outputs, d_h_run)
+        d_h_step = d_outputs.new_empty(batch, hidden)
         for t in range(len(schedule) - 1, -1, -1):
             rows = schedule[t]
             step_factors = factors[t, :rows]
+            if fused:
+                kernels.reset_before_backward_gates(d_h_run[:rows], d_outputs[t, :rows], step_factors,
+                                                    d_xp[t, :rows], d_h_step[:rows])
+                d_reset = torch.mm(d_xp[t, :rows, 2 * hidden :], w_n)
+                kernels.reset_before_backward_reset(d_reset, d_h_step[:rows], step_factors, d_xp[t, :rows],
+                                                    d_h_run[:rows])
+                d_h_run[:rows].addmm_(d_xp[t, :rows, : 2 * hidden], w_rz)
+                continue
             d_h = d_h_run[:rows] + d_outputs[t, :rows]
             torch.mul(d_h.unsqueeze(1), step_factors[:, : 2 * hidden].unflatten(1, (2, hidden)),
                       out=d_xp[t, :rows, hidden:].unflatten(1, (2, hidden)))
@@ -583,8 +728,11 @@ class _ResetBeforeGRURecurrence(torch.autograd.Function):
             carry.addcmul_(step_factors[:, 3 * hidden : 4 * hidden], d_reset).addmm_(d_xp[t, :rows, : 2 * hidden], w_rz)
         d_weight = None
         if ctx.needs_input_grad[2]:
-            d_weight = torch.cat([
-                _flat(d_xp[:, :, : 2 * hidden]).t() @ _flat(hs[:-1]),  # (2H, T*B) x (T*B, H)
-                _flat(d_xp[:, :, 2 * hidden :]).t() @ _flat(reset_states),  # (H, T*B) x (T*B, H)
-            ])
+            d_weight = weight_hh.new_empty(weight_hh.shape)
+            # (2H, T*B) x (T*B, H) at once; the n rows block by block
+            torch.mm(_flat(d_xp[:, :, : 2 * hidden]).t(), _flat(hs[:-1]), out=d_weight[: 2 * hidden])
+            d_weight[2 * hidden :].zero_()
+            for start, block in reset_states.spans():  # (H, K*B) x (K*B, H) per block of steps
+                d_block = d_xp[start : start + block.shape[0], :, 2 * hidden :]
+                d_weight[2 * hidden :].addmm_(_flat(d_block).t(), _flat(block))
         return d_xp, d_h_run, d_weight, None

@@ -2,7 +2,8 @@
 
 Outputs, final states and the gradients of the input, the initial state and every parameter, in float32
 (1e-5) and by gradcheck in float64; with and without lengths, both directions, two layers, initial state
-given or omitted. Then the drop-in layers' choice of path ("auto") against torch.nn.
+given or omitted; in float32 both with the C kernels of rnnkit.kernels and with torch operations (float64
+always uses torch operations). Then the drop-in layers' choice of path ("auto") against torch.nn.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from rnnkit import fastpath
+from rnnkit import fastpath, kernels
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.recurrent import Recurrent
 
@@ -79,11 +80,28 @@ def test_every_cell_has_a_fast_path(name):
     assert fastpath.supports(CELLS[name](D))
 
 
+@pytest.fixture(params=["kernels", "torch"])
+def elementwise(request, monkeypatch):
+    """Run the fast path's elementwise work with the C kernels, or with torch operations."""
+    if request.param == "kernels":
+        if kernels.library() is None:
+            pytest.skip("rnnkit.kernels could not be built here (no C compiler?)")
+    else:
+        monkeypatch.setattr(kernels, "available", lambda *tensors: False)
+    return request.param
+
+
+def test_kernels_build_here():
+    """The benchmark machine and CI have a C compiler: the kernels must build (else the fast path is slower)."""
+    assert kernels.library() is not None
+    assert kernels.available(torch.zeros(2, 3)) and not kernels.available(torch.zeros(2, 3, dtype=torch.float64))
+
+
 @pytest.mark.parametrize(
     "name,with_lengths,bidirectional,given_state",
     list(itertools.product(CELLS, [False, True], [False, True], [False, True])),
 )
-def test_fast_path_equals_reference_path(name, with_lengths, bidirectional, given_state):
+def test_fast_path_equals_reference_path(name, with_lengths, bidirectional, given_state, elementwise):
     recurrent = _recurrent(name, bidirectional)
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(3), requires_grad=True)
     states = _random_states(recurrent) if given_state else None
@@ -100,6 +118,22 @@ def test_fast_path_equals_reference_path(name, with_lengths, bidirectional, give
     if with_lengths:
         padding = torch.arange(T) >= torch.tensor(LENGTHS).unsqueeze(1)  # (B, T)
         assert torch.all(actual[0][padding] == 0), "outputs past a length are 0"
+
+
+@pytest.mark.parametrize("name", ["lstm", "lstm_layer_norm", "gru", "gru_reset_before", "rnn_tanh"])
+def test_storage_in_blocks_of_one_step_equals_reference_path(name, elementwise, monkeypatch):
+    """The per-step storage and dL/d(W_hh h) are kept in blocks; one step per block must change nothing."""
+    monkeypatch.setattr(fastpath, "_STEP_BLOCK_BYTES", 1)
+    monkeypatch.setattr(fastpath, "_GRADIENT_BLOCK_BYTES", 1)
+    recurrent = _recurrent(name, True)
+    x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    states = _random_states(recurrent)
+    recurrent.fast_path = False
+    expected = _run(recurrent, x, states, LENGTHS)
+    recurrent.fast_path = True
+    actual = _run(recurrent, x, states, LENGTHS)
+    for ours, reference in zip([*actual[0], *actual[1]], [*expected[0], *expected[1]], strict=True):
+        torch.testing.assert_close(ours, reference, **TOLERANCE)
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -123,7 +157,7 @@ def test_gradcheck_float64(name):
 
 
 @pytest.mark.parametrize("name", ["lstm", "lstm_layer_norm", "gru", "gru_reset_before", "rnn_relu"])
-def test_padding_reaches_no_output_state_or_gradient(name):
+def test_padding_reaches_no_output_state_or_gradient(name, elementwise):
     """Loud padding (1e3) gives exactly the results of zero padding, gradients included."""
     recurrent = _recurrent(name, True)
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(4))
@@ -142,7 +176,7 @@ def test_padding_reaches_no_output_state_or_gradient(name):
 
 
 @pytest.mark.parametrize("name", ["lstm", "lstm_layer_norm", "gru", "gru_reset_before", "rnn_relu"])
-def test_non_finite_padding_stays_out_of_the_recurrence(name):
+def test_non_finite_padding_stays_out_of_the_recurrence(name, elementwise):
     """inf/NaN padding: outputs, final states and the recurrent weights' gradients stay finite (the input
     weights' gradients sum dL/dxp * x over all steps, so 0 * NaN reaches them on either path)."""
     recurrent = _recurrent(name, True)
@@ -160,11 +194,18 @@ def test_non_finite_padding_stays_out_of_the_recurrence(name):
     assert torch.isfinite(grads[0][valid]).all() and all(torch.isfinite(g).all() for g in grads[1:])
 
 
-def test_inference_records_no_graph():
-    recurrent = _recurrent("lstm", False)
+@pytest.mark.parametrize("name", list(CELLS))
+def test_inference_equals_training_forward_and_records_no_graph(name, elementwise):
+    """Under no_grad the forward keeps nothing for a backward: same outputs, no graph."""
+    recurrent = _recurrent(name, True)
+    x = torch.randn(B, T, D)
+    expected, expected_finals = recurrent(x.requires_grad_(), lengths=LENGTHS)
     with torch.no_grad():
-        output, finals = recurrent(torch.randn(B, T, D))
+        output, finals = recurrent(x, lengths=LENGTHS)
     assert output.grad_fn is None and not output.requires_grad
+    torch.testing.assert_close(output, expected, rtol=0, atol=0)
+    for ours, reference in zip(_flat(finals), _flat(expected_finals), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)
 
 
 def test_fast_path_is_not_used_where_it_does_not_apply():
