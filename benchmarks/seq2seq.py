@@ -1,31 +1,33 @@
-"""Speed of the encoder-decoder model: the teacher-forced Luong fast path against the per-step loop.
+"""Speed of the encoder-decoder models: the teacher-forced Luong fast path against the per-step loop, and
+batched beam search.
 
-Training throughput in target tokens per second (forward, cross-entropy, backward, Adam step), medians of
-several repeats, for the same model (bidirectional LSTM encoder, Luong decoder with general attention):
+Training throughput in target tokens per second (forward, the translate task's cross-entropy, backward, Adam
+step) for the same model, two ways (interleaved round by round, see benchmarks/harness.py):
 
 * fast path: under full teacher forcing the decoder RNN runs over all T target steps in one call and the
   attention of all steps is a batched matrix product (``Seq2Seq.forward(..., fast_path=True)``);
 * step loop: one ``decoder.step`` per target position (``fast_path=False``), what scheduled sampling, input
   feeding and Bahdanau-style attention need.
 
-The two run round-robin (interleaved) within each repeat, so that changes in machine load hit them alike.
-If ``rnnkit.decoding.beam_search`` is available, decoding throughput in sentences per second is measured too:
-beam sizes 1 and 5 on a batch of 64 sources, ``max_len`` = source length + 1 (the model is untrained, so
-most hypotheses run to ``max_len``: the figure is close to the worst case).
+Two models: a larger one (bidirectional LSTM encoder, Luong decoder with general attention, hidden 256,
+vocabulary 1000, B = 64, S = T = 30) and the demo's (``rnnkit demo``: character-level GRU encoder-decoder,
+Luong general attention, embedding 32, hidden 128; B = 64, sources of 10-40 characters as the dates data,
+targets of 11 = an ISO date and EOS).
 
-Usage: ``python -m benchmarks.seq2seq [--quick] [--repeats N] [--threads N] [--output PATH]``.
-Writes a markdown table to benchmarks/results/seq2seq.md.
+Decoding throughput in sentences per second: beam sizes 1 and 5 on a batch of 64 sources with the demo's
+model. Untrained weights rarely emit EOS, so every hypothesis runs to ``max_len`` = 11 (the length of the
+demo's outputs): the figure is the cost of decoding dates, not of early stopping. ``--demo-run DIR`` times a
+trained demo run directory instead, on its test sources, with the translate task's ``max_len``.
+
+Usage: ``python -m benchmarks.seq2seq [--quick] [--repeats N] [--threads N] [--demo-run DIR] [--output PATH]``
+or ``rnnkit bench seq2seq``. Writes benchmarks/results/seq2seq.md (``--quick``: seq2seq.quick.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -34,17 +36,22 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 import torch.nn.functional as F
 
+from benchmarks.harness import Contender, Peak, Summary, load_average, rate, run_rounds
 from rnnkit.seq2seq import BOS_ID, PAD_ID, Seq2Seq, Seq2SeqConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "seq2seq.md"
-FULL = dict(batch=64, source_length=30, target_length=30, vocab=1000, embedding=128, hidden=256)
-QUICK = dict(batch=16, source_length=12, target_length=12, vocab=100, embedding=16, hidden=32)
+LARGE = dict(name="BiLSTM + Luong, hidden 256, vocab 1000", cell="lstm", batch=64, source_length=30,
+             min_source_length=15, target_length=30, vocab=1000, embedding=128, hidden=256)
+DEMO = dict(name="demo model: char GRU + Luong, hidden 128", cell="gru", batch=64, source_length=40,
+            min_source_length=10, target_length=11, vocab=80, embedding=32, hidden=128)
+QUICK = dict(name="tiny (smoke test)", cell="lstm", batch=8, source_length=12, min_source_length=6,
+             target_length=8, vocab=50, embedding=16, hidden=32)
 
 
-def _data(batch: int, source_length: int, target_length: int, vocab: int, **_):
-    """Random token ids with source lengths spread over [S/2, S] (the first sentence has the full S)."""
+def _data(batch: int, source_length: int, min_source_length: int, target_length: int, vocab: int, **_):
+    """Random token ids with source lengths spread over [min, S] (the first sentence has the full S)."""
     generator = torch.Generator().manual_seed(0)
-    lengths = torch.randint(source_length // 2, source_length + 1, (batch,), generator=generator)
+    lengths = torch.randint(min_source_length, source_length + 1, (batch,), generator=generator)
     lengths[0] = source_length
     src = torch.randint(4, vocab, (batch, source_length), generator=generator)
     src = src.masked_fill(torch.arange(source_length) >= lengths.unsqueeze(1), PAD_ID)
@@ -54,112 +61,74 @@ def _data(batch: int, source_length: int, target_length: int, vocab: int, **_):
     return src, lengths, tgt_in, tgt_out
 
 
-def _model(vocab: int, embedding: int, hidden: int, **_) -> Seq2Seq:
+def _model(cell: str, vocab: int, embedding: int, hidden: int, **_) -> Seq2Seq:
     torch.manual_seed(0)
-    return Seq2Seq.build(
-        Seq2SeqConfig(vocab, vocab, embedding_size=embedding, hidden_size=hidden, decoder="luong")
-    )
+    return Seq2Seq.build(Seq2SeqConfig(vocab, vocab, embedding_size=embedding, hidden_size=hidden, cell=cell,
+                                       decoder="luong", attention="general"))
 
 
-def _time(fn: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-def measure(sizes: dict, repeats: int, log=print) -> list[tuple[str, float, str]]:
-    """Rows (name, median throughput, unit)."""
+def training_contenders(sizes: dict) -> tuple[list[Contender], int]:
     src, lengths, tgt_in, tgt_out = _data(**sizes)
     model = _model(**sizes)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-    def train_step(fast_path: bool) -> Callable[[], None]:
-        def run() -> None:
+    def train_step(fast_path: bool):
+        def run(backward: bool) -> None:  # always a full training step; ``backward`` is the harness's mode
             logits = model(src, lengths, tgt_in, fast_path=fast_path)  # (B, T, V)
-            loss = F.cross_entropy(logits.transpose(1, 2), tgt_out)
+            # the loss of rnnkit.tasks.translate
+            loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
         return run
 
-    contenders = {
-        "training, fast path (one RNN call)": train_step(True),
-        "training, step loop": train_step(False),
-    }
-    tokens = tgt_in.numel()
-    for run in contenders.values():  # warm up
-        run()
-    seconds = {name: [] for name in contenders}
-    for repeat in range(repeats):
-        for name, run in contenders.items():  # round-robin
-            seconds[name].append(_time(run))
-        log(
-            f"  repeat {repeat + 1}/{repeats}: "
-            + ", ".join(f"{s[-1] * 1e3:.0f} ms" for s in seconds.values())
-        )
-    rows = [(name, tokens / statistics.median(times), "target tokens/s") for name, times in seconds.items()]
+    return [Contender("training, step loop", train_step(False)),
+            Contender("training, fast path (one RNN call)", train_step(True))], tgt_in.numel()
 
-    try:
-        from rnnkit.decoding import beam_search
-    except ImportError:  # decoding not available in this checkout
-        return rows
-    model.eval()
-    beam_src, beam_lengths = src[:64], lengths[:64]
-    max_len = beam_src.shape[1] + 1
-    searches = {}
+
+def beam_contenders(sizes: dict, demo_run: Path | None) -> tuple[list[Contender], int, str]:
+    from rnnkit.decoding import beam_search
+
+    if demo_run is not None:
+        from rnnkit.tasks import translate as translate_task
+
+        runner = translate_task.load(demo_run)
+        model = runner.model.eval()
+        from rnnkit.data import load_source
+
+        records = list(load_source(runner.settings.get("data", "dates"), "translate", "test"))[: sizes["batch"]]
+        sources = runner.encode([r.source for r in records])
+        lengths = torch.tensor([len(s) for s in sources])
+        src = torch.full((len(sources), int(lengths.max())), PAD_ID)
+        for row, tokens in enumerate(sources):
+            src[row, : len(tokens)] = torch.as_tensor(tokens)
+        max_len = int(2 * lengths.max()) + 10  # rnnkit.tasks.translate.decode_texts
+        where = f"trained run {demo_run}, its first {len(sources)} test sources, max_len {max_len}"
+    else:
+        model = _model(**sizes).eval()
+        src, lengths, _, _ = _data(**sizes)
+        max_len = sizes["target_length"]
+        where = f"untrained weights, max_len {max_len} (every hypothesis runs to it)"
+    contenders = []
     for beam_size in (1, 5):
 
-        def search(beam_size: int = beam_size) -> None:
+        def search(backward: bool, beam_size: int = beam_size) -> None:
             with torch.no_grad():
-                beam_search(model, model.start(beam_src, beam_lengths), beam_size=beam_size, max_len=max_len)
+                beam_search(model, model.start(src, lengths), bos_id=model.bos_id, eos_id=model.eos_id,
+                            pad_id=model.pad_id, beam_size=beam_size, max_len=max_len)
 
-        searches[f"beam search, beam {beam_size}, batch {len(beam_src)}"] = search
-    for run in searches.values():
-        run()
-    seconds = {name: [] for name in searches}
-    for _ in range(repeats):
-        for name, run in searches.items():
-            seconds[name].append(_time(run))
-    rows += [
-        (name, len(beam_src) / statistics.median(times), "sentences/s") for name, times in seconds.items()
-    ]
-    return rows
-
-
-def table(rows: list[tuple[str, float, str]], sizes: dict, repeats: int, load: str) -> str:
-    fast, loop = rows[0][1], rows[1][1]
-    lines = [
-        "# Seq2seq speed",
-        "",
-        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} thread(s), load average {load}; medians of {repeats} repeats.",
-        "",
-        f"Model: bidirectional LSTM encoder + Luong decoder (general attention), hidden {sizes['hidden']}, "
-        f"embedding {sizes['embedding']}, vocabulary {sizes['vocab']}. Batch {sizes['batch']}, source length "
-        f"{sizes['source_length']} (spread over [S/2, S]), target length {sizes['target_length']}.",
-        "",
-        "| measure | throughput | unit |",
-        "|---|---:|---|",
-    ]
-    lines += [f"| {name} | {value:,.0f} | {unit} |" for name, value, unit in rows]
-    lines += ["", f"Fast path / step loop: {fast / loop:.2f}x.", ""]
-    return "\n".join(lines)
-
-
-def _load_average() -> str:
-    try:
-        return "/".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # not available on this platform
-        return "n/a"
+        contenders.append(Contender(f"beam search, beam {beam_size}, batch {len(src)}", search))
+    return contenders, len(src), where
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.seq2seq", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 repeats (a smoke test)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; 2 with --quick)")
+    parser = argparse.ArgumentParser(prog="rnnkit bench seq2seq", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 rounds (a smoke test)")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds (default 5; 2 with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"markdown file (default {RESULTS})")
+    parser.add_argument("--demo-run", type=Path, default=None, help="a trained `rnnkit demo` run directory")
+    parser.add_argument("--output", type=Path, default=None, help=f"markdown file (default {RESULTS})")
     args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 5)
     if repeats < 1:
@@ -168,15 +137,66 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             parser.error(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    sizes = QUICK if args.quick else FULL
-    load = _load_average()
-    print(f"benchmarking with {torch.get_num_threads()} thread(s), {repeats} repeats; load average {load}")
-    rows = measure(sizes, repeats)
-    text = table(rows, sizes, repeats, load)
+    output = args.output or (RESULTS.with_suffix(".quick.md") if args.quick else RESULTS)
+    min_seconds = 0.02 if args.quick else 0.5
+    load_before = load_average()
+    print(f"benchmarking with {torch.get_num_threads()} thread(s), {repeats} rounds; load average {load_before}",
+          file=sys.stderr)
+    peak = Peak(min_seconds)
+    lines_training, lines_beam, ratios = [], [], []
+    for sizes in [QUICK] if args.quick else [LARGE, DEMO]:
+        contenders, tokens = training_contenders(sizes)
+        run_rounds(contenders, repeats, min_seconds, peak, modes=(True,))
+        loop, fast = contenders
+        for contender in contenders:
+            summary = Summary.of(contender.seconds[True], loop.seconds[True], tokens)
+            lines_training.append(f"| {sizes['name']} | {contender.label} | {rate(summary.median)} "
+                                  f"({rate(summary.low)}-{rate(summary.high)}) | {summary.ratio:.2f} |")
+        ratios.append((sizes["name"], Summary.of(fast.seconds[True], loop.seconds[True], tokens).ratio))
+    beam_sizes = QUICK if args.quick else DEMO
+    contenders, sentences, where = beam_contenders(beam_sizes, args.demo_run)
+    run_rounds(contenders, repeats, min_seconds, peak, modes=(False,))
+    beam5 = None
+    for contender in contenders:
+        summary = Summary.of(contender.seconds[False], contenders[0].seconds[False], sentences)
+        lines_beam.append(f"| {contender.label} | {rate(summary.median)} ({rate(summary.low)}-{rate(summary.high)}) |")
+        beam5 = summary.median
+    command = " ".join(["python -m benchmarks.seq2seq", *(sys.argv[1:] if argv is None else argv)])
+    lines = [
+        "# Seq2seq speed",
+        "",
+        f"`{command}`: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} thread(s). {repeats} rounds (each timing >= {min_seconds} s of calls), "
+        f"the contenders interleaved. Load average (1, 5, 15 min) before: {load_before}; after: {load_average()}.",
+        "",
+        "Training: target tokens/s of a full step (forward, cross-entropy, backward, Adam), median (min-max) over "
+        "rounds; `x loop` is the paired ratio to the step loop.",
+        "",
+        "| model | path | target tokens/s | x loop |",
+        "|---|---|---:|---:|",
+        *lines_training,
+        "",
+        f"Beam search ({beam_sizes['name']}; {where}): sentences/s, median (min-max).",
+        "",
+        "| search | sentences/s |",
+        "|---|---:|",
+        *lines_beam,
+        "",
+        "## Goals (issue 7) measured by this run",
+        "",
+        "| goal | measured | met |",
+        "|---|---|---|",
+        *[f"| teacher-forced Luong training >= 3x the per-step loop ({name}) | {ratio:.2f}x | "
+          f"{'yes' if ratio >= 3 else 'no'} |" for name, ratio in ratios],
+        f"| beam 5 on a batch of 64 >= 100 sentences/s (demo model) | {beam5:.0f} sentences/s | "
+        f"{'yes' if beam5 >= 100 else 'no'} |",
+        "",
+    ]
+    text = "\n".join(lines)
     print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"wrote {args.output}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"written to {output}", file=sys.stderr)
     return 0
 
 

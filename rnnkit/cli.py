@@ -37,7 +37,7 @@ def _benchmarks_package():
     return benchmarks
 
 
-_BENCHMARKS = ("layers", "seq2seq")
+_BENCHMARKS = ("layers", "seq2seq", "minimal")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

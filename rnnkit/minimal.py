@@ -111,7 +111,7 @@ class _MinimalCell(nn.Module):
     gate_count = 1
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, scan: str = "parallel",
-                 device=None, dtype=None) -> None:
+                 chunk: int | None = CHUNK, device=None, dtype=None) -> None:
         super().__init__()
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
@@ -119,8 +119,11 @@ class _MinimalCell(nn.Module):
             raise ValueError(f"bias must be True or False, got {bias!r}")
         if scan not in _SCANS:
             raise ValueError(f"scan must be one of {_SCANS}, got {scan!r}")
+        if chunk is not None:
+            check_size("chunk", chunk)
         self.bias = bias
         self.scan = scan
+        self.chunk = chunk
         factory = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(self.gate_count * hidden_size, input_size, **factory))
         self.bias_ih = nn.Parameter(torch.empty(self.gate_count * hidden_size, **factory)) if bias else None
@@ -196,7 +199,7 @@ class _MinimalCell(nn.Module):
                 # logcumsumexp; a very negative finite number stands for it (exp of it is exactly 0).
                 log_a = torch.where(valid, log_a, 0.0)
                 log_v = torch.where(valid, log_v, _LOG_ZERO[log_v.dtype])
-            outputs = parallel_scan(log_a, log_v, h0)
+            outputs = parallel_scan(log_a, log_v, h0, chunk=self.chunk)
         return outputs, outputs[-1]
 
     def extra_repr(self) -> str:
@@ -205,6 +208,8 @@ class _MinimalCell(nn.Module):
             text += ", bias=False"
         if self.scan != "parallel":
             text += f", scan={self.scan!r}"
+        if self.chunk != CHUNK:
+            text += f", chunk={self.chunk}"
         return text
 
 
@@ -212,8 +217,8 @@ class MinGRUCell(_MinimalCell):
     r"""minGRU (Feng et al. 2024, sec. 3.1): ``h_t = (1 - z_t) * h_{t-1} + z_t * g(W_h x_t + b_h)``.
 
     ``z_t = sigma(W_z x_t + b_z)``; no reset gate and no W_hh: the gates see only x_t. ``weight_ih`` (2H, D)
-    stacks W_z, W_h. ``scan``: "parallel" (log-space scan, default) or "sequential" (a loop); see the module
-    docstring.
+    stacks W_z, W_h. ``scan``: "parallel" (log-space scan, default) or "sequential" (a loop); ``chunk``: steps
+    per block of the parallel scan (None: one block, the plain closed form); see the module docstring.
     """
 
     gate_count = 2
