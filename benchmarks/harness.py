@@ -12,8 +12,9 @@ products, each timing >= ``min_seconds``); the *best* over all rounds is the pea
 product down), the median is reported beside it to show the load during the run.
 
 Peak RSS (:func:`peak_rss`): a fresh Python process builds the benchmark's inputs and modules, runs one
-contender's forward+backward twice, and reports ``ru_maxrss`` (the high-water mark of its resident set) and
-its RSS before the first call; tracemalloc would miss torch's allocations, which are not Python objects.
+contender's forward+backward twice, and reports the high-water mark of its resident set (VmHWM on Linux, see
+:func:`peak_rss_bytes`) and its RSS before the first call; tracemalloc would miss torch's allocations, which
+are not Python objects.
 """
 
 from __future__ import annotations
@@ -148,6 +149,19 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
+    """The high-water mark of this process's resident set.
+
+    On Linux, VmHWM of /proc/self/status: ``ru_maxrss`` would not do, because a child started by fork (or
+    vfork) + exec inherits the parent's high-water mark (the kernel keeps the old address space's peak across
+    exec), so every probe launched from a large benchmark process read that process's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
 

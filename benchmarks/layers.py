@@ -264,7 +264,7 @@ def table(rows: list[Row], peak: Peak, memory_figures: dict[str, dict], *, repea
         "Throughput in tokens/s: median over rounds, (min-max) over rounds. `x torch`: median over rounds of "
         "the group's first row's time / this row's time, taken in the same round. `% peak`: "
         "2*tokens*G*H*(D+H) FLOPs forward, 3x that forward+backward, over the sgemm peak. Peak RSS: one "
-        f"forward+backward at (B, T, H) = ({_size(MEMORY_SIZE)}) in a fresh process (ru_maxrss; in brackets "
+        f"forward+backward at (B, T, H) = ({_size(MEMORY_SIZE)}) in a fresh process (VmHWM; in brackets "
         "the increase over the process's RSS before the call).",
         "",
         "| B, T, H=D | group | implementation | fwd tok/s (min-max) | fwd x torch | fwd % peak "

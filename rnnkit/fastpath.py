@@ -11,12 +11,15 @@ operations per step, and its backward computes the gradient of ``weight_hh`` as 
   the other operand of each product), computed while the step's values are still in cache;
 * the backward runs the reverse recurrence for dL/d(pre-activations) at each step: one (B, G*H) x (G*H, H)
   product per step (unavoidable: it carries the gradient to h_{t-1}) and a few elementwise products with
-  the stored factors; then **every weight gradient with one large matrix product after the loop**::
+  the stored factors; the **weight gradients are large matrix products outside the step loop**::
 
       dW_hh = sum_t dgates_t^T h_{t-1}   =   dgates (G*H, T*B)  x  h_prev (T*B, H)
 
-  and the gradient of the hoisted input projection ``xp`` is dgates itself, so autograd turns it into
-  ``dW_ih = dxp^T x`` and ``dx = dxp W_ih``, again one large product each.
+  (one product after the loop, or one per block of K steps where dgates is kept in a rolling block, see
+  ``_RecurrentGradient``), and the gradient of the hoisted input projection ``xp`` is dgates itself, so
+  autograd turns it into ``dW_ih = dxp^T x`` and ``dx = dxp W_ih``, again one large product each.
+* the elementwise work of a step is one call of a C function (:mod:`rnnkit.kernels`, compiled on first use)
+  on CPU in float32, else the torch operations written out below (the same formulas).
 
 Each function computes exactly the equations of its cell in :mod:`rnnkit.cells` (the docstrings there are
 the definition); ``tests/test_fast_paths.py`` checks outputs, final states and the gradients of every input

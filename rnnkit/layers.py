@@ -22,8 +22,8 @@ Two paths compute the same function:
   with autograd (the reference path).
 
 ``use_fused`` chooses: ``"auto"`` (default) takes torch's kernel where it applies except where the own path
-was measured faster (with gradients: variable lengths, since torch's packed kernel has a slow backward, and
-the GRU, whose CPU kernel has no oneDNN path; see :meth:`uses_fused_kernel` and
+was measured faster (with gradients: variable lengths, since torch's packed kernels have a slow backward, and
+the GRU and RNN, whose CPU kernels have no oneDNN path; see :meth:`uses_fused_kernel` and
 benchmarks/results/layers.md); ``True`` takes torch's kernel wherever it applies; ``False`` never. The tests
 check that all paths agree with each other and with torch.nn.
 
@@ -180,10 +180,13 @@ class _RecurrentLayer(nn.Module):
 
         ``use_fused=True``: torch's kernel wherever it applies (standard cells, none of the extras).
         ``"auto"`` (the default): the same, except where rnnkit's fast path (:mod:`rnnkit.fastpath`) was
-        measured faster on CPU (benchmarks/results/layers.md): with gradients recorded, for variable lengths
-        (torch's packed kernel has a slow backward) and for the GRU (torch's CPU GRU kernel, unlike its LSTM,
-        has no oneDNN path and computes the weight gradients step by step). In training with dropout > 0
-        between layers torch's kernel is kept, so the dropout draws are torch's. ``False``: never.
+        measured faster on CPU (benchmarks/results/layers.md, 2 threads, every size there): with gradients
+        recorded, for variable lengths (torch's packed kernels have a slow backward: 1.7-5x) and for the GRU
+        and the Elman RNN (torch's CPU kernels for them, unlike its LSTM, have no oneDNN path and compute the
+        weight gradients step by step: 1.0-2.3x). The LSTM without lengths and every call without gradients
+        keep torch's kernel (the LSTM's oneDNN kernel was faster: the fast path measured 0.4-0.9x). In training
+        with dropout > 0 between layers torch's kernel is kept, so the dropout draws are torch's. ``False``:
+        never. ``batch_size`` is accepted for callers that know it; the rule does not depend on it.
         """
         applies = (
             self.use_fused is not False
@@ -197,7 +200,7 @@ class _RecurrentLayer(nn.Module):
             return applies
         if grad is None:
             grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        own_is_faster = grad and (variable_lengths or self.mode == "GRU") and (batch_size is None or batch_size > 1)
+        own_is_faster = grad and (variable_lengths or self.mode != "LSTM")
         keeps_torch_dropout = self.training and self.dropout > 0.0
         fast_path_applies = self.use_fast_path and all(fastpath.supports(cell) for cell in self._cells)
         return not (own_is_faster and fast_path_applies and not keeps_torch_dropout)

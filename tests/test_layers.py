@@ -228,12 +228,13 @@ def test_lengths_equal_to_t_equals_no_lengths():
 def test_extras_use_own_path_and_defaults_use_fused():
     assert rnnkit.LSTM(D, H).uses_fused_kernel()
     assert rnnkit.GRU(D, H).uses_fused_kernel(grad=False)
-    # "auto": with gradients the GRU and variable lengths take rnnkit's fast path (measured faster) ...
+    # "auto": with gradients the GRU, the RNN and variable lengths take rnnkit's fast path (measured faster) ...
     assert not rnnkit.GRU(D, H).uses_fused_kernel(grad=True)
+    assert not rnnkit.RNN(D, H).uses_fused_kernel(grad=True, batch_size=1)
     assert not rnnkit.LSTM(D, H).uses_fused_kernel(grad=True, variable_lengths=True)
+    assert rnnkit.LSTM(D, H).uses_fused_kernel(grad=True)
     assert rnnkit.LSTM(D, H).uses_fused_kernel(grad=False, variable_lengths=True)
-    # ... but not for a batch of one, not with torch's dropout draws in training, not if told otherwise
-    assert rnnkit.GRU(D, H).uses_fused_kernel(grad=True, batch_size=1)
+    # ... but not with torch's dropout draws in training, not if told otherwise
     assert rnnkit.GRU(D, H, num_layers=2, dropout=0.3).uses_fused_kernel(grad=True)
     assert rnnkit.GRU(D, H, use_fused=True).uses_fused_kernel(grad=True)
     assert rnnkit.GRU(D, H, use_fast_path=False).uses_fused_kernel(grad=True)  # the step loop is slower
