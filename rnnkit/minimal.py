@@ -99,8 +99,10 @@ def parallel_scan(log_a: Tensor, log_v: Tensor, h0: Tensor, chunk: int | None = 
     within = torch.exp(cumulative + torch.logcumsumexp(log_v - cumulative, dim=1))  # h_t if the block began at 0
     decay = torch.exp(cumulative)  # prod of a_s from the block's start to t
     starts = [h0]  # the state entering each block: one addcmul per block
+    # unbind, not within[block, -1]: each index's backward would write a full-size gradient (quadratic in T)
+    last_within, last_decay = within[:, -1].unbind(0), decay[:, -1].unbind(0)
     for block in range(blocks - 1):
-        starts.append(torch.addcmul(within[block, -1], decay[block, -1], starts[-1]))
+        starts.append(torch.addcmul(last_within[block], last_decay[block], starts[-1]))
     h = torch.addcmul(within, decay, torch.stack(starts).unsqueeze(1))  # (blocks, C, B, H)
     return h.flatten(0, 1)[:steps]
 
