@@ -45,7 +45,6 @@ def test_parallel_and_sequential_forms_equal_the_reference_step(name, steps, len
             assert torch.all(results[0][padding] == 0)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CELLS))
 def test_forms_agree_at_2048_steps(name):
     generator = torch.Generator().manual_seed(2)
