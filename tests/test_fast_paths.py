@@ -91,9 +91,15 @@ def elementwise(request, monkeypatch):
     return request.param
 
 
-def test_kernels_build_here():
-    """The benchmark machine and CI have a C compiler: the kernels must build (else the fast path is slower)."""
+def test_kernels_build_where_there_is_a_compiler():
+    """With a C compiler the kernels must build (else the fast path silently runs its slower torch version)."""
+    import os
+    import shutil
+
+    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler: the fast path uses torch operations")
     assert kernels.library() is not None
+    assert kernels.build_seconds is not None and kernels.build_seconds < 20
     assert kernels.available(torch.zeros(2, 3)) and not kernels.available(torch.zeros(2, 3, dtype=torch.float64))
 
 
