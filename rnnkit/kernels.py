@@ -14,8 +14,9 @@ layout of the stored factors are those of :mod:`rnnkit.fastpath` (see ``_lstm_ce
 ``_lstm_output_factors``, ``_gru_factors``); the layer-norm statistics follow ``torch.native_layer_norm``
 (biased variance, rstd = 1 / sqrt(var + eps)).
 
-Build: with the system C compiler (``$CC``, else ``cc``), ``-O3 -march=native -ffast-math`` (glibc's libmvec
-then vectorises expf and tanhf), into ``$RNNKIT_CACHE_DIR`` (default ``~/.cache/rnnkit``) under a name that
+Build: with the system C compiler (``$CC``, else ``cc``), compiled with ``-O3 -march=native -ffast-math`` (glibc's
+libmvec then vectorises expf and tanhf) and linked without it (so that loading the library does not switch the
+process to flush-to-zero), into ``$RNNKIT_CACHE_DIR`` (default ``~/.cache/rnnkit``) under a name that
 hashes the source, the flags, the compiler and the CPU's flags: ~0.2 s once per machine, then a load from disk
 (:data:`build_seconds` records what this process spent). No compiler, a failed build, a platform other than
 Linux or macOS, or ``RNNKIT_KERNELS=0``: :func:`available` is False and the fast path computes the same
@@ -312,7 +313,12 @@ void rb_backward_reset(idx n, idx H, const float *d_reset, idx sdr, const float 
 }
 """
 
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-shared", "-std=c99"]
+# Compiled with -ffast-math (glibc declares its vector expf/tanhf only under __FAST_MATH__), but linked in a
+# separate step without it: linking a shared library with -ffast-math adds crtfastmath.o, whose constructor
+# sets flush-to-zero / denormals-are-zero for the whole process when the library is loaded, changing the
+# numerics of torch, numpy and everything else (tests/test_fast_paths.py checks that it does not).
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c99"]
+_LINK_FLAGS = ["-shared"]
 _SIGNATURES = {  # argument kinds: i = index (long), p = pointer, f = float
     "lstm_forward": "iipipipipi",
     "lstm_backward": "iipipipipipi",
@@ -359,7 +365,8 @@ def _load() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, compiler, version, _cpu_flags()]).encode()).hexdigest()
+        key = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, *_LINK_FLAGS, compiler, version, _cpu_flags()]).encode())
+        key = key.hexdigest()
         directory = _cache_dir()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = directory / f"kernels-{key[:20]}.so"
@@ -368,8 +375,10 @@ def _load() -> ctypes.CDLL | None:
             with tempfile.TemporaryDirectory(dir=directory) as scratch:
                 source = Path(scratch) / "kernels.c"
                 source.write_text(_SOURCE)
-                built = Path(scratch) / "kernels.so"
-                subprocess.run([compiler, *_FLAGS, str(source), "-o", str(built), "-lm"], check=True,
+                compiled, built = Path(scratch) / "kernels.o", Path(scratch) / "kernels.so"
+                subprocess.run([compiler, *_FLAGS, "-c", str(source), "-o", str(compiled)], check=True,
+                               capture_output=True, timeout=300)
+                subprocess.run([compiler, *_LINK_FLAGS, str(compiled), "-o", str(built), "-lm"], check=True,
                                capture_output=True, timeout=300)
                 os.replace(built, path)  # atomic: another process sees the whole file or none
         build_seconds = time.perf_counter() - started if build_seconds is None else build_seconds

@@ -103,6 +103,26 @@ def test_kernels_build_where_there_is_a_compiler():
     assert kernels.available(torch.zeros(2, 3)) and not kernels.available(torch.zeros(2, 3, dtype=torch.float64))
 
 
+def test_loading_the_kernels_keeps_subnormal_floats_for_the_whole_process(tmp_path):
+    """A library linked with -ffast-math would switch the process to flush-to-zero when loaded (crtfastmath.o),
+    silently changing torch's and numpy's results (hypothesis refuses to run then). Checked in a fresh process
+    with its own cache, so that the library is built and loaded there."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import numpy, torch\n"
+              "from rnnkit import kernels\n"
+              "assert kernels.library() is not None, 'the kernels did not build'\n"
+              "tiny = numpy.float32(1e-40)\n"  # a subnormal float32: 0 under flush-to-zero / denormals-are-zero
+              "print(float(tiny * numpy.float32(1.0)), float(torch.tensor(1e-40) * 1.0))\n")
+    env = {**os.environ, "RNNKIT_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    numpy_product, torch_product = (float(v) for v in done.stdout.split())
+    assert numpy_product > 9e-41 and torch_product > 9e-41  # not flushed to 0 (pytest.approx would accept 0)
+
+
 @pytest.mark.parametrize(
     "name,with_lengths,bidirectional,given_state",
     list(itertools.product(CELLS, [False, True], [False, True], [False, True])),
