@@ -264,7 +264,7 @@ def _plot_inside(task: str, runner, text: str, run_dir: Path) -> list[Path]:
     from rnnkit.probe import probe
 
     result, _ = probe(task, runner, text)
-    shown = text if len(text) <= 60 else text[:57] + "..."
+    shown = text if len(text) <= 40 else text[:37] + "..."
     figures = []
     curves = {trace.name: trace.grad_norm for trace in result.layers if trace.grad_norm is not None}
     if curves:
@@ -279,24 +279,28 @@ def _plot_inside(task: str, runner, text: str, run_dir: Path) -> list[Path]:
 
 
 def _plot_forecast(runner, out_png: Path) -> Path:
-    """The end of the series with the model's forecast of the first test horizon next to the actual values."""
+    """The test split with the model's rolling forecasts: from each test step i = 0, h, 2h, ... the next h values
+    forecast from the actual series before i, drawn over the actual values and the end of the history."""
     import numpy as np
 
     parts = runner.parts
     history = np.concatenate([parts["train"], parts["valid"]])
-    predicted = runner.forecast(history)
-    horizon = len(predicted)
-    actual = parts["test"][:horizon]
-    shown = history[-4 * max(horizon, 8):]
-    start = len(history) - len(shown)
+    test = parts["test"]
+    horizon = runner.model.config.horizon
+    steps, predicted = [], []
+    for start in range(0, len(test), horizon):
+        forecast = runner.forecast(np.concatenate([history, test[:start]]))[: len(test) - start]
+        steps += range(len(history) + start, len(history) + start + len(forecast))
+        predicted += forecast
+    shown = history[-2 * len(test):]
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.plot(range(start, len(history)), shown, label="history", color="#555")
-    future = range(len(history), len(history) + horizon)
-    ax.plot(future[:len(actual)], actual, label="actual", color="#1f77b4")
-    ax.plot(future, predicted, "--", label="forecast", color="#d62728")
+    ax.plot(range(len(history) - len(shown), len(history)), shown, label="history", color="#555")
+    ax.plot(range(len(history), len(history) + len(test)), test, "o-", markersize=3, label="actual (test)",
+            color="#1f77b4")
+    ax.plot(steps, predicted, "s--", markersize=3, label=f"forecast, {horizon} step(s) ahead", color="#d62728")
     ax.set_xlabel("time step")
     ax.set_ylabel("value")
-    ax.set_title(f"forecast of the first {horizon} test steps")
+    ax.set_title(f"rolling {horizon}-step forecasts over the test split")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
