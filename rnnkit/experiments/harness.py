@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from rnnkit.layers import LSTM
 from rnnkit.models import (
@@ -142,6 +143,7 @@ def fit(
     eval_every: int = 0,
     decay_at: float | None = None,
     decay_factor: float = 0.3,
+    label: str | None = None,
 ) -> TrainLog:
     """Train ``model`` for ``steps`` steps on shuffled batches of examples 0..size-1.
 
@@ -153,6 +155,8 @@ def fit(
     last, gives the curve of :class:`TrainLog`. ``decay_at`` (a fraction of ``steps``) multiplies the
     learning rate by ``decay_factor`` from that step on: the loss settles without more steps. Non-finite
     losses are recorded and training goes on (the exploding-gradient experiment shows what that does).
+    On a terminal a progress bar (to stderr) shows the steps, the loss and the last evaluation, named
+    ``label`` (default: the model's class and cell).
     """
     if steps < 1 or batch_size < 1 or size < batch_size:
         raise ValueError(f"need steps >= 1 and 1 <= batch_size <= size, got steps={steps}, "
@@ -170,6 +174,10 @@ def fit(
     log = TrainLog()
     epoch_time = 0.0
     order = torch.randperm(size, generator=generator)
+    if label is None:
+        label = " ".join(filter(None, (type(model).__name__, getattr(getattr(model, "config", None), "cell", None))))
+    bar = tqdm(total=steps, desc=label, unit="step", disable=None, leave=False, mininterval=0.5)
+    shown: dict[str, str] = {}
     for step in range(1, steps + 1):
         position = (step - 1) % per_epoch
         if position == 0 and step > 1:
@@ -195,6 +203,12 @@ def fit(
             with torch.no_grad():
                 log.eval_values.append(float(evaluate(model)))
             log.eval_steps.append(step)
+            shown["eval"] = f"{log.eval_values[-1]:.4g}"
+        if step % 20 == 0 or step == steps:
+            shown["loss"] = f"{log.step_losses[-1]:.4g}"
+            bar.set_postfix(shown, refresh=False)
+        bar.update()
+    bar.close()
     if (steps % per_epoch) == 0:
         log.epoch_seconds.append(epoch_time)
     model.eval()
