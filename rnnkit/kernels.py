@@ -109,12 +109,13 @@ void ln_lstm_forward(idx n, idx H, const float *rec, idx srec, const float *xp, 
         const float *rr = rec + r * srec, *xr = xp + r * sx;
         float *cr = c + r * sc, *hr = h + r * sh;
         float *fr = fac ? fac + r * sf : NULL;
-        double sum = 0.0, sq = 0.0;
+        float sum = 0.0f, sq = 0.0f, csum = 0.0f, csq = 0.0f;
+        #pragma omp simd reduction(+:sum)
         for (idx k = 0; k < 4 * H; k++) { sum += rr[k]; }
-        float mean = (float)(sum / (double)(4 * H));
-        for (idx k = 0; k < 4 * H; k++) { float d = rr[k] - mean; sq += (double)d * d; }
-        float rstd = 1.0f / sqrtf((float)(sq / (double)(4 * H)) + eps);
-        double csum = 0.0, csq = 0.0;
+        float mean = sum / (float)(4 * H);
+        #pragma omp simd reduction(+:sq)
+        for (idx k = 0; k < 4 * H; k++) { float d = rr[k] - mean; sq += d * d; }
+        float rstd = 1.0f / sqrtf(sq / (float)(4 * H) + eps);
         #pragma omp simd
         for (idx k = 0; k < H; k++) {
             float ai = xr[k] + g_hh[k] * (rr[k] - mean) * rstd;
@@ -130,10 +131,12 @@ void ln_lstm_forward(idx n, idx H, const float *rec, idx srec, const float *xp, 
                 fr[5 * H + k] = f;
             }
         }
+        #pragma omp simd reduction(+:csum)
         for (idx k = 0; k < H; k++) { csum += cr[k]; }
-        float cmean = (float)(csum / (double)H);
-        for (idx k = 0; k < H; k++) { float d = cr[k] - cmean; csq += (double)d * d; }
-        float crstd = 1.0f / sqrtf((float)(csq / (double)H) + eps);
+        float cmean = csum / (float)H;
+        #pragma omp simd reduction(+:csq)
+        for (idx k = 0; k < H; k++) { float d = cr[k] - cmean; csq += d * d; }
+        float crstd = 1.0f / sqrtf(csq / (float)H + eps);
         #pragma omp simd
         for (idx k = 0; k < H; k++) {
             float o = sigm(xr[3 * H + k] + g_hh[3 * H + k] * (rr[3 * H + k] - mean) * rstd);
@@ -164,18 +167,19 @@ void ln_lstm_backward(idx n, idx H, const float *dh_run, idx sr, const float *do
         const float *cr = cs + r * scs, *st = stats + 4 * r;
         float *ccr = dc_run + r * sc, *gr = dg + r * sg, *drr = drec + r * sdrec;
         float mean = st[0], rstd = st[1], cmean = st[2], crstd = st[3];
-        double m1 = 0.0, m2 = 0.0;
+        float m1 = 0.0f, m2 = 0.0f;
+        #pragma omp simd reduction(+:m1, m2)
         for (idx k = 0; k < H; k++) {
             float dh = dr[k] + dor[k], ds = dh * fr[4 * H + k];
             float xhat = (cr[k] - cmean) * crstd, dy = ds * g_c[k];
             dhs[k] = dh;
             dss[k] = ds;
             m1 += dy;
-            m2 += (double)dy * xhat;
+            m2 += dy * xhat;
             acc_gc[k] += ds * xhat;
             acc_bc[k] += ds;
         }
-        float mean1 = (float)(m1 / (double)H), mean2 = (float)(m2 / (double)H);
+        float mean1 = m1 / (float)H, mean2 = m2 / (float)H;
         #pragma omp simd
         for (idx k = 0; k < H; k++) {
             float xhat = (cr[k] - cmean) * crstd;
@@ -186,14 +190,15 @@ void ln_lstm_backward(idx n, idx H, const float *dh_run, idx sr, const float *do
             gr[3 * H + k] = dhs[k] * fr[3 * H + k];
             ccr[k] = dc * fr[5 * H + k];
         }
-        double n1 = 0.0, n2 = 0.0;
+        float n1 = 0.0f, n2 = 0.0f;
+        #pragma omp simd reduction(+:n1, n2)
         for (idx k = 0; k < 4 * H; k++) {
             float xhat = (rr[k] - mean) * rstd, dy = gr[k] * g_hh[k];
             n1 += dy;
-            n2 += (double)dy * xhat;
+            n2 += dy * xhat;
             acc_hh[k] += gr[k] * xhat;
         }
-        float nmean1 = (float)(n1 / (double)(4 * H)), nmean2 = (float)(n2 / (double)(4 * H));
+        float nmean1 = n1 / (float)(4 * H), nmean2 = n2 / (float)(4 * H);
         #pragma omp simd
         for (idx k = 0; k < 4 * H; k++) {
             float xhat = (rr[k] - mean) * rstd;
