@@ -19,6 +19,7 @@ are not Python objects.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -183,3 +184,27 @@ def peak_rss(module: str, key: str, threads: int, timeout: float = 600.0) -> dic
     except (subprocess.SubprocessError, ValueError, IndexError) as error:
         print(f"memory probe {key} failed: {error}", file=sys.stderr)
         return None
+
+
+def set_threads(parser: argparse.ArgumentParser, threads: int | None) -> None:
+    """Apply ``--threads`` (None: torch's choice), refusing a count below 1 with the parser's error."""
+    if threads is not None:
+        if threads < 1:
+            parser.error(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def rounds(parser: argparse.ArgumentParser, repeats: int | None, quick: bool) -> int:
+    """The number of rounds: ``--repeats``, else 2 with ``--quick`` and 5 without; below 1 is an error."""
+    repeats = repeats or (2 if quick else 5)
+    if repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {repeats}")
+    return repeats
+
+
+def write_results(text: str, output: Path) -> None:
+    """Print a results table and write it to ``output`` (its folder created), saying where on stderr."""
+    print(text)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"written to {output}", file=sys.stderr)

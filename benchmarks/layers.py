@@ -41,7 +41,19 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from benchmarks.harness import Contender, Peak, Summary, load_average, peak_rss, probe, rate, run_rounds
+from benchmarks.harness import (
+    Contender,
+    Peak,
+    Summary,
+    load_average,
+    peak_rss,
+    probe,
+    rate,
+    rounds,
+    run_rounds,
+    set_threads,
+    write_results,
+)
 
 SIZES = [(64, 100, 256), (64, 100, 512), (1, 100, 256), (32, 500, 128)]  # (B, T, H = D)
 QUICK_SIZES = [(8, 20, 32), (1, 20, 32)]
@@ -300,16 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help=f"markdown table (default {RESULTS})")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one RSS probe
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(parser, args.threads)
     if args.memory_probe is not None:
         print(json.dumps(_memory_probe(args.memory_probe)))
         return 0
-    repeats = args.repeats or (2 if args.quick else 5)
-    if repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {repeats}")
+    repeats = rounds(parser, args.repeats, args.quick)
     try:
         sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes] if args.sizes else None
     except ValueError:
@@ -335,10 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m benchmarks.layers", *(sys.argv[1:] if argv is None else argv)])
     text = table(rows, peak, figures, repeats=repeats, threads=threads, min_seconds=min_seconds,
                  load_before=load_before, load_after=load_average(), command=command)
-    print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
-    print(f"written to {output}", file=sys.stderr)
+    write_results(text, output)
     return 0
 
 

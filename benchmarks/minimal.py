@@ -30,7 +30,18 @@ import torch
 from torch import nn
 
 import rnnkit
-from benchmarks.harness import Contender, Peak, Summary, load_average, peak_rss, probe, run_rounds
+from benchmarks.harness import (
+    Contender,
+    Peak,
+    Summary,
+    load_average,
+    peak_rss,
+    probe,
+    rounds,
+    run_rounds,
+    set_threads,
+    write_results,
+)
 
 SIZES = [(64, 512, 64), (64, 2048, 64)]
 QUICK_SIZES = [(4, 64, 16)]
@@ -79,19 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help=f"markdown table (default {RESULTS})")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(parser, args.threads)
     if args.memory_probe is not None:
         found = [c for c in contenders(*MEMORY_SIZE) if c.key == args.memory_probe]
         if not found:
             raise SystemExit(f"no contender {args.memory_probe!r}")
         print(json.dumps(probe(found[0].run)))
         return 0
-    repeats = args.repeats or (2 if args.quick else 5)
-    if repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {repeats}")
+    repeats = rounds(parser, args.repeats, args.quick)
     sizes = QUICK_SIZES if args.quick else SIZES
     output = args.output or (RESULTS.with_suffix(".quick.md") if args.quick else RESULTS)
     min_seconds = 0.02 if args.quick else 0.2
@@ -142,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {', '.join(map(str, size))} | {contender.label} | {ms(forward)} | {forward.ratio:.2f} | "
                      f"{ms(backward)} | {backward.ratio:.2f} | {rss} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
-    print(f"written to {output}", file=sys.stderr)
+    write_results(text, output)
     return 0
 
 

@@ -36,7 +36,17 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import Contender, Peak, Summary, load_average, rate, run_rounds
+from benchmarks.harness import (
+    Contender,
+    Peak,
+    Summary,
+    load_average,
+    rate,
+    rounds,
+    run_rounds,
+    set_threads,
+    write_results,
+)
 from rnnkit.seq2seq import BOS_ID, PAD_ID, Seq2Seq, Seq2SeqConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "seq2seq.md"
@@ -130,13 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-run", type=Path, default=None, help="a trained `rnnkit demo` run directory")
     parser.add_argument("--output", type=Path, default=None, help=f"markdown file (default {RESULTS})")
     args = parser.parse_args(argv)
-    repeats = args.repeats or (2 if args.quick else 5)
-    if repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {repeats}")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    repeats = rounds(parser, args.repeats, args.quick)
+    set_threads(parser, args.threads)
     output = args.output or (RESULTS.with_suffix(".quick.md") if args.quick else RESULTS)
     min_seconds = 0.02 if args.quick else 0.5
     load_before = load_average()
@@ -193,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
-    print(f"written to {output}", file=sys.stderr)
+    write_results(text, output)
     return 0
 
 
