@@ -168,15 +168,13 @@ class _RecurrentLayer(nn.Module):
                 cell._parameters[cell_name] = getattr(self, layer_name)
         return self._cells
 
-    def uses_fused_kernel(self, *, grad: bool | None = None, variable_lengths: bool = False,
-                          batch_size: int | None = None) -> bool:
+    def uses_fused_kernel(self, *, grad: bool | None = None, variable_lengths: bool = False) -> bool:
         """Whether a call in the current mode runs torch's fused kernel (else rnnkit's own path).
 
         Args:
             grad: whether the call records gradients; None: ``torch.is_grad_enabled()`` and some parameter
                 requires grad.
             variable_lengths: whether the call has ``lengths=`` (not all T) or a PackedSequence.
-            batch_size: the call's B, if known.
 
         ``use_fused=True``: torch's kernel wherever it applies (standard cells, none of the extras).
         ``"auto"`` (the default): the same, except where rnnkit's fast path (:mod:`rnnkit.fastpath`) was
@@ -186,7 +184,7 @@ class _RecurrentLayer(nn.Module):
         weight gradients step by step: 1.0-2.3x). The LSTM without lengths and every call without gradients
         keep torch's kernel (the LSTM's oneDNN kernel was faster: the fast path measured 0.4-0.9x). In training
         with dropout > 0 between layers torch's kernel is kept, so the dropout draws are torch's. ``False``:
-        never. ``batch_size`` is accepted for callers that know it; the rule does not depend on it.
+        never. The rule does not depend on the batch size (batch 1 included).
         """
         applies = (
             self.use_fused is not False
@@ -229,8 +227,7 @@ class _RecurrentLayer(nn.Module):
             data, batch_sizes, sorted_indices, unsorted_indices = input
             self._check_input(data, 2, "a PackedSequence with (N, D) data")
             batch_size = int(batch_sizes[0])
-            fused = self.uses_fused_kernel(grad=self._records_gradients(data, hx), variable_lengths=True,
-                                           batch_size=batch_size)
+            fused = self.uses_fused_kernel(grad=self._records_gradients(data, hx), variable_lengths=True)
             hx = self._check_hidden(hx, batch_size, batched=True, dtype=data.dtype, device=data.device)
             if fused:
                 hx = _permute(hx, sorted_indices)
@@ -258,8 +255,7 @@ class _RecurrentLayer(nn.Module):
             lengths = check_lengths(lengths, batch_size, max_length, torch.device("cpu"))
             if bool((lengths == max_length).all()):
                 lengths = None  # nothing is padded
-        fused = self.uses_fused_kernel(grad=self._records_gradients(input, hx), variable_lengths=lengths is not None,
-                                       batch_size=batch_size)
+        fused = self.uses_fused_kernel(grad=self._records_gradients(input, hx), variable_lengths=lengths is not None)
         if fused and lengths is None:
             output, hidden = self._run_fused(input, hx, None)
         elif fused:

@@ -230,7 +230,7 @@ def test_extras_use_own_path_and_defaults_use_fused():
     assert rnnkit.GRU(D, H).uses_fused_kernel(grad=False)
     # "auto": with gradients the GRU, the RNN and variable lengths take rnnkit's fast path (measured faster) ...
     assert not rnnkit.GRU(D, H).uses_fused_kernel(grad=True)
-    assert not rnnkit.RNN(D, H).uses_fused_kernel(grad=True, batch_size=1)
+    assert not rnnkit.RNN(D, H).uses_fused_kernel(grad=True)
     assert not rnnkit.LSTM(D, H).uses_fused_kernel(grad=True, variable_lengths=True)
     assert rnnkit.LSTM(D, H).uses_fused_kernel(grad=True)
     assert rnnkit.LSTM(D, H).uses_fused_kernel(grad=False, variable_lengths=True)
