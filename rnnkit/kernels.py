@@ -17,7 +17,7 @@ layout of the stored factors are those of :mod:`rnnkit.fastpath` (see ``_lstm_ce
 Build: with the system C compiler (``$CC``, else ``cc``), compiled with ``-O3 -march=native -ffast-math`` (glibc's
 libmvec then vectorises expf and tanhf) and linked without it (so that loading the library does not switch the
 process to flush-to-zero), into ``$RNNKIT_CACHE_DIR`` (default ``~/.cache/rnnkit``) under a name that
-hashes the source, the flags, the compiler and the CPU's flags: ~0.2 s once per machine, then a load from disk
+hashes the source, the flags, the compiler and the CPU's flags: ~0.6-0.9 s once per machine, then a load from disk
 (:data:`build_seconds` records what this process spent). No compiler, a failed build, a platform other than
 Linux or macOS, or ``RNNKIT_KERNELS=0``: :func:`available` is False and the fast path computes the same
 things with torch operations.
