@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.linear import linear
+
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "State", "check_size", "check_probability", "LAYER_NORM_EPS"]
 
 #: A cell state: ``h`` (B, H) for RNN/GRU cells, ``(h, c)`` for LSTM cells.
@@ -227,7 +229,7 @@ class RNNCell(_Cell):
     def input_projection(self, x: Tensor) -> Tensor:
         """``W_ih x + b_ih + b_hh`` for any leading dimensions: (..., D) -> (..., H)."""
         bias = self.bias_ih + self.bias_hh if self.bias else None
-        return F.linear(x, self.weight_ih, bias)
+        return linear(x, self.weight_ih, bias)
 
     def recur(self, xp_t: Tensor, state: Tensor, recurrent_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``h_t = phi(xp_t + W_hh h_{t-1})``; ``recurrent_mask`` (B, H) multiplies h_{t-1} where it enters W_hh."""
@@ -336,8 +338,8 @@ class LSTMCell(_Cell):
         """``[LN](W_ih x) + b_ih + b_hh`` for any leading dimensions: (..., D) -> (..., 4H)."""
         bias = self.bias_ih + self.bias_hh if self.bias else None
         if not self.layer_norm:
-            return F.linear(x, self.weight_ih, bias)
-        return _layer_norm(F.linear(x, self.weight_ih), self.ln_ih_weight, bias)  # LN(W_ih x) a_ih + b: (..., 4H)
+            return linear(x, self.weight_ih, bias)
+        return _layer_norm(linear(x, self.weight_ih), self.ln_ih_weight, bias)  # LN(W_ih x) a_ih + b: (..., 4H)
 
     def recur(
         self, xp_t: Tensor, state: tuple[Tensor, Tensor], recurrent_mask: Tensor | None = None
@@ -451,8 +453,8 @@ class GRUCell(_Cell):
     def input_projection(self, x: Tensor) -> Tensor:
         """``[LN](W_ih x) + b_ih`` for any leading dimensions: (..., D) -> (..., 3H)."""
         if not self.layer_norm:
-            return F.linear(x, self.weight_ih, self.bias_ih)
-        projected = self._normalise(F.linear(x, self.weight_ih), self.ln_ih_weight)  # (..., 3H)
+            return linear(x, self.weight_ih, self.bias_ih)
+        projected = self._normalise(linear(x, self.weight_ih), self.ln_ih_weight)  # (..., 3H)
         return projected if self.bias_ih is None else projected + self.bias_ih
 
     def _recurrent(self, h: Tensor, rows: slice, gain: slice) -> Tensor:

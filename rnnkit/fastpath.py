@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rnnkit import kernels
+from rnnkit import kernels, linear
 from rnnkit.cells import LAYER_NORM_EPS, GRUCell, LSTMCell, RNNCell, State
 
 __all__ = ["supports", "run", "linear_recurrence"]
@@ -440,11 +440,10 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
         padded = running is not None
         keep = _keeps(ctx)
         a = xp.new_empty(batch, gates)
-        rec = xp.new_empty(batch, gates)
         tanh_shown = xp.new_empty(batch, hidden)
         hs = _buffer(xp, (steps + 1, batch, hidden), padded)
         if keep:  # the normalisations' inputs and statistics, for their backward
-            recurrent = _Steps.empty(xp, steps, batch, gates)  # W_hh h_{t-1}
+            recurrent = []  # W_hh h_{t-1} of every step, (n_t, 4H) each
             cs = _Steps.empty(xp, steps, batch, hidden)  # c_t
             # mean and 1/std of W_hh h and of c, per step and row: [mean_rec, rstd_rec, mean_c, rstd_c]
             step_stats = xp.new_empty(steps, batch, 4)
@@ -452,10 +451,11 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
             factors = _Steps.empty(xp, steps, batch, 6 * hidden)
         hs[0] = h0
         c = c0.clone()
-        w_t = weight_hh.t()
         fused = kernels.available(xp)
         for t, n in enumerate(schedule):
-            r = torch.mm(hs[t, :n], w_t, out=recurrent[t, :n] if keep else rec[:n])
+            r = linear.product(hs[t, :n], weight_hh)  # W_hh h_{t-1}: (n, 4H)
+            if keep:
+                recurrent.append(r)
             if fused:
                 kernels.layer_norm_lstm_forward(
                     r, xp[t, :n], ln_hh_weight, ln_cell_weight, ln_cell_bias, LAYER_NORM_EPS, c[:n], hs[t + 1, :n],
@@ -478,8 +478,8 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
                 _lstm_output_factors(factors[t, :n], h, o, tanh_shown[:n], hidden)
         if keep:
             ctx.save_for_backward(step_stats, hs, weight_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias,
-                                  *recurrent.blocks, *cs.blocks, *factors.blocks)
-            ctx.blocks = [(len(store.blocks), store.size) for store in (recurrent, cs, factors)]
+                                  *recurrent, *cs.blocks, *factors.blocks)
+            ctx.blocks = [(len(store.blocks), store.size) for store in (cs, factors)]
             ctx.schedule = schedule
         return hs[1:], _finals(hs, schedule, batch), c
 
@@ -487,12 +487,13 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
     def backward(ctx, d_outputs, d_h_n, d_c_n):
         d_outputs = d_outputs.contiguous()  # (an output's gradient may be expanded, e.g. from .sum())
         step_stats, hs, weight_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, *blocks = ctx.saved_tensors
+        schedule = ctx.schedule
+        recurrent, blocks = blocks[: len(schedule)], blocks[len(schedule) :]  # W_hh h_{t-1}, (n_t, 4H) each
         stores = []
         for count, size in ctx.blocks:
             stores.append(_Steps(blocks[:count], size))
             blocks = blocks[count:]
-        recurrent, cs, factors = stores
-        schedule = ctx.schedule
+        cs, factors = stores
         steps, batch, hidden = d_outputs.shape
         gates = 4 * hidden
         needs = ctx.needs_input_grad
@@ -514,10 +515,10 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
             d_rec = d_recurrent.step(t, n)
             if fused:  # also adds the three normalisation gains' and shift's gradients
                 kernels.layer_norm_lstm_backward(
-                    d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, recurrent[t, :n], cs[t, :n],
+                    d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, recurrent[t], cs[t, :n],
                     step_stats[t, :n], ln_hh_weight, ln_cell_weight, d_gates[t, :n], d_rec[:n], d_ln_hh,
                     d_ln_cell, d_ln_cell_bias, scratch)
-                torch.mm(d_rec[:n], weight_hh, out=d_h_run[:n])
+                d_h_run[:n] = linear.product(d_rec[:n], weight_hh.t())  # dL/dh_{t-1} = dL/d(W_hh h) W_hh
                 d_recurrent.done(t)
                 continue
             mean_rec, rstd_rec, mean_c, rstd_c = step_stats[t, :n].t().contiguous().unsqueeze(-1)  # 4 x (n, 1)
@@ -529,10 +530,10 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
             d_c = d_c_run[:n] + d_cell
             _lstm_gate_gradients(d_gates[t, :n], d_c, d_h, step_factors, hidden)
             d_rec_n, d_rec_gain, _ = _layer_norm_backward(
-                d_gates[t, :n], recurrent[t, :n], (gates,), mean_rec, rstd_rec, ln_hh_weight, None,
+                d_gates[t, :n], recurrent[t], (gates,), mean_rec, rstd_rec, ln_hh_weight, None,
                 [True, needs[4], False])
             d_rec[:n] = d_rec_n
-            torch.mm(d_rec_n, weight_hh, out=d_h_run[:n])
+            d_h_run[:n] = linear.product(d_rec_n, weight_hh.t())
             d_recurrent.done(t)
             torch.mul(d_c, step_factors[:, 5 * hidden :], out=d_c_run[:n])
             if needs[4]:
@@ -579,21 +580,16 @@ class _GRURecurrence(torch.autograd.Function):
         schedule = _schedule(running, steps, batch)
         padded = running is not None
         keep = _keeps(ctx)
-        rec = xp.new_empty(batch, gates)  # W_hh h_{t-1} + b_hh of one step
         factors = _Steps.empty(xp, steps, batch, 5 * hidden) if keep else None  # see _gru_factors
         rz = xp.new_empty(batch, 2 * hidden)
         candidate = xp.new_empty(batch, hidden)
         hs = _buffer(xp, (steps + 1, batch, hidden), padded)
         hs[0] = h0
-        w_t = weight_hh.t()
         fused = kernels.available(xp)
         for t, rows in enumerate(schedule):
-            if bias_hh is None:
-                torch.mm(hs[t, :rows], w_t, out=rec[:rows])
-            else:
-                torch.addmm(bias_hh, hs[t, :rows], w_t, out=rec[:rows])
+            rec = linear.product(hs[t, :rows], weight_hh, bias_hh)  # W_hh h_{t-1} + b_hh: (rows, 3H)
             if fused:
-                kernels.gru_forward(rec[:rows], xp[t, :rows], hs[t, :rows], hs[t + 1, :rows],
+                kernels.gru_forward(rec, xp[t, :rows], hs[t, :rows], hs[t + 1, :rows],
                                     factors[t, :rows] if keep else None)
                 continue
             gate_values = factors[t, :rows, 3 * hidden :] if keep else rz[:rows]
@@ -630,7 +626,7 @@ class _GRURecurrence(torch.autograd.Function):
             if fused:
                 kernels.gru_backward(d_h_run[:rows], d_outputs[t, :rows], step_factors, d_xp[t, :rows], d_rec,
                                      d_h_run[:rows])
-                d_h_run[:rows].addmm_(d_rec, weight_hh)
+                d_h_run[:rows] += linear.product(d_rec, weight_hh.t())  # + dL/d(W_hh h_{t-1}) W_hh
                 d_recurrent.done(t)
                 continue
             d_h = d_h_run[:rows] + d_outputs[t, :rows]

@@ -3,7 +3,8 @@
 Outputs, final states and the gradients of the input, the initial state and every parameter, in float32
 (1e-5) and by gradcheck in float64; with and without lengths, both directions, two layers, initial state
 given or omitted; in float32 both with the C kernels of rnnkit.kernels and with torch operations (float64
-always uses torch operations). Then the drop-in layers' choice of path ("auto") against torch.nn.
+always uses torch operations), and with the products of rnnkit.linear in oneDNN and in torch. Then the
+drop-in layers' choice of path ("auto") against torch.nn.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from rnnkit import fastpath, kernels
+from rnnkit import fastpath, kernels, linear
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.recurrent import Recurrent
 
@@ -91,6 +92,18 @@ def elementwise(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["onednn", "torch"])
+def products(request, monkeypatch):
+    """Send every product of rnnkit.linear (input projection, per-step products) to oneDNN, or to torch."""
+    if request.param == "onednn":
+        if not linear._AVAILABLE:
+            pytest.skip("this torch has no oneDNN (mkldnn) build")
+        monkeypatch.setattr(linear, "MIN_MACS", 0)
+    else:
+        monkeypatch.setattr(linear, "_AVAILABLE", False)
+    return request.param
+
+
 def test_kernels_build_where_there_is_a_compiler():
     """With a C compiler the kernels must build (else the fast path silently runs its slower torch version)."""
     import os
@@ -127,7 +140,7 @@ def test_loading_the_kernels_keeps_subnormal_floats_for_the_whole_process(tmp_pa
     "name,with_lengths,bidirectional,given_state",
     list(itertools.product(CELLS, [False, True], [False, True], [False, True])),
 )
-def test_fast_path_equals_reference_path(name, with_lengths, bidirectional, given_state, elementwise):
+def test_fast_path_equals_reference_path(name, with_lengths, bidirectional, given_state, elementwise, products):
     recurrent = _recurrent(name, bidirectional)
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(3), requires_grad=True)
     states = _random_states(recurrent) if given_state else None

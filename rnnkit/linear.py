@@ -1,0 +1,95 @@
+"""The cells' hoisted input projection ``W x + b`` over all time steps, through oneDNN where that is faster.
+
+A recurrent layer's input projection is one large product, (T*B, D) x (D, G*H), and its backward two more:
+dL/dx = g W, (T*B, G*H) x (G*H, D), and dL/dW = g^T x. With float32 on a CPU, ``torch.mm`` hands them to MKL;
+oneDNN's matmul (reached through ``torch.ops.mkldnn._linear_pointwise``, the operator torch's own compiler
+emits for linear layers) runs the first two markedly faster on the benchmark machine, an AMD EPYC with
+AVX-512 (MKL takes its AVX2 path there). Measured at T*B = 6400 with 2 threads (``benchmarks/linear.py``):
+x W^T 123 -> 161 GFLOP/s and g W 113 -> 186 GFLOP/s at (D, G*H) = (256, 1024), 105 -> 146 and 128 -> 180 at
+(512, 2048). For dL/dW (a reduction over the T*B rows) MKL was the faster one (149 against 84), so it keeps it.
+
+:func:`linear` is ``F.linear`` with that choice made: oneDNN for float32 CPU tensors of at least
+:data:`MIN_MACS` multiply-adds when torch has it, else ``F.linear`` itself (so float64, gradcheck and small
+inputs take torch's path unchanged). :func:`product` makes the same choice for the fast path's per-step
+products (a step of a layer-norm LSTM at (B, H) = (64, 256): 294 -> 260 us; at (64, 512) 1049 -> 809 us).
+``RNNKIT_ONEDNN=0`` turns oneDNN off. Both compute the same products; results differ by float32 rounding (the summation
+order), which ``tests/test_linear.py`` bounds against ``F.linear``, values and gradients.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["linear", "product", "uses_onednn", "MIN_MACS"]
+
+#: Fewest multiply-adds (rows x D x F) for which oneDNN is used. Below it its ~25 us of fixed cost per call
+#: loses to torch.mm (1 x 256 x 768: 29 against 17 us); above it oneDNN was 1.05-1.8x faster at every shape
+#: measured from (64, 128, 512) to (128, 512, 2048) (``benchmarks/linear.py``).
+MIN_MACS = 1 << 22
+
+_AVAILABLE = (
+    os.environ.get("RNNKIT_ONEDNN", "1") != "0"
+    and torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+)
+
+
+def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``x W^T + b`` by oneDNN's matmul: x (N, D), weight (F, D), any strides -> (N, F)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [None], "")
+
+
+def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
+    """Whether :func:`linear` and :func:`product` send ``x W^T (+ b)`` to oneDNN."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return (
+        _AVAILABLE
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided for t in tensors)
+        and x.dim() >= 2
+        and x.numel() * weight.shape[0] >= MIN_MACS
+    )
+
+
+class _Linear(torch.autograd.Function):
+    """``x W^T + b`` with oneDNN for the forward and dL/dx, MKL (torch.mm) for dL/dW."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])  # (N, D)
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
+        ctx.leading = x.shape[:-1]
+        return _onednn(rows, weight, bias).view(*x.shape[:-1], weight.shape[0])  # (..., F)
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor):
+        rows, weight = ctx.saved_tensors
+        d_rows = d_out.reshape(-1, d_out.shape[-1])  # (N, F)
+        d_x = d_weight = d_bias = None
+        if ctx.needs_input_grad[0]:
+            d_x = _onednn(d_rows, weight.t(), None).view(*ctx.leading, weight.shape[1])  # (N, F) x (F, D)
+        if ctx.needs_input_grad[1]:
+            d_weight = d_rows.t() @ rows  # (F, N) x (N, D)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            d_bias = d_rows.sum(0)
+        return d_x, d_weight, d_bias
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``: (..., D) x (F, D) -> (..., F), by oneDNN where :func:`uses_onednn`."""
+    if not uses_onednn(x, weight, bias):
+        return F.linear(x, weight, bias)
+    return _Linear.apply(x, weight, bias)
+
+
+def product(a: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """One step's ``a W^T (+ b)`` in the fast path's loops, no autograd: (n, K) x (F, K) -> a new (n, F).
+
+    ``weight`` may be a transposed view (the backward's ``d W`` passes ``W.t()``)."""
+    if uses_onednn(a, weight, bias):
+        return _onednn(a, weight, bias)
+    return torch.mm(a, weight.t()) if bias is None else torch.addmm(bias, a, weight.t())

@@ -1,0 +1,121 @@
+"""rnnkit.linear (oneDNN for the hoisted input projection and the fast path's per-step products) against
+torch's own F.linear / torch.mm, values and gradients, at sizes where oneDNN is chosen; and the choice itself."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnkit import linear
+from rnnkit.cells import GRUCell, LSTMCell
+from rnnkit.recurrent import Recurrent
+
+pytestmark = pytest.mark.skipif(not linear._AVAILABLE, reason="this torch has no oneDNN (mkldnn) build")
+
+# float32 sums of a few hundred terms in another order: differences of a few ulp of the largest partial sum
+TOLERANCE = {"atol": 2e-4, "rtol": 1e-5}
+
+
+def _reference(x, weight, bias):
+    """F.linear in float64 (the products both float32 paths approximate) and its gradients."""
+    x64, w64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    b64 = None if bias is None else bias.detach().double().requires_grad_()
+    return x64, w64, b64, F.linear(x64, w64, b64)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_equals_f_linear_values_and_gradients(batch_first, with_bias):
+    generator = torch.Generator().manual_seed(0)
+    shape = (64, 100, 256) if batch_first else (100, 64, 256)
+    x = torch.randn(shape, generator=generator)
+    if batch_first:
+        x = x.transpose(0, 1)  # a (T, B, D) view with strides, as a batch_first layer passes it
+    x.requires_grad_()
+    weight = torch.randn(1024, 256, generator=generator, requires_grad=True)
+    bias = torch.randn(1024, generator=generator, requires_grad=True) if with_bias else None
+    assert linear.uses_onednn(x, weight, bias)
+    out = linear.linear(x, weight, bias)
+    x64, w64, b64, expected = _reference(x, weight, bias)
+    torch.testing.assert_close(out, expected.float(), **TOLERANCE)
+    d_out = torch.randn(out.shape, generator=generator)
+    leaves = [x, weight] + ([bias] if with_bias else [])
+    grads = torch.autograd.grad(out, leaves, d_out)
+    expected_grads = torch.autograd.grad(expected, [x64, w64] + ([b64] if with_bias else []), d_out.double())
+    for ours, reference in zip(grads, expected_grads, strict=True):
+        scale = reference.abs().max().item()
+        torch.testing.assert_close(ours, reference.float(), atol=1e-6 * scale, rtol=1e-5)
+
+
+def test_linear_gradient_only_where_asked():
+    x = torch.randn(600, 64)
+    weight = torch.randn(256, 64, requires_grad=True)
+    assert linear.uses_onednn(x, weight)
+    (d_weight,) = torch.autograd.grad(linear.linear(x, weight).sum(), [weight])
+    torch.testing.assert_close(d_weight, torch.ones(600, 256).t() @ x)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_product_equals_mm(transposed):
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(64, 1024 if transposed else 256, generator=generator)
+    weight = torch.randn(1024, 256, generator=generator)
+    operand = weight.t() if transposed else weight  # the backward passes W^T as a view
+    bias = None if transposed else torch.randn(1024, generator=generator)
+    assert linear.uses_onednn(a, operand, bias)
+    expected = a.double() @ operand.double().t() + (0 if bias is None else bias.double())
+    torch.testing.assert_close(linear.product(a, operand, bias), expected.float(), **TOLERANCE)
+
+
+def test_small_or_float64_products_stay_with_torch():
+    assert not linear.uses_onednn(torch.randn(4, 8), torch.randn(16, 8))  # below MIN_MACS
+    assert not linear.uses_onednn(torch.randn(600, 256, dtype=torch.float64), torch.randn(1024, 256,
+                                                                                          dtype=torch.float64))
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(16, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(linear.linear, (x, weight, None))
+
+
+def test_environment_turns_onednn_off():
+    script = "from rnnkit import linear; print(linear._AVAILABLE)"
+    env = {**os.environ, "RNNKIT_ONEDNN": "0"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("cell", ["lstm_layer_norm", "gru"])
+def test_fast_path_at_size_is_as_accurate_as_the_reference_path(cell):
+    """At (B, H) = (64, 256) the fast path's per-step products and the input projection go to oneDNN. Its
+    float32 outputs and gradients are compared with the reference path (the cells' recur stepped with
+    autograd, torch.mm inside) run in float64: their errors must be of the size of the float32 reference
+    path's own errors (the products' summation order is all that differs)."""
+    torch.manual_seed(0)
+    make = {"lstm_layer_norm": lambda d: LSTMCell(d, 256, layer_norm=True), "gru": lambda d: GRUCell(d, 256)}[cell]
+    recurrent = Recurrent(lambda d, layer, direction: make(d), input_size=128, num_layers=1)
+    x = torch.randn(64, 12, 128)  # batch first: (B, T, D)
+    lengths = torch.randint(1, 13, (64,)).tolist()
+    lengths[0] = 12
+    readout = torch.randn(64, 12, 256, generator=torch.Generator().manual_seed(5))
+    assert linear.uses_onednn(torch.empty(64, 256), recurrent.cells[0].weight_hh)
+
+    def run(module, fast, dtype):
+        module.fast_path = fast
+        inputs = x.to(dtype).requires_grad_()
+        output, _ = module(inputs, lengths=lengths)
+        grads = torch.autograd.grad((output * readout.to(dtype)).sum(), [inputs, *module.parameters()])
+        return [output, *grads]
+
+    fast, reference = run(recurrent, True, torch.float32), run(recurrent, False, torch.float32)
+    exact = run(recurrent.double(), False, torch.float64)
+    for name, ours, theirs, truth in zip(["output", "x", *dict(recurrent.named_parameters())], fast, reference,
+                                         exact, strict=True):
+        our_error = (ours.double() - truth).abs().max().item()
+        reference_error = (theirs.double() - truth).abs().max().item()
+        assert our_error <= 4 * reference_error + 1e-7 * truth.abs().max().item(), (name, our_error,
+                                                                                     reference_error)
