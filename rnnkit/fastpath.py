@@ -508,7 +508,6 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
         d_h_run = d_h_n.clone()
         d_c_run = d_c_n.clone()
         fused = kernels.available(d_outputs, d_h_run, d_c_run)
-        scratch = d_outputs.new_empty(2 * hidden)
         for t in range(len(schedule) - 1, -1, -1):
             n = schedule[t]
             step_factors = factors[t, :n]
@@ -517,7 +516,7 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
                 kernels.layer_norm_lstm_backward(
                     d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, recurrent[t], cs[t, :n],
                     step_stats[t, :n], ln_hh_weight, ln_cell_weight, d_gates[t, :n], d_rec[:n], d_ln_hh,
-                    d_ln_cell, d_ln_cell_bias, scratch)
+                    d_ln_cell, d_ln_cell_bias)
                 d_h_run[:n] = linear.product(d_rec[:n], weight_hh.t())  # dL/dh_{t-1} = dL/d(W_hh h) W_hh
                 d_recurrent.done(t)
                 continue

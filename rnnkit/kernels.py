@@ -49,14 +49,37 @@ build_seconds: float | None = None
 _SOURCE = r"""
 #include <math.h>
 #include <stddef.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef long idx;
+
+/* Rows are independent: a step of at least PARALLEL_MIN values is split over the OpenMP threads (torch's own
+   runtime, whose threads are awake after the step's matrix product), each thread a contiguous block of rows.
+   A row's arithmetic does not depend on the thread that computes it. */
+#define PARALLEL_MIN 16384
+
+int row_threads(idx n, idx H) {
+#ifdef _OPENMP
+    if (n * H < PARALLEL_MIN) return 1;
+    int t = omp_get_max_threads();
+    return t < n ? t : (int)n;
+#else
+    (void)n; (void)H;
+    return 1;
+#endif
+}
+
+#define ROWS_IN_PARALLEL \
+    _Pragma("omp parallel for schedule(static) num_threads(row_threads(n, H)) if (n * H >= PARALLEL_MIN)")
 
 static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /* LSTM, one step, n rows. a: pre-activations (i, f, g, o), 4H wide; c: c_{t-1} in, c_t out; h: h_t out;
    fac (may be NULL): [g i(1-i), c_{t-1} f(1-f), i(1-g^2), h(1-o), o - h tanh(c_t), f], 6H wide. */
 void lstm_forward(idx n, idx H, const float *a, idx sa, float *c, idx sc, float *h, idx sh, float *fac, idx sf) {
+    ROWS_IN_PARALLEL
     for (idx r = 0; r < n; r++) {
         const float *ar = a + r * sa;
         float *cr = c + r * sc, *hr = h + r * sh;
@@ -83,6 +106,7 @@ void lstm_forward(idx n, idx H, const float *a, idx sa, float *c, idx sc, float 
    dh P_o] into dg (4H wide); dc_run <- dc f. */
 void lstm_backward(idx n, idx H, const float *dh_run, idx sr, const float *dout, idx so, float *dc_run, idx sc,
                    const float *fac, idx sf, float *dg, idx sg) {
+    ROWS_IN_PARALLEL
     for (idx r = 0; r < n; r++) {
         const float *dr = dh_run + r * sr, *dor = dout + r * so, *fr = fac + r * sf;
         float *cr = dc_run + r * sc, *gr = dg + r * sg;
@@ -105,6 +129,7 @@ void lstm_backward(idx n, idx H, const float *dh_run, idx sr, const float *dout,
 void ln_lstm_forward(idx n, idx H, const float *rec, idx srec, const float *xp, idx sx, const float *g_hh,
                      const float *g_c, const float *b_c, float eps, float *c, idx sc, float *h, idx sh,
                      float *fac, idx sf, float *cs, idx scs, float *stats) {
+    ROWS_IN_PARALLEL
     for (idx r = 0; r < n; r++) {
         const float *rr = rec + r * srec, *xr = xp + r * sx;
         float *cr = c + r * sc, *hr = h + r * sh;
@@ -160,8 +185,18 @@ void ln_lstm_backward(idx n, idx H, const float *dh_run, idx sr, const float *do
                       const float *fac, idx sf, const float *rec, idx srec, const float *cs, idx scs,
                       const float *stats, const float *g_hh, const float *g_c, float *dg, idx sg, float *drec,
                       idx sdrec, float *acc_hh, float *acc_gc, float *acc_bc, float *scratch) {
-    /* scratch: 2H floats (dh, d_shown of the row) */
-    float *dhs = scratch, *dss = scratch + H;
+    /* scratch: row_threads(n, H) blocks of 8H zeros, one per thread: the row's dh and d_shown (2H), then the
+       thread's sums of the gains' and shift's gradients (4H + H + H), added to acc_* in thread order after. */
+    int threads = row_threads(n, H);
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#ifdef _OPENMP
+    float *own = scratch + 8 * H * (idx)omp_get_thread_num();
+#else
+    float *own = scratch;
+#endif
+    float *dhs = own, *dss = own + H, *sum_hh = own + 2 * H, *sum_gc = own + 6 * H, *sum_bc = own + 7 * H;
+    #pragma omp for schedule(static)
     for (idx r = 0; r < n; r++) {
         const float *dr = dh_run + r * sr, *dor = dout + r * so, *fr = fac + r * sf, *rr = rec + r * srec;
         const float *cr = cs + r * scs, *st = stats + 4 * r;
@@ -176,8 +211,8 @@ void ln_lstm_backward(idx n, idx H, const float *dh_run, idx sr, const float *do
             dss[k] = ds;
             m1 += dy;
             m2 += dy * xhat;
-            acc_gc[k] += ds * xhat;
-            acc_bc[k] += ds;
+            sum_gc[k] += ds * xhat;
+            sum_bc[k] += ds;
         }
         float mean1 = m1 / (float)H, mean2 = m2 / (float)H;
         #pragma omp simd
@@ -196,7 +231,7 @@ void ln_lstm_backward(idx n, idx H, const float *dh_run, idx sr, const float *do
             float xhat = (rr[k] - mean) * rstd, dy = gr[k] * g_hh[k];
             n1 += dy;
             n2 += dy * xhat;
-            acc_hh[k] += gr[k] * xhat;
+            sum_hh[k] += gr[k] * xhat;
         }
         float nmean1 = n1 / (float)(4 * H), nmean2 = n2 / (float)(4 * H);
         #pragma omp simd
@@ -205,12 +240,19 @@ void ln_lstm_backward(idx n, idx H, const float *dh_run, idx sr, const float *do
             drr[k] = rstd * (gr[k] * g_hh[k] - nmean1 - xhat * nmean2);
         }
     }
+    }
+    for (int t = 0; t < threads; t++) {
+        const float *own = scratch + 8 * H * (idx)t;
+        for (idx k = 0; k < 4 * H; k++) { acc_hh[k] += own[2 * H + k]; }
+        for (idx k = 0; k < H; k++) { acc_gc[k] += own[6 * H + k]; acc_bc[k] += own[7 * H + k]; }
+    }
 }
 
 /* GRU (reset after), one step. rec = W_hh h + b_hh (r, z, n blocks); h = n + z (h_prev - n);
    fac (may be NULL): [(h - n)(1 - z), (1 - z)(1 - n^2), rec_n r(1 - r), r, z], 5H wide. */
 void gru_forward(idx n, idx H, const float *rec, idx srec, const float *xp, idx sx, const float *hp, idx shp,
                  float *h, idx sh, float *fac, idx sf) {
+    ROWS_IN_PARALLEL
     for (idx r = 0; r < n; r++) {
         const float *rr = rec + r * srec, *xr = xp + r * sx, *pr = hp + r * shp;
         float *hr = h + r * sh;
@@ -236,6 +278,7 @@ void gru_forward(idx n, idx H, const float *rec, idx srec, const float *xp, idx 
    da_n r]; carry <- z dh (the caller adds drec W_hh). carry may be dh_run. */
 void gru_backward(idx n, idx H, const float *dh_run, idx sr, const float *dout, idx so, const float *fac, idx sf,
                   float *dxp, idx sx, float *drec, idx srec, float *carry, idx sc) {
+    ROWS_IN_PARALLEL
     for (idx r = 0; r < n; r++) {
         const float *dr = dh_run + r * sr, *dor = dout + r * so, *fr = fac + r * sf;
         float *xr = dxp + r * sx, *rr = drec + r * srec, *cr = carry + r * sc;
@@ -253,6 +296,7 @@ void gru_backward(idx n, idx H, const float *dh_run, idx sr, const float *dout, 
 /* GRU (reset before, Cho et al. 2014), first half of a step: in place sigma on the (r, z) pre-activations in
    rz (2H wide); reset = r h_prev. */
 void rb_gates(idx n, idx H, float *rz, idx srz, const float *hp, idx shp, float *reset, idx sreset) {
+    ROWS_IN_PARALLEL
     for (idx r = 0; r < n; r++) {
         float *zr = rz + r * srz, *er = reset + r * sreset;
         const float *pr = hp + r * shp;
@@ -267,6 +311,7 @@ void rb_gates(idx n, idx H, float *rz, idx srz, const float *hp, idx shp, float 
    F_r = h_prev r(1 - r) into the first 3H of the 5H row whose last 2H hold r, z already (rz points there). */
 void rb_forward(idx n, idx H, float *cand, idx scand, const float *rz, idx srz, const float *hp, idx shp,
                 float *h, idx sh, float *fac, idx sf) {
+    ROWS_IN_PARALLEL
     for (idx r = 0; r < n; r++) {
         float *nr = cand + r * scand, *hr = h + r * sh;
         const float *zr = rz + r * srz, *pr = hp + r * shp;
@@ -289,6 +334,7 @@ void rb_forward(idx n, idx H, float *cand, idx scand, const float *rz, idx srz, 
 /* Reset-before backward, first half: dh = dh_run + dout (kept in dh_out); [da_z, da_n] into dxp's last 2H. */
 void rb_backward_gates(idx n, idx H, const float *dh_run, idx sr, const float *dout, idx so, const float *fac,
                        idx sf, float *dxp, idx sx, float *dh_out, idx sd) {
+    ROWS_IN_PARALLEL
     for (idx r = 0; r < n; r++) {
         const float *dr = dh_run + r * sr, *dor = dout + r * so, *fr = fac + r * sf;
         float *xr = dxp + r * sx, *hr = dh_out + r * sd;
@@ -306,6 +352,7 @@ void rb_backward_gates(idx n, idx H, const float *dh_run, idx sr, const float *d
    (the caller adds [da_r, da_z] W_hrz). */
 void rb_backward_reset(idx n, idx H, const float *d_reset, idx sdr, const float *dh, idx sd, const float *fac,
                        idx sf, float *dxp, idx sx, float *carry, idx sc) {
+    ROWS_IN_PARALLEL
     for (idx r = 0; r < n; r++) {
         const float *er = d_reset + r * sdr, *hr = dh + r * sd, *fr = fac + r * sf;
         float *xr = dxp + r * sx, *cr = carry + r * sc;
@@ -322,8 +369,12 @@ void rb_backward_reset(idx n, idx H, const float *d_reset, idx sdr, const float 
 # separate step without it: linking a shared library with -ffast-math adds crtfastmath.o, whose constructor
 # sets flush-to-zero / denormals-are-zero for the whole process when the library is loaded, changing the
 # numerics of torch, numpy and everything else (tests/test_fast_paths.py checks that it does not).
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c99"]
-_LINK_FLAGS = ["-shared"]
+# With -fopenmp the library shares torch's OpenMP runtime (libgomp.so.1 is already loaded by torch, and the
+# loader serves the same soname from it); a compiler without OpenMP gets the serial build (-fopenmp-simd).
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
+_LINK_FLAGS = ["-shared", "-fopenmp"]
+_SERIAL_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c99"]
+_SERIAL_LINK_FLAGS = ["-shared"]
 _SIGNATURES = {  # argument kinds: i = index (long), p = pointer, f = float
     "lstm_forward": "iipipipipi",
     "lstm_backward": "iipipipipipi",
@@ -331,6 +382,7 @@ _SIGNATURES = {  # argument kinds: i = index (long), p = pointer, f = float
     "ln_lstm_backward": "ii" + "pi" * 6 + "ppp" + "pi" * 2 + "pppp",
     "gru_forward": "iipipipipipi",
     "gru_backward": "iipipipipipipi",
+    "row_threads": "ii",
     "rb_gates": "iipipipi",
     "rb_forward": "iipipipipipi",
     "rb_backward_gates": "iipipipipipi",
@@ -370,31 +422,54 @@ def _load() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, *_LINK_FLAGS, compiler, version, _cpu_flags()]).encode())
-        key = key.hexdigest()
-        directory = _cache_dir()
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = directory / f"kernels-{key[:20]}.so"
         started = time.perf_counter()
-        if not path.exists():
-            with tempfile.TemporaryDirectory(dir=directory) as scratch:
-                source = Path(scratch) / "kernels.c"
-                source.write_text(_SOURCE)
-                compiled, built = Path(scratch) / "kernels.o", Path(scratch) / "kernels.so"
-                subprocess.run([compiler, *_FLAGS, "-c", str(source), "-o", str(compiled)], check=True,
-                               capture_output=True, timeout=300)
-                subprocess.run([compiler, *_LINK_FLAGS, str(compiled), "-o", str(built), "-lm"], check=True,
-                               capture_output=True, timeout=300)
-                os.replace(built, path)  # atomic: another process sees the whole file or none
+        builds = [(_FLAGS, _LINK_FLAGS)] if _torch_uses_libgomp() else []
+        for flags, link_flags in [*builds, (_SERIAL_FLAGS, _SERIAL_LINK_FLAGS)]:
+            try:
+                path = _build(compiler, version, flags, link_flags)
+                break
+            except subprocess.CalledProcessError:  # e.g. no OpenMP: the next, serial build
+                if flags is _SERIAL_FLAGS:
+                    raise
         build_seconds = time.perf_counter() - started if build_seconds is None else build_seconds
         library = ctypes.CDLL(str(path))
         for name, kinds in _SIGNATURES.items():
             function = getattr(library, name)
             function.argtypes = [_CTYPES[kind] for kind in kinds]
-            function.restype = None
+            function.restype = ctypes.c_int if name == "row_threads" else None
         return library
     except (OSError, subprocess.SubprocessError, AttributeError):
         return None
+
+
+def _torch_uses_libgomp() -> bool:
+    """Whether torch runs on GNU OpenMP (libgomp, as the Linux wheels do): only then is the OpenMP build one
+    runtime with torch's rather than a second thread pool competing for the same cores."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libgomp" in line for line in maps)
+    except OSError:
+        return False
+
+
+def _build(compiler: str, version: str, flags: list[str], link_flags: list[str]) -> Path:
+    """The library built with these flags: from the cache, or compiled into it."""
+    key = hashlib.sha256("\0".join([_SOURCE, *flags, *link_flags, compiler, version, _cpu_flags()]).encode())
+    key = key.hexdigest()
+    directory = _cache_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"kernels-{key[:20]}.so"
+    if not path.exists():
+        with tempfile.TemporaryDirectory(dir=directory) as scratch:
+            source = Path(scratch) / "kernels.c"
+            source.write_text(_SOURCE)
+            compiled, built = Path(scratch) / "kernels.o", Path(scratch) / "kernels.so"
+            subprocess.run([compiler, *flags, "-c", str(source), "-o", str(compiled)], check=True,
+                           capture_output=True, timeout=300)
+            subprocess.run([compiler, *link_flags, str(compiled), "-o", str(built), "-lm"], check=True,
+                           capture_output=True, timeout=300)
+            os.replace(built, path)  # atomic: another process sees the whole file or none
+    return path
 
 
 def library() -> ctypes.CDLL | None:
@@ -441,8 +516,9 @@ def layer_norm_lstm_forward(rec, xp, g_hh, g_c, b_c, eps, c, h, factors, cs, sta
 
 
 def layer_norm_lstm_backward(d_h_run, d_out, d_c_run, factors, rec, cs, stats, g_hh, g_c, d_gates, d_rec,
-                             acc_hh, acc_gc, acc_bc, scratch) -> None:
+                             acc_hh, acc_gc, acc_bc) -> None:
     n, hidden = d_h_run.shape
+    scratch = d_h_run.new_zeros(library().row_threads(n, hidden), 8 * hidden)  # per thread, see the C function
     library().ln_lstm_backward(n, hidden, *_rows(d_h_run), *_rows(d_out), *_rows(d_c_run), *_rows(factors),
                                *_rows(rec), *_rows(cs), stats.data_ptr(), g_hh.data_ptr(), g_c.data_ptr(),
                                *_rows(d_gates), *_rows(d_rec), acc_hh.data_ptr(), acc_gc.data_ptr(),
