@@ -37,7 +37,7 @@ def _benchmarks_package():
     return benchmarks
 
 
-_BENCHMARKS = ("layers", "seq2seq", "minimal")
+_BENCHMARKS = ("layers", "seq2seq", "minimal", "linear")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -71,3 +71,16 @@ def test_memory_probe_prints_json(module, capsys, monkeypatch):
     assert module.main(["--memory-probe", key]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["peak_mib"] >= figures["before_mib"] > 0
+
+
+def test_linear_benchmark_quick_table(tmp_path):
+    """The products' benchmark at tiny sizes: one row per product, each saying what rnnkit.linear uses."""
+    from benchmarks import linear as products
+    from rnnkit import linear
+
+    if not linear._AVAILABLE:
+        pytest.skip("this torch has no oneDNN build: the benchmark refuses to run")
+    output = tmp_path / "linear.md"
+    assert products.main(["--quick", "--output", str(output)]) == 0
+    rows = [line for line in output.read_text().splitlines() if line.startswith("| 16 |")]
+    assert len(rows) == 5 and all(row.endswith("| torch.mm |") for row in rows)  # all below MIN_MACS
