@@ -14,10 +14,16 @@ layout of the stored factors are those of :mod:`rnnkit.fastpath` (see ``_lstm_ce
 ``_lstm_output_factors``, ``_gru_factors``); the layer-norm statistics follow ``torch.native_layer_norm``
 (biased variance, rstd = 1 / sqrt(var + eps)).
 
+A step of at least 16,384 values (B x H) is split by rows over the OpenMP threads: the library is built with
+``-fopenmp`` when torch runs on GNU OpenMP (the Linux wheels), so that it shares torch's runtime and the threads
+that have just run the step's matrix product; the layer-norm backward keeps per-thread sums of its gains'
+gradients and adds them in thread order (the same result at the same thread count). Elsewhere, or if that build
+fails, the kernels are serial (``-fopenmp-simd``).
+
 Build: with the system C compiler (``$CC``, else ``cc``), compiled with ``-O3 -march=native -ffast-math`` (glibc's
 libmvec then vectorises expf and tanhf) and linked without it (so that loading the library does not switch the
 process to flush-to-zero), into ``$RNNKIT_CACHE_DIR`` (default ``~/.cache/rnnkit``) under a name that
-hashes the source, the flags, the compiler and the CPU's flags: ~0.6-0.9 s once per machine, then a load from disk
+hashes the source, the flags, the compiler and the CPU's flags: ~0.7-1.0 s once per machine, then a load from disk
 (:data:`build_seconds` records what this process spent). No compiler, a failed build, a platform other than
 Linux or macOS, or ``RNNKIT_KERNELS=0``: :func:`available` is False and the fast path computes the same
 things with torch operations.
