@@ -43,11 +43,20 @@ def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [None], "")
 
 
+def _tracing() -> bool:
+    """Under ONNX export, TorchScript or torch.compile: those need ``F.linear`` (oneDNN's operator has no
+    ONNX form, and torch's compiler chooses its own kernels)."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or (
+        torch.compiler.is_compiling())
+
+
 def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether :func:`linear` and :func:`product` send ``x W^T (+ b)`` to oneDNN."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (
         _AVAILABLE
+        and all(isinstance(t, Tensor) for t in tensors)  # not torch.fx proxies
+        and not _tracing()
         and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided for t in tensors)
         and x.dim() >= 2
         and x.numel() * weight.shape[0] >= MIN_MACS

@@ -235,3 +235,12 @@ def test_export_run_directory(tmp_path):
     feeds = {name: torch.from_numpy(value) for name, value in encoded.items()}
     outputs = _run(_session(paths[1]), {"prev_tokens": torch.full((2,), model.bos_id), **feeds})
     assert _max_diff(outputs["log_probs"], expected) <= TOLERANCE
+
+
+def test_layer_parity_when_products_would_go_to_onednn(tmp_path, monkeypatch):
+    """With every product large enough for oneDNN (rnnkit.linear), the export still sees F.linear."""
+    from rnnkit import linear
+
+    monkeypatch.setattr(linear, "MIN_MACS", 0)
+    test_layer_parity_with_initial_state(tmp_path, LAYERS[2])
+    test_classifier_parity(tmp_path, "gru", "mean")

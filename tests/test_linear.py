@@ -85,3 +85,18 @@ def test_environment_turns_onednn_off():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_tracing_and_export_take_f_linear():
+    """ONNX export and TorchScript tracing must see F.linear (oneDNN's operator has no ONNX form)."""
+    x, weight = torch.randn(600, 256), torch.randn(1024, 256)
+    assert linear.uses_onednn(x, weight)
+    seen = []
+
+    def project(x):
+        seen.append(linear.uses_onednn(x, weight))
+        return linear.linear(x, weight)
+
+    traced = torch.jit.trace(project, (x,), check_trace=False)
+    assert seen == [False]
+    torch.testing.assert_close(traced(x), F.linear(x, weight))
