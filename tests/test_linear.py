@@ -100,3 +100,10 @@ def test_tracing_and_export_take_f_linear():
     traced = torch.jit.trace(project, (x,), check_trace=False)
     assert seen == [False]
     torch.testing.assert_close(traced(x), F.linear(x, weight))
+
+
+def test_autocast_takes_f_linear():
+    x, weight = torch.randn(600, 256), torch.randn(1024, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not linear.uses_onednn(x, weight)
+        assert linear.linear(x, weight).dtype == torch.bfloat16  # what F.linear gives under autocast
