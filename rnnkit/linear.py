@@ -4,16 +4,17 @@ A recurrent layer's input projection is one large product, (T*B, D) x (D, G*H), 
 dL/dx = g W, (T*B, G*H) x (G*H, D), and dL/dW = g^T x. With float32 on a CPU, ``torch.mm`` hands them to MKL;
 oneDNN's matmul (reached through ``torch.ops.mkldnn._linear_pointwise``, the operator torch's own compiler
 emits for linear layers) runs the first two markedly faster on the benchmark machine, an AMD EPYC with
-AVX-512 (MKL takes its AVX2 path there). Measured at T*B = 6400 with 2 threads (``benchmarks/linear.py``):
-x W^T 123 -> 161 GFLOP/s and g W 113 -> 186 GFLOP/s at (D, G*H) = (256, 1024), 105 -> 146 and 128 -> 180 at
-(512, 2048). For dL/dW (a reduction over the T*B rows) MKL was the faster one (149 against 84), so it keeps it.
+AVX-512 (MKL takes its AVX2 path there). Measured at T*B = 6400 with 2 threads
+(``python -m benchmarks.linear --repeats 5``, results in benchmarks/results/linear.md): x W^T 137 -> 186 GFLOP/s
+and g W 169 -> 212 at (D, G*H) = (256, 1024), 120 -> 156 and 134 -> 194 at (512, 2048). For dL/dW (a reduction
+over the T*B rows) MKL was the faster one (173 against 89), so it keeps it.
 
 :func:`linear` is ``F.linear`` with that choice made: oneDNN for float32 CPU tensors of at least
 :data:`MIN_MACS` multiply-adds when torch has it, else ``F.linear`` itself (so float64, gradcheck and small
-inputs take torch's path unchanged). :func:`product` makes the same choice for the fast path's per-step
-products (a step of a layer-norm LSTM at (B, H) = (64, 256): 294 -> 260 us; at (64, 512) 1049 -> 809 us).
-``RNNKIT_ONEDNN=0`` turns oneDNN off. Both compute the same products; results differ by float32 rounding (the summation
-order), which ``tests/test_linear.py`` bounds against ``F.linear``, values and gradients.
+inputs take torch's path unchanged; so do tracing, export, torch.compile and autocast). :func:`product` makes the
+same choice for the fast path's per-step products (B = 64: 103 -> 118 GFLOP/s at H = 256, 121 -> 151 at
+H = 512). ``RNNKIT_ONEDNN=0`` turns oneDNN off. Both compute the same products; results differ by float32
+rounding (the summation order), which ``tests/test_linear.py`` bounds against ``F.linear``, values and gradients.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from torch import Tensor
 
 __all__ = ["linear", "product", "uses_onednn", "MIN_MACS"]
 
-#: Fewest multiply-adds (rows x D x F) for which oneDNN is used. Below it its ~25 us of fixed cost per call
-#: loses to torch.mm (1 x 256 x 768: 29 against 17 us); above it oneDNN was 1.05-1.8x faster at every shape
-#: measured from (64, 128, 512) to (128, 512, 2048) (``benchmarks/linear.py``).
+#: Fewest multiply-adds (rows x D x F) for which oneDNN is used. Below it its fixed cost per call (~17 us
+#: against torch.mm's ~2.4 us) loses: 1 x 256 x 768 took 29 against 17 us, 8 x 256 x 768 0.74x torch.mm's speed.
+#: Above it, at the shapes measured (steps from 64 x 128 x 512 to 128 x 512 x 2048, input projections of 704 to
+#: 16,000 rows), oneDNN ran at 0.95-1.8x torch.mm's speed, below 1.0 only twice (0.95, 0.97).
 MIN_MACS = 1 << 22
 
 _AVAILABLE = (
