@@ -208,3 +208,15 @@ def write_results(text: str, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     print(f"written to {output}", file=sys.stderr)
+
+
+def begin(output: Path | None, results: Path, quick: bool, repeats: int,
+          seconds: float = 0.2) -> tuple[Path, float, str]:
+    """A benchmark's start: its results file (``--output``, else ``results``, ``*.quick.md`` with ``--quick``),
+    the seconds each timing lasts at least (0.02 with ``--quick``) and the load average before, announced on
+    stderr with the thread count and rounds."""
+    output = output or (results.with_suffix(".quick.md") if quick else results)
+    load_before = load_average()
+    print(f"benchmarking with {torch.get_num_threads()} thread(s), {repeats} rounds; load average {load_before}",
+          file=sys.stderr)
+    return output, 0.02 if quick else seconds, load_before

@@ -45,6 +45,7 @@ from benchmarks.harness import (
     Contender,
     Peak,
     Summary,
+    begin,
     load_average,
     peak_rss,
     probe,
@@ -324,11 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     if sizes is not None and any(len(s) != 3 or min(s) < 1 for s in sizes):
         parser.error(f"--sizes takes B,T,H triples of positive integers, got {args.sizes}")
     sizes = sizes or (QUICK_SIZES if args.quick else SIZES)
-    output = args.output or (RESULTS.with_suffix(".quick.md") if args.quick else RESULTS)
-    min_seconds = 0.02 if args.quick else 0.2
+    output, min_seconds, load_before = begin(args.output, RESULTS, args.quick, repeats)
     threads = torch.get_num_threads()
-    load_before = load_average()
-    print(f"benchmarking with {threads} thread(s), {repeats} rounds; load average {load_before}", file=sys.stderr)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)

@@ -23,7 +23,17 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch
 
-from benchmarks.harness import Contender, Peak, Summary, load_average, rounds, run_rounds, set_threads, write_results
+from benchmarks.harness import (
+    Contender,
+    Peak,
+    Summary,
+    begin,
+    load_average,
+    rounds,
+    run_rounds,
+    set_threads,
+    write_results,
+)
 from rnnkit import linear
 
 RESULTS = Path(__file__).resolve().parent / "results" / "linear.md"
@@ -70,11 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                          "nothing to compare")
     repeats = rounds(parser, args.repeats, args.quick)
     sizes = QUICK if args.quick else dict(hidden=HIDDEN, rows=ROWS, step_rows=STEP_ROWS)
-    output = args.output or (RESULTS.with_suffix(".quick.md") if args.quick else RESULTS)
-    min_seconds = 0.02 if args.quick else 0.2
-    load_before = load_average()
-    print(f"benchmarking with {torch.get_num_threads()} thread(s), {repeats} rounds; load average {load_before}",
-          file=sys.stderr)
+    output, min_seconds, load_before = begin(args.output, RESULTS, args.quick, repeats)
     peak = Peak(min_seconds)
     rows = []
     for size, name, count, macs, a, weight, chosen in cases(**sizes):

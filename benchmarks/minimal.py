@@ -34,6 +34,7 @@ from benchmarks.harness import (
     Contender,
     Peak,
     Summary,
+    begin,
     load_average,
     peak_rss,
     probe,
@@ -99,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     repeats = rounds(parser, args.repeats, args.quick)
     sizes = QUICK_SIZES if args.quick else SIZES
-    output = args.output or (RESULTS.with_suffix(".quick.md") if args.quick else RESULTS)
-    min_seconds = 0.02 if args.quick else 0.2
-    load_before = load_average()
-    print(f"benchmarking with {torch.get_num_threads()} thread(s), {repeats} rounds; load average {load_before}",
-          file=sys.stderr)
+    output, min_seconds, load_before = begin(args.output, RESULTS, args.quick, repeats)
     peak = Peak(min_seconds)
     rows = []
     for size in sizes:

@@ -40,6 +40,7 @@ from benchmarks.harness import (
     Contender,
     Peak,
     Summary,
+    begin,
     load_average,
     rate,
     rounds,
@@ -142,11 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = rounds(parser, args.repeats, args.quick)
     set_threads(parser, args.threads)
-    output = args.output or (RESULTS.with_suffix(".quick.md") if args.quick else RESULTS)
-    min_seconds = 0.02 if args.quick else 0.5
-    load_before = load_average()
-    print(f"benchmarking with {torch.get_num_threads()} thread(s), {repeats} rounds; load average {load_before}",
-          file=sys.stderr)
+    output, min_seconds, load_before = begin(args.output, RESULTS, args.quick, repeats, seconds=0.5)
     peak = Peak(min_seconds)
     lines_training, lines_beam, ratios = [], [], []
     for sizes in [QUICK] if args.quick else [LARGE, DEMO]:
