@@ -55,14 +55,14 @@ def _tracing() -> bool:
 def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether :func:`linear` and :func:`product` send ``x W^T (+ b)`` to oneDNN."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    return (
+    return (  # the cheap size test first: the fast path asks at every step, mostly of small products
         _AVAILABLE
         and all(isinstance(t, Tensor) for t in tensors)  # not torch.fx proxies
-        and not _tracing()
-        and not torch.is_autocast_enabled("cpu")  # F.linear casts to the autocast dtype; oneDNN here would not
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided for t in tensors)
         and x.dim() >= 2
         and x.numel() * weight.shape[0] >= MIN_MACS
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided for t in tensors)
+        and not _tracing()
+        and not torch.is_autocast_enabled("cpu")  # F.linear casts to the autocast dtype; oneDNN here would not
     )
 
 
