@@ -77,8 +77,7 @@ int row_threads(idx n, idx H) {
 #endif
 }
 
-#define ROWS_IN_PARALLEL \
-    _Pragma("omp parallel for schedule(static) num_threads(row_threads(n, H)) if (n * H >= PARALLEL_MIN)")
+#define ROWS_IN_PARALLEL _Pragma("omp parallel for schedule(static) num_threads(row_threads(n, H))")
 
 static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
 
