@@ -19,7 +19,9 @@ operations per step, and its backward computes the gradient of ``weight_hh`` as 
   ``_RecurrentGradient``), and the gradient of the hoisted input projection ``xp`` is dgates itself, so
   autograd turns it into ``dW_ih = dxp^T x`` and ``dx = dxp W_ih``, again one large product each.
 * the elementwise work of a step is one call of a C function (:mod:`rnnkit.kernels`, compiled on first use)
-  on CPU in float32, else the torch operations written out below (the same formulas).
+  on CPU in float32, else the torch operations written out below (the same formulas). The LSTM's loops, and the
+  GRU's where its products stay below rnnkit.linear's oneDNN threshold, run entirely in C, products included
+  (the same BLAS products as torch.mm; see ``_whole_sequences``).
 
 Each function computes exactly the equations of its cell in :mod:`rnnkit.cells` (the docstrings there are
 the definition); ``tests/test_fast_paths.py`` checks outputs, final states and the gradients of every input
@@ -40,6 +42,8 @@ are handled by the reference path.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import torch
@@ -197,6 +201,10 @@ class _Steps:
         """(first step, block) for every block, for per-block products."""
         return [(index * self.size, block) for index, block in enumerate(self.blocks)]
 
+    def from_step(self, t: int) -> Tensor:
+        """Steps t, t + 1, ... of t's block, (K, B, W): a start pointer for the whole-sequence kernels."""
+        return self.blocks[t // self.size][t % self.size :]
+
 
 class _RecurrentGradient:
     """dL/d(W_hh h_{t-1}) of every step, needed only for dW_hh = sum_t d_t^T h_{t-1} (and db_hh = sum_t d_t):
@@ -231,6 +239,20 @@ class _RecurrentGradient:
         if self.bias:
             total = block.sum(0)
             self.d_bias = total if self.d_bias is None else self.d_bias.add_(total)
+
+
+def _spans(steps: int, *sizes: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of steps 0 .. steps - 1 that cross no multiple of any block size in ``sizes``."""
+    bounds = sorted({0, steps, *(m for size in sizes for m in range(size, steps, size))})
+    return list(itertools.pairwise(bounds))
+
+
+def _whole_sequences(*tensors: Tensor, macs: int = 0) -> bool:
+    """Whether a recurrence runs its step loop in C (:func:`rnnkit.kernels.gru_sequence_forward` and the like),
+    with the same BLAS products as the loop in Python but without its per-step slicing and calls (~20-40 us a
+    step, more than the whole work of a small step). ``macs``: a step's product, for a loop that sends products
+    from rnnkit.linear's threshold up to oneDNN (the Python loop keeps those)."""
+    return macs < linear.MIN_MACS and kernels.sequences_available(*tensors)
 
 
 def _keeps(ctx) -> bool:
@@ -380,19 +402,25 @@ class _LSTMRecurrence(torch.autograd.Function):
         c = c0.clone()  # c_t of every row; a row stops changing after its last step
         w_t = weight_hh.t()
         fused = kernels.available(xp)
-        for t, n in enumerate(schedule):
-            torch.addmm(xp[t, :n], hs[t, :n], w_t, out=a[:n])
-            if fused:  # the same elementwise work as below, in one C call
-                kernels.lstm_forward(a[:n], c[:n], hs[t + 1, :n], factors[t, :n] if keep else None)
-                continue
-            i, f, g, o = _lstm_gates(a[:n], hidden)
-            c_prev = c[:n]
-            if keep:
-                _lstm_cell_factors(factors[t, :n], i, f, g, c_prev, hidden)
-            c_prev.mul_(f).addcmul_(i, g)  # c_t = f * c_{t-1} + i * g
-            h = torch.mul(o, _tanh(c_prev, out=tanh_c[:n]), out=hs[t + 1, :n])  # h_t = o * tanh(c_t)
-            if keep:
-                _lstm_output_factors(factors[t, :n], h, o, tanh_c[:n], hidden)
+        if fused and _whole_sequences(weight_hh, c):
+            xp = xp.contiguous()
+            for start, stop in _spans(len(schedule), factors.size if keep else len(schedule)):
+                kernels.lstm_sequence_forward(schedule[start:stop], weight_hh, xp[start:], hs[start:], c,
+                                              factors.from_step(start) if keep else None, a)
+        else:
+            for t, n in enumerate(schedule):
+                torch.addmm(xp[t, :n], hs[t, :n], w_t, out=a[:n])
+                if fused:  # the same elementwise work as below, in one C call
+                    kernels.lstm_forward(a[:n], c[:n], hs[t + 1, :n], factors[t, :n] if keep else None)
+                    continue
+                i, f, g, o = _lstm_gates(a[:n], hidden)
+                c_prev = c[:n]
+                if keep:
+                    _lstm_cell_factors(factors[t, :n], i, f, g, c_prev, hidden)
+                c_prev.mul_(f).addcmul_(i, g)  # c_t = f * c_{t-1} + i * g
+                h = torch.mul(o, _tanh(c_prev, out=tanh_c[:n]), out=hs[t + 1, :n])  # h_t = o * tanh(c_t)
+                if keep:
+                    _lstm_output_factors(factors[t, :n], h, o, tanh_c[:n], hidden)
         if keep:
             ctx.save_for_backward(hs, weight_hh, *factors.blocks)
             ctx.schedule, ctx.block = schedule, factors.size
@@ -409,18 +437,23 @@ class _LSTMRecurrence(torch.autograd.Function):
         d_h_run = d_h_n.clone()
         d_c_run = d_c_n.clone()  # dL/dc_t likewise, not yet counting h_t's own dependence on c_t
         fused = kernels.available(d_outputs, d_h_run, d_c_run)
-        for t in range(len(schedule) - 1, -1, -1):
-            n = schedule[t]
-            step_factors = factors[t, :n]
-            if fused:
-                kernels.lstm_backward(d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, d_gates[t, :n])
-                torch.mm(d_gates[t, :n], weight_hh, out=d_h_run[:n])
-                continue
-            d_h = d_h_run[:n] + d_outputs[t, :n]
-            d_c = torch.addcmul(d_c_run[:n], d_h, step_factors[:, 4 * hidden : 5 * hidden])  # dL/dc_t
-            _lstm_gate_gradients(d_gates[t, :n], d_c, d_h, step_factors, hidden)
-            torch.mm(d_gates[t, :n], weight_hh, out=d_h_run[:n])  # -> dL/dh_{t-1}
-            torch.mul(d_c, step_factors[:, 5 * hidden :], out=d_c_run[:n])  # -> dL/dc_{t-1} = dL/dc_t f_t
+        if fused and _whole_sequences(weight_hh, d_h_run, d_c_run):
+            for start, stop in reversed(_spans(len(schedule), factors.size)):
+                kernels.lstm_sequence_backward(schedule[start:stop], weight_hh, d_outputs[start:],
+                                               factors.from_step(start), d_gates[start:], d_h_run, d_c_run)
+        else:
+            for t in range(len(schedule) - 1, -1, -1):
+                n = schedule[t]
+                step_factors = factors[t, :n]
+                if fused:
+                    kernels.lstm_backward(d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, d_gates[t, :n])
+                    torch.mm(d_gates[t, :n], weight_hh, out=d_h_run[:n])
+                    continue
+                d_h = d_h_run[:n] + d_outputs[t, :n]
+                d_c = torch.addcmul(d_c_run[:n], d_h, step_factors[:, 4 * hidden : 5 * hidden])  # dL/dc_t
+                _lstm_gate_gradients(d_gates[t, :n], d_c, d_h, step_factors, hidden)
+                torch.mm(d_gates[t, :n], weight_hh, out=d_h_run[:n])  # -> dL/dh_{t-1}
+                torch.mul(d_c, step_factors[:, 5 * hidden :], out=d_c_run[:n])  # -> dL/dc_{t-1} = dL/dc_t f_t
         d_weight = _flat(d_gates).t() @ _flat(hs[:-1]) if ctx.needs_input_grad[3] else None  # (4H, T*B) x (T*B, H)
         return d_gates, d_h_run, d_c_run, d_weight, None
 
@@ -585,21 +618,28 @@ class _GRURecurrence(torch.autograd.Function):
         hs = _buffer(xp, (steps + 1, batch, hidden), padded)
         hs[0] = h0
         fused = kernels.available(xp)
-        for t, rows in enumerate(schedule):
-            rec = linear.product(hs[t, :rows], weight_hh, bias_hh)  # W_hh h_{t-1} + b_hh: (rows, 3H)
-            if fused:
-                kernels.gru_forward(rec, xp[t, :rows], hs[t, :rows], hs[t + 1, :rows],
-                                    factors[t, :rows] if keep else None)
-                continue
-            gate_values = factors[t, :rows, 3 * hidden :] if keep else rz[:rows]
-            torch.add(xp[t, :rows, : 2 * hidden], rec[:rows, : 2 * hidden], out=gate_values).sigmoid_()  # r, z
-            r, z = gate_values[:, :hidden], gate_values[:, hidden:]
-            reset_operand = rec[:rows, 2 * hidden :]  # W_hn h + b_hn
-            n = torch.addcmul(xp[t, :rows, 2 * hidden :], r, reset_operand, out=candidate[:rows])
-            _tanh(n, out=n)
-            h = torch.lerp(n, hs[t, :rows], z, out=hs[t + 1, :rows])  # n + z * (h_{t-1} - n)
-            if keep:
-                _gru_factors(factors[t, :rows], h, n, reset_operand, hidden)
+        parameters = (weight_hh,) if bias_hh is None else (weight_hh, bias_hh)
+        if fused and _whole_sequences(*parameters, macs=batch * hidden * gates):
+            xp, rec = xp.contiguous(), xp.new_empty(batch, gates)
+            for start, stop in _spans(len(schedule), factors.size if keep else len(schedule)):
+                kernels.gru_sequence_forward(schedule[start:stop], weight_hh, bias_hh, xp[start:], hs[start:],
+                                             factors.from_step(start) if keep else None, rec)
+        else:
+            for t, rows in enumerate(schedule):
+                rec = linear.product(hs[t, :rows], weight_hh, bias_hh)  # W_hh h_{t-1} + b_hh: (rows, 3H)
+                if fused:
+                    kernels.gru_forward(rec, xp[t, :rows], hs[t, :rows], hs[t + 1, :rows],
+                                        factors[t, :rows] if keep else None)
+                    continue
+                gate_values = factors[t, :rows, 3 * hidden :] if keep else rz[:rows]
+                torch.add(xp[t, :rows, : 2 * hidden], rec[:rows, : 2 * hidden], out=gate_values).sigmoid_()  # r, z
+                r, z = gate_values[:, :hidden], gate_values[:, hidden:]
+                reset_operand = rec[:rows, 2 * hidden :]  # W_hn h + b_hn
+                n = torch.addcmul(xp[t, :rows, 2 * hidden :], r, reset_operand, out=candidate[:rows])
+                _tanh(n, out=n)
+                h = torch.lerp(n, hs[t, :rows], z, out=hs[t + 1, :rows])  # n + z * (h_{t-1} - n)
+                if keep:
+                    _gru_factors(factors[t, :rows], h, n, reset_operand, hidden)
         if keep:
             ctx.save_for_backward(hs, weight_hh, *factors.blocks)
             ctx.schedule, ctx.block, ctx.has_bias = schedule, factors.size, bias_hh is not None
@@ -618,27 +658,36 @@ class _GRURecurrence(torch.autograd.Function):
         d_recurrent = _RecurrentGradient(d_outputs, hs, 3 * hidden, needs[2], ctx.has_bias and needs[3])
         d_h_run = d_h_n.clone()
         fused = kernels.available(d_outputs, d_h_run)
-        for t in range(len(schedule) - 1, -1, -1):
-            rows = schedule[t]
-            step_factors = factors[t, :rows]
-            d_rec = d_recurrent.step(t, rows)[:rows]  # dL/d(W_hh h_{t-1} + b_hh)
-            if fused:
-                kernels.gru_backward(d_h_run[:rows], d_outputs[t, :rows], step_factors, d_xp[t, :rows], d_rec,
-                                     d_h_run[:rows])
-                d_h_run[:rows] += linear.product(d_rec, weight_hh.t())  # + dL/d(W_hh h_{t-1}) W_hh
+        if fused and _whole_sequences(weight_hh, d_h_run, macs=batch * hidden * 3 * hidden):
+            # A slot of d_recurrent's block keeps zeros past n_t: the steps that used it before (later ones, the
+            # backward runs in reverse) had at most n_t rows.
+            for start, stop in reversed(_spans(len(schedule), factors.size, d_recurrent.size)):
+                kernels.gru_sequence_backward(schedule[start:stop], weight_hh, d_outputs[start:],
+                                              factors.from_step(start), d_xp[start:],
+                                              d_recurrent.block[start % d_recurrent.size :], d_h_run)
+                d_recurrent.done(start)
+        else:
+            for t in range(len(schedule) - 1, -1, -1):
+                rows = schedule[t]
+                step_factors = factors[t, :rows]
+                d_rec = d_recurrent.step(t, rows)[:rows]  # dL/d(W_hh h_{t-1} + b_hh)
+                if fused:
+                    kernels.gru_backward(d_h_run[:rows], d_outputs[t, :rows], step_factors, d_xp[t, :rows], d_rec,
+                                         d_h_run[:rows])
+                    d_h_run[:rows] += linear.product(d_rec, weight_hh.t())  # + dL/d(W_hh h_{t-1}) W_hh
+                    d_recurrent.done(t)
+                    continue
+                d_h = d_h_run[:rows] + d_outputs[t, :rows]
+                # [dL/d(pre z), dL/d(pre n)] = dh * [F_z, F_n]
+                torch.mul(d_h.unsqueeze(1), step_factors[:, : 2 * hidden].unflatten(1, (2, hidden)),
+                          out=d_xp[t, :rows, hidden:].unflatten(1, (2, hidden)))
+                d_n = d_xp[t, :rows, 2 * hidden :]
+                torch.mul(d_n, step_factors[:, 2 * hidden : 3 * hidden], out=d_xp[t, :rows, :hidden])  # dL/d(pre r)
+                d_rec[:, : 2 * hidden] = d_xp[t, :rows, : 2 * hidden]
+                torch.mul(d_n, step_factors[:, 3 * hidden : 4 * hidden], out=d_rec[:, 2 * hidden :])
+                # dL/dh_{t-1} = z dh + dL/d(W_hh h_{t-1}) W_hh
+                torch.mul(step_factors[:, 4 * hidden :], d_h, out=d_h_run[:rows]).addmm_(d_rec, weight_hh)
                 d_recurrent.done(t)
-                continue
-            d_h = d_h_run[:rows] + d_outputs[t, :rows]
-            # [dL/d(pre z), dL/d(pre n)] = dh * [F_z, F_n]
-            torch.mul(d_h.unsqueeze(1), step_factors[:, : 2 * hidden].unflatten(1, (2, hidden)),
-                      out=d_xp[t, :rows, hidden:].unflatten(1, (2, hidden)))
-            d_n = d_xp[t, :rows, 2 * hidden :]
-            torch.mul(d_n, step_factors[:, 2 * hidden : 3 * hidden], out=d_xp[t, :rows, :hidden])  # dL/d(pre r)
-            d_rec[:, : 2 * hidden] = d_xp[t, :rows, : 2 * hidden]
-            torch.mul(d_n, step_factors[:, 3 * hidden : 4 * hidden], out=d_rec[:, 2 * hidden :])
-            # dL/dh_{t-1} = z dh + dL/d(W_hh h_{t-1}) W_hh
-            torch.mul(step_factors[:, 4 * hidden :], d_h, out=d_h_run[:rows]).addmm_(d_rec, weight_hh)
-            d_recurrent.done(t)
         return d_xp, d_h_run, d_recurrent.d_weight, d_recurrent.d_bias, None
 
 

@@ -10,6 +10,7 @@ drop-in layers' choice of path ("auto") against torch.nn.
 from __future__ import annotations
 
 import itertools
+import platform
 
 import pytest
 import torch
@@ -81,12 +82,21 @@ def test_every_cell_has_a_fast_path(name):
     assert fastpath.supports(CELLS[name](D))
 
 
-@pytest.fixture(params=["kernels", "torch"])
+@pytest.fixture(params=["sequences", "kernels", "torch"])
 def elementwise(request, monkeypatch):
-    """Run the fast path's elementwise work with the C kernels, or with torch operations."""
-    if request.param == "kernels":
+    """Run the fast path's step loops in C where they apply ("sequences", the default: LSTM, and GRU below
+    rnnkit.linear's threshold), its elementwise work with one C kernel a step ("kernels": the Python step loop,
+    as without torch's sgemm_), or with torch operations."""
+    if request.param in ("sequences", "kernels"):
         if kernels.library() is None:
             pytest.skip("rnnkit.kernels could not be built here (no C compiler?)")
+    if request.param == "sequences":
+        if not kernels.sequences_available(torch.zeros(2, 3)):
+            if platform.system() == "Linux" and platform.machine() == "x86_64":
+                pytest.fail("torch's sgemm_ was not found: the x86-64 Linux wheels export it from libtorch_cpu")
+            pytest.skip("this torch exports no usable sgemm_: the step loops stay in Python")
+    elif request.param == "kernels":
+        monkeypatch.setattr(kernels, "_sgemm", 0)
     else:
         monkeypatch.setattr(kernels, "available", lambda *tensors: False)
     return request.param
