@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from rnnkit import kernels, linear
 from rnnkit.cells import LAYER_NORM_EPS, GRUCell, LSTMCell, RNNCell, State
 
-__all__ = ["supports", "run", "linear_recurrence"]
+__all__ = ["supports", "input_projection", "run", "linear_recurrence"]
 
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
 
@@ -81,12 +81,21 @@ def supports(cell: nn.Module) -> bool:
     return False
 
 
+def input_projection(cell: nn.Module, x: Tensor) -> Tensor:
+    """What :func:`run` takes as ``xp``: ``cell.input_projection(x)``, except for the layer-norm LSTM: W_ih x only,
+    whose normalisation (and the biases) :func:`run` applies inside each step (one pass over the step's values,
+    rather than one more pass over all steps forward and backward, and two fewer (T, B, 4H) tensors)."""
+    if type(cell) is LSTMCell and cell.layer_norm:
+        return linear.linear(x, cell.weight_ih)
+    return cell.input_projection(x)
+
+
 def run(cell: nn.Module, xp: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
     """Run ``cell`` over all steps of the hoisted input projection.
 
     Args:
         cell: a cell for which :func:`supports` is True.
-        xp: (T, B, G*H) ``cell.input_projection(x)`` of every step.
+        xp: (T, B, G*H) :func:`input_projection` of every step.
         state: the initial state, h_0 (B, H) or (h_0, c_0).
         lengths: (B,) int64 lengths in [1, T] (the valid prefix of each sequence), or None (all T).
     Returns:
@@ -116,9 +125,11 @@ def _run_sorted(cell: nn.Module, xp: Tensor, state: State, running: list[int] | 
     """:func:`run` on a batch sorted longest first; ``running`` is n_t for every step (None: all B)."""
     if type(cell) is LSTMCell:
         h0, c0 = state
-        if cell.layer_norm:
+        if cell.layer_norm:  # xp = W_ih x: its normalisation and the biases are part of the recurrence
+            bias = cell.bias_ih + cell.bias_hh if cell.bias else None
             outputs, h_n, c_n = _LayerNormLSTMRecurrence.apply(
-                xp, h0, c0, cell.weight_hh, cell.ln_hh_weight, cell.ln_cell_weight, cell.ln_cell_bias, running
+                xp, h0, c0, cell.weight_hh, cell.ln_ih_weight, bias, cell.ln_hh_weight, cell.ln_cell_weight,
+                cell.ln_cell_bias, running
             )
         else:
             outputs, h_n, c_n = _LSTMRecurrence.apply(xp, h0, c0, cell.weight_hh, running)
@@ -459,14 +470,17 @@ class _LSTMRecurrence(torch.autograd.Function):
 
 
 class _LayerNormLSTMRecurrence(torch.autograd.Function):
-    """:class:`rnnkit.LSTMCell` with ``layer_norm=True`` (Ba et al. 2016, eq. 20-22) over all steps::
+    """:class:`rnnkit.LSTMCell` with ``layer_norm=True`` (Ba et al. 2016, eq. 20-22) over all steps, from
+    xp_t = W_ih x_t::
 
-        gates = xp_t + LN(W_hh h_{t-1}; a_hh),   xp_t = LN(W_ih x_t; a_ih) + b_ih + b_hh
+        gates = LN(xp_t; a_ih) + b_ih + b_hh + LN(W_hh h_{t-1}; a_hh)
         h_t = o_t * tanh(LN(c_t; a_c, b_c))
+
+    ``bias`` is b_ih + b_hh (None without biases).
     """
 
     @staticmethod
-    def forward(ctx, xp, h0, c0, weight_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, running):
+    def forward(ctx, xp, h0, c0, weight_hh, ln_ih_weight, bias, ln_hh_weight, ln_cell_weight, ln_cell_bias, running):
         steps, batch, gates = xp.shape
         hidden = gates // 4
         schedule = _schedule(running, steps, batch)
@@ -475,28 +489,35 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
         a = xp.new_empty(batch, gates)
         tanh_shown = xp.new_empty(batch, hidden)
         hs = _buffer(xp, (steps + 1, batch, hidden), padded)
+        # mean and 1/std per step and row of W_hh h, of c and of W_ih x: [mean_rec, rstd_rec, mean_c, rstd_c,
+        # mean_x, rstd_x]
+        step_stats = xp.new_empty(steps, batch, 6) if keep else None
         if keep:  # the normalisations' inputs and statistics, for their backward
             recurrent = []  # W_hh h_{t-1} of every step, (n_t, 4H) each
             cs = _Steps.empty(xp, steps, batch, hidden)  # c_t
-            # mean and 1/std of W_hh h and of c, per step and row: [mean_rec, rstd_rec, mean_c, rstd_c]
-            step_stats = xp.new_empty(steps, batch, 4)
-            stats = step_stats.permute(2, 0, 1).unsqueeze(-1)  # (4, T, B, 1) views for the torch operations
+            stats = step_stats.permute(2, 0, 1).unsqueeze(-1)  # (6, T, B, 1) views for the torch operations
             factors = _Steps.empty(xp, steps, batch, 6 * hidden)
         hs[0] = h0
         c = c0.clone()
         fused = kernels.available(xp)
+        shift = bias if bias is not None else xp.new_zeros(gates)
+        if not fused:  # LN(W_ih x) + b of all steps at once (the kernel normalises each step's rows itself)
+            xp_normalised, mean_x, rstd_x = torch.native_layer_norm(xp, (gates,), ln_ih_weight, bias,
+                                                                    LAYER_NORM_EPS)
+            if keep:
+                stats[4], stats[5] = mean_x, rstd_x
         for t, n in enumerate(schedule):
             r = linear.product(hs[t, :n], weight_hh)  # W_hh h_{t-1}: (n, 4H)
             if keep:
                 recurrent.append(r)
             if fused:
                 kernels.layer_norm_lstm_forward(
-                    r, xp[t, :n], ln_hh_weight, ln_cell_weight, ln_cell_bias, LAYER_NORM_EPS, c[:n], hs[t + 1, :n],
-                    factors[t, :n] if keep else None, cs[t, :n] if keep else None,
+                    r, xp[t, :n], ln_ih_weight, shift, ln_hh_weight, ln_cell_weight, ln_cell_bias, LAYER_NORM_EPS,
+                    c[:n], hs[t + 1, :n], factors[t, :n] if keep else None, cs[t, :n] if keep else None,
                     step_stats[t, :n] if keep else None)
                 continue
             normalised, mean, rstd = torch.native_layer_norm(r, (gates,), ln_hh_weight, None, LAYER_NORM_EPS)
-            i, f, g, o = _lstm_gates(torch.add(xp[t, :n], normalised, out=a[:n]), hidden)
+            i, f, g, o = _lstm_gates(torch.add(xp_normalised[t, :n], normalised, out=a[:n]), hidden)
             c_prev = c[:n]
             if keep:
                 stats[0, t, :n], stats[1, t, :n] = mean, rstd
@@ -510,16 +531,17 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
                 stats[2, t, :n], stats[3, t, :n] = mean, rstd
                 _lstm_output_factors(factors[t, :n], h, o, tanh_shown[:n], hidden)
         if keep:
-            ctx.save_for_backward(step_stats, hs, weight_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias,
-                                  *recurrent, *cs.blocks, *factors.blocks)
+            ctx.save_for_backward(xp, step_stats, hs, weight_hh, ln_ih_weight, shift, ln_hh_weight, ln_cell_weight,
+                                  ln_cell_bias, *recurrent, *cs.blocks, *factors.blocks)
             ctx.blocks = [(len(store.blocks), store.size) for store in (cs, factors)]
-            ctx.schedule = schedule
+            ctx.schedule, ctx.has_bias = schedule, bias is not None
         return hs[1:], _finals(hs, schedule, batch), c
 
     @staticmethod
     def backward(ctx, d_outputs, d_h_n, d_c_n):
         d_outputs = d_outputs.contiguous()  # (an output's gradient may be expanded, e.g. from .sum())
-        step_stats, hs, weight_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, *blocks = ctx.saved_tensors
+        (xp, step_stats, hs, weight_hh, ln_ih_weight, shift, ln_hh_weight, ln_cell_weight, ln_cell_bias,
+         *blocks) = ctx.saved_tensors
         schedule = ctx.schedule
         recurrent, blocks = blocks[: len(schedule)], blocks[len(schedule) :]  # W_hh h_{t-1}, (n_t, 4H) each
         stores = []
@@ -531,10 +553,12 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
         gates = 4 * hidden
         needs = ctx.needs_input_grad
         padded = len(schedule) < steps or min(schedule) < batch
-        d_gates = _buffer(d_outputs, (steps, batch, gates), padded)  # dL/d(pre-activations)
+        # dL/d(pre-activations) of each step; the kernels replace them by dL/d xp in place
+        d_gates = _buffer(d_outputs, (steps, batch, gates), padded)
         d_recurrent = _RecurrentGradient(d_outputs, hs, gates, needs[3], False)  # dL/d(W_hh h_{t-1})
         d_shown = d_outputs.new_empty(batch, hidden)  # dL/d LN(c_t)
         # The normalisations' parameter gradients, summed over steps (LN's backward sums over the rows).
+        d_ln_ih, d_bias = torch.zeros_like(ln_ih_weight), torch.zeros_like(shift)
         d_ln_hh = torch.zeros_like(ln_hh_weight)
         d_ln_cell = torch.zeros_like(ln_cell_weight)
         d_ln_cell_bias = torch.zeros_like(ln_cell_bias)
@@ -545,37 +569,42 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
             n = schedule[t]
             step_factors = factors[t, :n]
             d_rec = d_recurrent.step(t, n)
-            if fused:  # also adds the three normalisation gains' and shift's gradients
+            if fused:  # also adds the normalisation gains' and shifts' gradients
                 kernels.layer_norm_lstm_backward(
-                    d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, recurrent[t], cs[t, :n],
-                    step_stats[t, :n], ln_hh_weight, ln_cell_weight, d_gates[t, :n], d_rec[:n], d_ln_hh,
-                    d_ln_cell, d_ln_cell_bias)
+                    d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, recurrent[t], xp[t, :n], cs[t, :n],
+                    step_stats[t, :n], ln_ih_weight, ln_hh_weight, ln_cell_weight, d_gates[t, :n], d_rec[:n],
+                    d_ln_ih, d_bias, d_ln_hh, d_ln_cell, d_ln_cell_bias)
                 d_h_run[:n] = linear.product(d_rec[:n], weight_hh.t())  # dL/dh_{t-1} = dL/d(W_hh h) W_hh
                 d_recurrent.done(t)
                 continue
-            mean_rec, rstd_rec, mean_c, rstd_c = step_stats[t, :n].t().contiguous().unsqueeze(-1)  # 4 x (n, 1)
+            mean_rec, rstd_rec, mean_c, rstd_c = step_stats[t, :n, :4].t().contiguous().unsqueeze(-1)  # (n, 1) each
             d_h = d_h_run[:n] + d_outputs[t, :n]
             torch.mul(d_h, step_factors[:, 4 * hidden : 5 * hidden], out=d_shown[:n])
             d_cell, d_gain, d_shift = _layer_norm_backward(
                 d_shown[:n], cs[t, :n], (hidden,), mean_c, rstd_c, ln_cell_weight, ln_cell_bias,
-                [True, needs[5], needs[6]])
+                [True, needs[7], needs[8]])
             d_c = d_c_run[:n] + d_cell
             _lstm_gate_gradients(d_gates[t, :n], d_c, d_h, step_factors, hidden)
             d_rec_n, d_rec_gain, _ = _layer_norm_backward(
                 d_gates[t, :n], recurrent[t], (gates,), mean_rec, rstd_rec, ln_hh_weight, None,
-                [True, needs[4], False])
+                [True, needs[6], False])
             d_rec[:n] = d_rec_n
             d_h_run[:n] = linear.product(d_rec_n, weight_hh.t())
             d_recurrent.done(t)
             torch.mul(d_c, step_factors[:, 5 * hidden :], out=d_c_run[:n])
-            if needs[4]:
-                d_ln_hh += d_rec_gain
-            if needs[5]:
-                d_ln_cell += d_gain
             if needs[6]:
+                d_ln_hh += d_rec_gain
+            if needs[7]:
+                d_ln_cell += d_gain
+            if needs[8]:
                 d_ln_cell_bias += d_shift
-        return (d_gates, d_h_run, d_c_run, d_recurrent.d_weight, d_ln_hh if needs[4] else None,
-                d_ln_cell if needs[5] else None, d_ln_cell_bias if needs[6] else None, None)
+        if not fused:  # LN(W_ih x)'s backward over all steps at once
+            mean_x, rstd_x = step_stats[..., 4:5].contiguous(), step_stats[..., 5:6].contiguous()
+            d_gates, d_ln_ih, d_bias = _layer_norm_backward(d_gates, xp, (gates,), mean_x, rstd_x, ln_ih_weight,
+                                                            shift, [True, needs[4], needs[5]])
+        return (d_gates, d_h_run, d_c_run, d_recurrent.d_weight, d_ln_ih if needs[4] else None,
+                d_bias if needs[5] and ctx.has_bias else None, d_ln_hh if needs[6] else None,
+                d_ln_cell if needs[7] else None, d_ln_cell_bias if needs[8] else None, None)
 
 
 # -- GRU ----------------------------------------------------------------------------------------------------------

@@ -134,29 +134,37 @@ void lstm_backward(idx n, idx H, const float *dh_run, idx sr, const float *dout,
     }
 }
 
-/* Layer-norm LSTM, one step (Ba et al. 2016): a = xp + LN(rec; g_hh); gates; c_t; s = LN(c_t; g_c, b_c);
-   h = o tanh(s). c in/out; cs (may be NULL): c_t copy; stats (may be NULL): mean and rstd of rec and of c_t,
-   4 per row; fac as in lstm_forward with tanh(s) in place of tanh(c_t). */
-void ln_lstm_forward(idx n, idx H, const float *rec, idx srec, const float *xp, idx sx, const float *g_hh,
-                     const float *g_c, const float *b_c, float eps, float *c, idx sc, float *h, idx sh,
-                     float *fac, idx sf, float *cs, idx scs, float *stats) {
+/* Layer-norm LSTM, one step (Ba et al. 2016): a = LN(xp; g_ih) + b + LN(rec; g_hh), where xp = W_ih x (raw; its
+   normalisation is fused here rather than a separate pass over all steps) and b = b_ih + b_hh (zeros without
+   biases); gates; c_t; s = LN(c_t; g_c, b_c); h = o tanh(s). c in/out; cs (may be NULL): c_t copy; stats (may be
+   NULL): mean and rstd of rec, of c_t and of xp, 6 per row; fac as in lstm_forward with tanh(s) in place of
+   tanh(c_t). */
+void ln_lstm_forward(idx n, idx H, const float *rec, idx srec, const float *xp, idx sx, const float *g_ih,
+                     const float *b, const float *g_hh, const float *g_c, const float *b_c, float eps, float *c,
+                     idx sc, float *h, idx sh, float *fac, idx sf, float *cs, idx scs, float *stats) {
     ROWS_IN_PARALLEL
     for (idx r = 0; r < n; r++) {
         const float *rr = rec + r * srec, *xr = xp + r * sx;
         float *cr = c + r * sc, *hr = h + r * sh;
         float *fr = fac ? fac + r * sf : NULL;
-        float sum = 0.0f, sq = 0.0f, csum = 0.0f, csq = 0.0f;
-        #pragma omp simd reduction(+:sum)
-        for (idx k = 0; k < 4 * H; k++) { sum += rr[k]; }
-        float mean = sum / (float)(4 * H);
-        #pragma omp simd reduction(+:sq)
-        for (idx k = 0; k < 4 * H; k++) { float d = rr[k] - mean; sq += d * d; }
-        float rstd = 1.0f / sqrtf(sq / (float)(4 * H) + eps);
+        float sum = 0.0f, sq = 0.0f, csum = 0.0f, csq = 0.0f, xsum = 0.0f, xsq = 0.0f;
+        #pragma omp simd reduction(+:sum, xsum)
+        for (idx k = 0; k < 4 * H; k++) { sum += rr[k]; xsum += xr[k]; }
+        float mean = sum / (float)(4 * H), xmean = xsum / (float)(4 * H);
+        #pragma omp simd reduction(+:sq, xsq)
+        for (idx k = 0; k < 4 * H; k++) {
+            float d = rr[k] - mean, e = xr[k] - xmean;
+            sq += d * d;
+            xsq += e * e;
+        }
+        float rstd = 1.0f / sqrtf(sq / (float)(4 * H) + eps), xrstd = 1.0f / sqrtf(xsq / (float)(4 * H) + eps);
         #pragma omp simd
         for (idx k = 0; k < H; k++) {
-            float ai = xr[k] + g_hh[k] * (rr[k] - mean) * rstd;
-            float af = xr[H + k] + g_hh[H + k] * (rr[H + k] - mean) * rstd;
-            float ag = xr[2 * H + k] + g_hh[2 * H + k] * (rr[2 * H + k] - mean) * rstd;
+            float ai = g_ih[k] * (xr[k] - xmean) * xrstd + b[k] + g_hh[k] * (rr[k] - mean) * rstd;
+            float af = g_ih[H + k] * (xr[H + k] - xmean) * xrstd + b[H + k]
+                       + g_hh[H + k] * (rr[H + k] - mean) * rstd;
+            float ag = g_ih[2 * H + k] * (xr[2 * H + k] - xmean) * xrstd + b[2 * H + k]
+                       + g_hh[2 * H + k] * (rr[2 * H + k] - mean) * rstd;
             float i = sigm(ai), f = sigm(af), g = tanhf(ag);
             float cp = cr[k], cn = f * cp + i * g;
             cr[k] = cn;
@@ -175,7 +183,8 @@ void ln_lstm_forward(idx n, idx H, const float *rec, idx srec, const float *xp, 
         float crstd = 1.0f / sqrtf(csq / (float)H + eps);
         #pragma omp simd
         for (idx k = 0; k < H; k++) {
-            float o = sigm(xr[3 * H + k] + g_hh[3 * H + k] * (rr[3 * H + k] - mean) * rstd);
+            float o = sigm(g_ih[3 * H + k] * (xr[3 * H + k] - xmean) * xrstd + b[3 * H + k]
+                           + g_hh[3 * H + k] * (rr[3 * H + k] - mean) * rstd);
             float ts = tanhf(g_c[k] * (cr[k] - cmean) * crstd + b_c[k]);
             float hv = o * ts;
             hr[k] = hv;
@@ -185,33 +194,39 @@ void ln_lstm_forward(idx n, idx H, const float *rec, idx srec, const float *xp, 
             }
             if (cs) { cs[r * scs + k] = cr[k]; }
         }
-        if (stats) { stats[4 * r] = mean; stats[4 * r + 1] = rstd; stats[4 * r + 2] = cmean; stats[4 * r + 3] = crstd; }
+        if (stats) {
+            float *st = stats + 6 * r;
+            st[0] = mean; st[1] = rstd; st[2] = cmean; st[3] = crstd; st[4] = xmean; st[5] = xrstd;
+        }
     }
 }
 
-/* Layer-norm LSTM backward, one step: through h = o tanh(LN(c)), LN(c)'s backward, the gates, and LN(rec)'s
-   backward. dg: gate gradients (4H); drec: dL/d rec (4H); dc_run <- dc f; the gains' and shift's gradients are
-   added to acc_hh (4H), acc_gc (H), acc_bc (H). */
+/* Layer-norm LSTM backward, one step: through h = o tanh(LN(c)), LN(c)'s backward, the gates, LN(rec)'s and
+   LN(xp)'s backward. dxp: dL/d xp (4H, xp raw as in ln_lstm_forward); drec: dL/d rec (4H); dc_run <- dc f; the
+   gains' and shifts' gradients are added to acc_hh (4H), acc_gc (H), acc_bc (H), acc_ih (4H), acc_b (4H). */
 void ln_lstm_backward(idx n, idx H, const float *dh_run, idx sr, const float *dout, idx so, float *dc_run, idx sc,
-                      const float *fac, idx sf, const float *rec, idx srec, const float *cs, idx scs,
-                      const float *stats, const float *g_hh, const float *g_c, float *dg, idx sg, float *drec,
-                      idx sdrec, float *acc_hh, float *acc_gc, float *acc_bc, float *scratch) {
-    /* scratch: row_threads(n, H) blocks of 8H zeros, one per thread: the row's dh and d_shown (2H), then the
-       thread's sums of the gains' and shift's gradients (4H + H + H), added to acc_* in thread order after. */
+                      const float *fac, idx sf, const float *rec, idx srec, const float *xp, idx sx, const float *cs,
+                      idx scs, const float *stats, const float *g_ih, const float *g_hh, const float *g_c,
+                      float *dxp, idx sg, float *drec, idx sdrec, float *acc_ih, float *acc_b, float *acc_hh,
+                      float *acc_gc, float *acc_bc, float *scratch) {
+    /* scratch: row_threads(n, H) blocks of 16H zeros, one per thread: the row's dh and d_shown (2H), then the
+       thread's sums of the gains' and shifts' gradients (4H + H + H + 4H + 4H), added to acc_* in thread order
+       after. The gate gradients are computed into dxp's row, then replaced by LN(xp)'s backward of them. */
     int threads = row_threads(n, H);
     #pragma omp parallel num_threads(threads) if (threads > 1)
     {
 #ifdef _OPENMP
-    float *own = scratch + 8 * H * (idx)omp_get_thread_num();
+    float *own = scratch + 16 * H * (idx)omp_get_thread_num();
 #else
     float *own = scratch;
 #endif
     float *dhs = own, *dss = own + H, *sum_hh = own + 2 * H, *sum_gc = own + 6 * H, *sum_bc = own + 7 * H;
+    float *sum_ih = own + 8 * H, *sum_b = own + 12 * H;
     #pragma omp for schedule(static)
     for (idx r = 0; r < n; r++) {
         const float *dr = dh_run + r * sr, *dor = dout + r * so, *fr = fac + r * sf, *rr = rec + r * srec;
-        const float *cr = cs + r * scs, *st = stats + 4 * r;
-        float *ccr = dc_run + r * sc, *gr = dg + r * sg, *drr = drec + r * sdrec;
+        const float *cr = cs + r * scs, *st = stats + 6 * r, *xr = xp + r * sx;
+        float *ccr = dc_run + r * sc, *gr = dxp + r * sg, *drr = drec + r * sdrec;
         float mean = st[0], rstd = st[1], cmean = st[2], crstd = st[3];
         float m1 = 0.0f, m2 = 0.0f;
         #pragma omp simd reduction(+:m1, m2)
@@ -250,11 +265,30 @@ void ln_lstm_backward(idx n, idx H, const float *dh_run, idx sr, const float *do
             float xhat = (rr[k] - mean) * rstd;
             drr[k] = rstd * (gr[k] * g_hh[k] - nmean1 - xhat * nmean2);
         }
+        float xmean = st[4], xrstd = st[5], p1 = 0.0f, p2 = 0.0f;
+        #pragma omp simd reduction(+:p1, p2)
+        for (idx k = 0; k < 4 * H; k++) {
+            float xhat = (xr[k] - xmean) * xrstd, dy = gr[k] * g_ih[k];
+            p1 += dy;
+            p2 += dy * xhat;
+            sum_ih[k] += gr[k] * xhat;
+            sum_b[k] += gr[k];
+        }
+        float pmean1 = p1 / (float)(4 * H), pmean2 = p2 / (float)(4 * H);
+        #pragma omp simd
+        for (idx k = 0; k < 4 * H; k++) {
+            float xhat = (xr[k] - xmean) * xrstd;
+            gr[k] = xrstd * (gr[k] * g_ih[k] - pmean1 - xhat * pmean2);
+        }
     }
     }
     for (int t = 0; t < threads; t++) {
-        const float *own = scratch + 8 * H * (idx)t;
-        for (idx k = 0; k < 4 * H; k++) { acc_hh[k] += own[2 * H + k]; }
+        const float *own = scratch + 16 * H * (idx)t;
+        for (idx k = 0; k < 4 * H; k++) {
+            acc_hh[k] += own[2 * H + k];
+            acc_ih[k] += own[8 * H + k];
+            acc_b[k] += own[12 * H + k];
+        }
         for (idx k = 0; k < H; k++) { acc_gc[k] += own[6 * H + k]; acc_bc[k] += own[7 * H + k]; }
     }
 }
@@ -464,8 +498,8 @@ _SERIAL_LINK_FLAGS = ["-shared"]
 _SIGNATURES = {  # argument kinds: i = index (long), p = pointer, f = float
     "lstm_forward": "iipipipipi",
     "lstm_backward": "iipipipipipi",
-    "ln_lstm_forward": "iipipipppfpipipipip",
-    "ln_lstm_backward": "ii" + "pi" * 6 + "ppp" + "pi" * 2 + "pppp",
+    "ln_lstm_forward": "iipipipppppfpipipipip",
+    "ln_lstm_backward": "ii" + "pi" * 7 + "pppp" + "pi" * 2 + "pppppp",
     "gru_forward": "iipipipipipi",
     "gru_backward": "iipipipipipipi",
     "row_threads": "ii",
@@ -668,21 +702,22 @@ def lstm_backward(d_h_run: Tensor, d_out: Tensor, d_c_run: Tensor, factors: Tens
                             *_rows(d_gates))
 
 
-def layer_norm_lstm_forward(rec, xp, g_hh, g_c, b_c, eps, c, h, factors, cs, stats) -> None:
+def layer_norm_lstm_forward(rec, xp, g_ih, b, g_hh, g_c, b_c, eps, c, h, factors, cs, stats) -> None:
     n, hidden = c.shape
-    library().ln_lstm_forward(n, hidden, *_rows(rec), *_rows(xp), g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr(),
-                              eps, *_rows(c), *_rows(h), *_rows(factors), *_rows(cs),
-                              0 if stats is None else stats.data_ptr())
+    library().ln_lstm_forward(n, hidden, *_rows(rec), *_rows(xp), g_ih.data_ptr(), b.data_ptr(), g_hh.data_ptr(),
+                              g_c.data_ptr(), b_c.data_ptr(), eps, *_rows(c), *_rows(h), *_rows(factors),
+                              *_rows(cs), 0 if stats is None else stats.data_ptr())
 
 
-def layer_norm_lstm_backward(d_h_run, d_out, d_c_run, factors, rec, cs, stats, g_hh, g_c, d_gates, d_rec,
-                             acc_hh, acc_gc, acc_bc) -> None:
+def layer_norm_lstm_backward(d_h_run, d_out, d_c_run, factors, rec, xp, cs, stats, g_ih, g_hh, g_c, d_xp, d_rec,
+                             acc_ih, acc_b, acc_hh, acc_gc, acc_bc) -> None:
     n, hidden = d_h_run.shape
-    scratch = d_h_run.new_zeros(library().row_threads(n, hidden), 8 * hidden)  # per thread, see the C function
+    scratch = d_h_run.new_zeros(library().row_threads(n, hidden), 16 * hidden)  # per thread, see the C function
     library().ln_lstm_backward(n, hidden, *_rows(d_h_run), *_rows(d_out), *_rows(d_c_run), *_rows(factors),
-                               *_rows(rec), *_rows(cs), stats.data_ptr(), g_hh.data_ptr(), g_c.data_ptr(),
-                               *_rows(d_gates), *_rows(d_rec), acc_hh.data_ptr(), acc_gc.data_ptr(),
-                               acc_bc.data_ptr(), scratch.data_ptr())
+                               *_rows(rec), *_rows(xp), *_rows(cs), stats.data_ptr(), g_ih.data_ptr(),
+                               g_hh.data_ptr(), g_c.data_ptr(), *_rows(d_xp), *_rows(d_rec), acc_ih.data_ptr(),
+                               acc_b.data_ptr(), acc_hh.data_ptr(), acc_gc.data_ptr(), acc_bc.data_ptr(),
+                               scratch.data_ptr())
 
 
 def gru_forward(rec: Tensor, xp: Tensor, h_prev: Tensor, h: Tensor, factors: Tensor | None) -> None:

@@ -132,7 +132,7 @@ def _run_direction(
         x = x.flip(0)
     project = getattr(cell, "input_projection", None)
     if fast_path and recurrent_mask is None and zoneout == 0.0 and fastpath.supports(cell):
-        output, state = fastpath.run(cell, project(x), state, lengths)
+        output, state = fastpath.run(cell, fastpath.input_projection(cell, x), state, lengths)
     elif project is not None:
         xp = project(x)  # (T, B, G*H): every step's input contribution in one matrix product
         output, state = _step_loop(cell.recur, xp, state, valid, recurrent_mask, zoneout, training)
