@@ -20,8 +20,8 @@ operations per step, and its backward computes the gradient of ``weight_hh`` as 
   autograd turns it into ``dW_ih = dxp^T x`` and ``dx = dxp W_ih``, again one large product each.
 * the elementwise work of a step is one call of a C function (:mod:`rnnkit.kernels`, compiled on first use)
   on CPU in float32, else the torch operations written out below (the same formulas). The LSTM's loops, and the
-  GRU's where its products stay below rnnkit.linear's oneDNN threshold, run entirely in C, products included
-  (the same BLAS products as torch.mm; see ``_whole_sequences``).
+  GRU's and the layer-norm LSTM's where their products stay below rnnkit.linear's oneDNN threshold, run entirely
+  in C, products included (the same BLAS products as torch.mm; see ``_whole_sequences``).
 
 Each function computes exactly the equations of its cell in :mod:`rnnkit.cells` (the docstrings there are
 the definition); ``tests/test_fast_paths.py`` checks outputs, final states and the gradients of every input
@@ -506,7 +506,19 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
                                                                     LAYER_NORM_EPS)
             if keep:
                 stats[4], stats[5] = mean_x, rstd_x
-        for t, n in enumerate(schedule):
+        parameters = (weight_hh, ln_ih_weight, shift, ln_hh_weight, ln_cell_weight, ln_cell_bias, c)
+        whole = fused and _whole_sequences(*parameters, macs=batch * hidden * gates)
+        if whole:  # the loop in C; W_hh h_{t-1} of every step kept in blocks rather than a list
+            xp = xp.contiguous()
+            recurrent = _Steps.empty(xp, steps, batch, gates) if keep else None
+            rec = recurrent.from_step(0) if keep else xp.new_empty(batch, gates)
+            for start, stop in _spans(len(schedule), *((factors.size, cs.size, recurrent.size) if keep else ())):
+                kernels.layer_norm_lstm_sequence_forward(
+                    schedule[start:stop], weight_hh, xp[start:], ln_ih_weight, shift, ln_hh_weight, ln_cell_weight,
+                    ln_cell_bias, LAYER_NORM_EPS, hs[start:], c, factors.from_step(start) if keep else None,
+                    cs.from_step(start) if keep else None, step_stats[start:] if keep else None,
+                    recurrent.from_step(start) if keep else rec, keep)
+        for t, n in [] if whole else enumerate(schedule):  # the loop in Python
             r = linear.product(hs[t, :n], weight_hh)  # W_hh h_{t-1}: (n, 4H)
             if keep:
                 recurrent.append(r)
@@ -531,9 +543,10 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
                 stats[2, t, :n], stats[3, t, :n] = mean, rstd
                 _lstm_output_factors(factors[t, :n], h, o, tanh_shown[:n], hidden)
         if keep:
+            stores = (recurrent, cs, factors) if whole else (cs, factors)
             ctx.save_for_backward(xp, step_stats, hs, weight_hh, ln_ih_weight, shift, ln_hh_weight, ln_cell_weight,
-                                  ln_cell_bias, *recurrent, *cs.blocks, *factors.blocks)
-            ctx.blocks = [(len(store.blocks), store.size) for store in (cs, factors)]
+                                  ln_cell_bias, *([] if whole else recurrent), *(b for st in stores for b in st.blocks))
+            ctx.blocks = [(len(store.blocks), store.size) for store in stores]
             ctx.schedule, ctx.has_bias = schedule, bias is not None
         return hs[1:], _finals(hs, schedule, batch), c
 
@@ -543,12 +556,17 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
         (xp, step_stats, hs, weight_hh, ln_ih_weight, shift, ln_hh_weight, ln_cell_weight, ln_cell_bias,
          *blocks) = ctx.saved_tensors
         schedule = ctx.schedule
-        recurrent, blocks = blocks[: len(schedule)], blocks[len(schedule) :]  # W_hh h_{t-1}, (n_t, 4H) each
+        stepped = len(ctx.blocks) == 3  # W_hh h_{t-1} in blocks (the forward's loop ran in C), else a list
+        if not stepped:
+            recurrent, blocks = blocks[: len(schedule)], blocks[len(schedule) :]  # (n_t, 4H) each
         stores = []
         for count, size in ctx.blocks:
             stores.append(_Steps(blocks[:count], size))
             blocks = blocks[count:]
-        cs, factors = stores
+        if stepped:
+            recurrent, cs, factors = stores
+        else:
+            cs, factors = stores
         steps, batch, hidden = d_outputs.shape
         gates = 4 * hidden
         needs = ctx.needs_input_grad
@@ -565,13 +583,24 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
         d_h_run = d_h_n.clone()
         d_c_run = d_c_n.clone()
         fused = kernels.available(d_outputs, d_h_run, d_c_run)
-        for t in range(len(schedule) - 1, -1, -1):
+        whole = stepped and fused and _whole_sequences(d_h_run, d_c_run, macs=batch * hidden * gates)
+        if whole:  # the loop in C (a slot of d_recurrent's block keeps zeros past n_t, see _GRURecurrence)
+            for start, stop in reversed(_spans(len(schedule), factors.size, cs.size, recurrent.size,
+                                               d_recurrent.size)):
+                kernels.layer_norm_lstm_sequence_backward(
+                    schedule[start:stop], weight_hh, d_outputs[start:], factors.from_step(start),
+                    recurrent.from_step(start), xp[start:], cs.from_step(start), step_stats[start:], ln_ih_weight,
+                    ln_hh_weight, ln_cell_weight, d_gates[start:], d_recurrent.block[start % d_recurrent.size :],
+                    d_h_run, d_c_run, d_ln_ih, d_bias, d_ln_hh, d_ln_cell, d_ln_cell_bias)
+                d_recurrent.done(start)
+        for t in [] if whole else range(len(schedule) - 1, -1, -1):  # the loop in Python
             n = schedule[t]
             step_factors = factors[t, :n]
             d_rec = d_recurrent.step(t, n)
+            step_recurrent = recurrent[t, :n] if stepped else recurrent[t]
             if fused:  # also adds the normalisation gains' and shifts' gradients
                 kernels.layer_norm_lstm_backward(
-                    d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, recurrent[t], xp[t, :n], cs[t, :n],
+                    d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, step_recurrent, xp[t, :n], cs[t, :n],
                     step_stats[t, :n], ln_ih_weight, ln_hh_weight, ln_cell_weight, d_gates[t, :n], d_rec[:n],
                     d_ln_ih, d_bias, d_ln_hh, d_ln_cell, d_ln_cell_bias)
                 d_h_run[:n] = linear.product(d_rec[:n], weight_hh.t())  # dL/dh_{t-1} = dL/d(W_hh h) W_hh
@@ -586,7 +615,7 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
             d_c = d_c_run[:n] + d_cell
             _lstm_gate_gradients(d_gates[t, :n], d_c, d_h, step_factors, hidden)
             d_rec_n, d_rec_gain, _ = _layer_norm_backward(
-                d_gates[t, :n], recurrent[t], (gates,), mean_rec, rstd_rec, ln_hh_weight, None,
+                d_gates[t, :n], step_recurrent, (gates,), mean_rec, rstd_rec, ln_hh_weight, None,
                 [True, needs[6], False])
             d_rec[:n] = d_rec_n
             d_h_run[:n] = linear.product(d_rec_n, weight_hh.t())

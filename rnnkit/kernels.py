@@ -20,7 +20,8 @@ that have just run the step's matrix product; the layer-norm backward keeps per-
 gradients and adds them in thread order (the same result at the same thread count). Elsewhere, or if that build
 fails, the kernels are serial (``-fopenmp-simd``).
 
-The LSTM's and the GRU's whole step loops are here too (``lstm_sequence_forward`` and the like): each step's
+The LSTM's, the layer-norm LSTM's and the GRU's whole step loops are here too (``lstm_sequence_forward`` and
+the like): each step's
 product through the BLAS ``sgemm_`` that torch's own CPU matrix products call (MKL in the x86-64 wheels, found
 in libtorch_cpu and checked on a test product, see :func:`sequences_available`), then the step's kernel. A small
 step's work is a few microseconds, and the loop in Python spent more than that on slicing and calls: at (B, T, H)
@@ -483,6 +484,43 @@ void lstm_sequence_backward(idx steps, const idx *rows, idx B, idx H, sgemm_fn g
         times_w(gemm, n, 4 * H, H, g, w, 0.0f, dh_run);  /* dL/dh_{t-1} = dgates W_hh */
     }
 }
+/* Layer-norm LSTM forward over all steps: rec_t = W_hh h_{t-1} (rec + t rec_step: the steps' own rows, kept for
+   the backward, or rec_step 0: one scratch block), then ln_lstm_forward. xp (T, B, 4H) = W_ih x; hs, c as in
+   lstm_sequence_forward; fac (T, B, 6H), cs (T, B, H), stats (T, B, 6): NULL without gradients. */
+void ln_lstm_sequence_forward(idx steps, const idx *rows, idx B, idx H, sgemm_fn gemm, const float *w,
+                              const float *xp, const float *g_ih, const float *b, const float *g_hh,
+                              const float *g_c, const float *b_c, float eps, float *hs, float *c, float *fac,
+                              float *cs, float *stats, float *rec, idx rec_step) {
+    for (idx t = 0; t < steps; t++) {
+        idx n = rows[t];
+        float *r = rec + t * rec_step;
+        times_wt(gemm, n, 4 * H, H, hs + t * B * H, w, 0.0f, r);
+        ln_lstm_forward(n, H, r, 4 * H, xp + t * B * 4 * H, 4 * H, g_ih, b, g_hh, g_c, b_c, eps, c, H,
+                        hs + (t + 1) * B * H, H, fac ? fac + t * B * 6 * H : NULL, 6 * H, cs ? cs + t * B * H : NULL,
+                        H, stats ? stats + t * B * 6 : NULL);
+    }
+}
+
+/* Its backward: dxp (T, B, 4H): dL/d xp; drec (T, B, 4H): dL/d rec_t; dh_run, dc_run as in
+   lstm_sequence_backward; the gains' and shifts' gradients added to acc_*; scratch: row_threads(B, H) x 16H,
+   zeroed here before each step (see ln_lstm_backward). */
+void ln_lstm_sequence_backward(idx steps, const idx *rows, idx B, idx H, sgemm_fn gemm, const float *w,
+                               const float *dout, const float *fac, const float *rec, const float *xp,
+                               const float *cs, const float *stats, const float *g_ih, const float *g_hh,
+                               const float *g_c, float *dxp, float *drec, float *dh_run, float *dc_run,
+                               float *acc_ih, float *acc_b, float *acc_hh, float *acc_gc, float *acc_bc,
+                               float *scratch) {
+    for (idx t = steps - 1; t >= 0; t--) {
+        idx n = rows[t], used = (idx)row_threads(n, H) * 16 * H;
+        float *dr = drec + t * B * 4 * H;
+        for (idx k = 0; k < used; k++) { scratch[k] = 0.0f; }
+        ln_lstm_backward(n, H, dh_run, H, dout + t * B * H, H, dc_run, H, fac + t * B * 6 * H, 6 * H,
+                         rec + t * B * 4 * H, 4 * H, xp + t * B * 4 * H, 4 * H, cs + t * B * H, H, stats + t * B * 6,
+                         g_ih, g_hh, g_c, dxp + t * B * 4 * H, 4 * H, dr, 4 * H, acc_ih, acc_b, acc_hh, acc_gc,
+                         acc_bc, scratch);
+        times_w(gemm, n, 4 * H, H, dr, w, 0.0f, dh_run);  /* dL/dh_{t-1} = dL/d rec_t W_hh */
+    }
+}
 """
 
 # Compiled with -ffast-math (glibc declares its vector expf/tanhf only under __FAST_MATH__), but linked in a
@@ -511,6 +549,8 @@ _SIGNATURES = {  # argument kinds: i = index (long), p = pointer, f = float
     "gru_sequence_backward": "ipii" + "p" * 7,
     "lstm_sequence_forward": "ipii" + "p" * 7,
     "lstm_sequence_backward": "ipii" + "p" * 7,
+    "ln_lstm_sequence_forward": "ipii" + "p" * 8 + "f" + "p" * 6 + "i",
+    "ln_lstm_sequence_backward": "ipii" + "p" * 21,
 }
 _CTYPES = {"i": ctypes.c_long, "p": ctypes.c_void_p, "f": ctypes.c_float}
 _library: ctypes.CDLL | None = None
@@ -681,6 +721,28 @@ def lstm_sequence_backward(schedule, weight, d_out, factors, d_gates, d_h_run, d
     library().lstm_sequence_backward(len(schedule), _steps_array(schedule), batch, hidden, _sgemm,
                                      weight.data_ptr(), d_out.data_ptr(), factors.data_ptr(), d_gates.data_ptr(),
                                      d_h_run.data_ptr(), d_c_run.data_ptr())
+
+
+def layer_norm_lstm_sequence_forward(schedule, weight, xp, g_ih, b, g_hh, g_c, b_c, eps, hs, c, factors, cs, stats,
+                                     rec, keeps_rec: bool) -> None:
+    """Steps of the layer-norm LSTM from hs[0]; ``rec`` (T, B, 4H) keeps every step's W_hh h_{t-1} if
+    ``keeps_rec``, else it is one (B, 4H) scratch block."""
+    batch, hidden = hs.shape[1], hs.shape[2]
+    library().ln_lstm_sequence_forward(len(schedule), _steps_array(schedule), batch, hidden, _sgemm,
+                                       weight.data_ptr(), xp.data_ptr(), g_ih.data_ptr(), b.data_ptr(),
+                                       g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr(), eps, hs.data_ptr(),
+                                       c.data_ptr(), _pointer(factors), _pointer(cs), _pointer(stats), rec.data_ptr(),
+                                       batch * 4 * hidden if keeps_rec else 0)
+
+
+def layer_norm_lstm_sequence_backward(schedule, weight, d_out, factors, rec, xp, cs, stats, g_ih, g_hh, g_c, d_xp,
+                                      d_rec, d_h_run, d_c_run, acc_ih, acc_b, acc_hh, acc_gc, acc_bc) -> None:
+    batch, hidden = d_out.shape[1], d_out.shape[2]
+    scratch = d_out.new_empty(library().row_threads(batch, hidden), 16 * hidden)  # zeroed per step in C
+    library().ln_lstm_sequence_backward(
+        len(schedule), _steps_array(schedule), batch, hidden, _sgemm, weight.data_ptr(),
+        *(t.data_ptr() for t in (d_out, factors, rec, xp, cs, stats, g_ih, g_hh, g_c, d_xp, d_rec, d_h_run, d_c_run,
+                                 acc_ih, acc_b, acc_hh, acc_gc, acc_bc, scratch)))
 
 
 def _rows(t: Tensor) -> tuple[int, int]:
