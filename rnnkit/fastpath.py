@@ -415,7 +415,7 @@ class _LSTMRecurrence(torch.autograd.Function):
         fused = kernels.available(xp)
         if fused and _whole_sequences(weight_hh, c):
             xp = xp.contiguous()
-            for start, stop in _spans(len(schedule), factors.size if keep else len(schedule)):
+            for start, stop in _spans(len(schedule), *((factors.size,) if keep else ())):
                 kernels.lstm_sequence_forward(schedule[start:stop], weight_hh, xp[start:], hs[start:], c,
                                               factors.from_step(start) if keep else None, a)
         else:
@@ -511,37 +511,38 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
         if whole:  # the loop in C; W_hh h_{t-1} of every step kept in blocks rather than a list
             xp = xp.contiguous()
             recurrent = _Steps.empty(xp, steps, batch, gates) if keep else None
-            rec = recurrent.from_step(0) if keep else xp.new_empty(batch, gates)
+            scratch = None if keep else xp.new_empty(batch, gates)  # W_hh h_{t-1} of the current step only
             for start, stop in _spans(len(schedule), *((factors.size, cs.size, recurrent.size) if keep else ())):
                 kernels.layer_norm_lstm_sequence_forward(
                     schedule[start:stop], weight_hh, xp[start:], ln_ih_weight, shift, ln_hh_weight, ln_cell_weight,
                     ln_cell_bias, LAYER_NORM_EPS, hs[start:], c, factors.from_step(start) if keep else None,
                     cs.from_step(start) if keep else None, step_stats[start:] if keep else None,
-                    recurrent.from_step(start) if keep else rec, keep)
-        for t, n in [] if whole else enumerate(schedule):  # the loop in Python
-            r = linear.product(hs[t, :n], weight_hh)  # W_hh h_{t-1}: (n, 4H)
-            if keep:
-                recurrent.append(r)
-            if fused:
-                kernels.layer_norm_lstm_forward(
-                    r, xp[t, :n], ln_ih_weight, shift, ln_hh_weight, ln_cell_weight, ln_cell_bias, LAYER_NORM_EPS,
-                    c[:n], hs[t + 1, :n], factors[t, :n] if keep else None, cs[t, :n] if keep else None,
-                    step_stats[t, :n] if keep else None)
-                continue
-            normalised, mean, rstd = torch.native_layer_norm(r, (gates,), ln_hh_weight, None, LAYER_NORM_EPS)
-            i, f, g, o = _lstm_gates(torch.add(xp_normalised[t, :n], normalised, out=a[:n]), hidden)
-            c_prev = c[:n]
-            if keep:
-                stats[0, t, :n], stats[1, t, :n] = mean, rstd
-                _lstm_cell_factors(factors[t, :n], i, f, g, c_prev, hidden)
-            c_prev.mul_(f).addcmul_(i, g)
-            shown, mean, rstd = torch.native_layer_norm(c_prev, (hidden,), ln_cell_weight, ln_cell_bias,
-                                                        LAYER_NORM_EPS)
-            h = torch.mul(o, _tanh(shown, out=tanh_shown[:n]), out=hs[t + 1, :n])
-            if keep:
-                cs[t, :n] = c_prev
-                stats[2, t, :n], stats[3, t, :n] = mean, rstd
-                _lstm_output_factors(factors[t, :n], h, o, tanh_shown[:n], hidden)
+                    recurrent.from_step(start) if keep else scratch, keep)
+        else:
+            for t, n in enumerate(schedule):
+                r = linear.product(hs[t, :n], weight_hh)  # W_hh h_{t-1}: (n, 4H)
+                if keep:
+                    recurrent.append(r)
+                if fused:
+                    kernels.layer_norm_lstm_forward(
+                        r, xp[t, :n], ln_ih_weight, shift, ln_hh_weight, ln_cell_weight, ln_cell_bias, LAYER_NORM_EPS,
+                        c[:n], hs[t + 1, :n], factors[t, :n] if keep else None, cs[t, :n] if keep else None,
+                        step_stats[t, :n] if keep else None)
+                    continue
+                normalised, mean, rstd = torch.native_layer_norm(r, (gates,), ln_hh_weight, None, LAYER_NORM_EPS)
+                i, f, g, o = _lstm_gates(torch.add(xp_normalised[t, :n], normalised, out=a[:n]), hidden)
+                c_prev = c[:n]
+                if keep:
+                    stats[0, t, :n], stats[1, t, :n] = mean, rstd
+                    _lstm_cell_factors(factors[t, :n], i, f, g, c_prev, hidden)
+                c_prev.mul_(f).addcmul_(i, g)
+                shown, mean, rstd = torch.native_layer_norm(c_prev, (hidden,), ln_cell_weight, ln_cell_bias,
+                                                            LAYER_NORM_EPS)
+                h = torch.mul(o, _tanh(shown, out=tanh_shown[:n]), out=hs[t + 1, :n])
+                if keep:
+                    cs[t, :n] = c_prev
+                    stats[2, t, :n], stats[3, t, :n] = mean, rstd
+                    _lstm_output_factors(factors[t, :n], h, o, tanh_shown[:n], hidden)
         if keep:
             stores = (recurrent, cs, factors) if whole else (cs, factors)
             ctx.save_for_backward(xp, step_stats, hs, weight_hh, ln_ih_weight, shift, ln_hh_weight, ln_cell_weight,
@@ -593,40 +594,41 @@ class _LayerNormLSTMRecurrence(torch.autograd.Function):
                     ln_hh_weight, ln_cell_weight, d_gates[start:], d_recurrent.block[start % d_recurrent.size :],
                     d_h_run, d_c_run, d_ln_ih, d_bias, d_ln_hh, d_ln_cell, d_ln_cell_bias)
                 d_recurrent.done(start)
-        for t in [] if whole else range(len(schedule) - 1, -1, -1):  # the loop in Python
-            n = schedule[t]
-            step_factors = factors[t, :n]
-            d_rec = d_recurrent.step(t, n)
-            step_recurrent = recurrent[t, :n] if stepped else recurrent[t]
-            if fused:  # also adds the normalisation gains' and shifts' gradients
-                kernels.layer_norm_lstm_backward(
-                    d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, step_recurrent, xp[t, :n], cs[t, :n],
-                    step_stats[t, :n], ln_ih_weight, ln_hh_weight, ln_cell_weight, d_gates[t, :n], d_rec[:n],
-                    d_ln_ih, d_bias, d_ln_hh, d_ln_cell, d_ln_cell_bias)
-                d_h_run[:n] = linear.product(d_rec[:n], weight_hh.t())  # dL/dh_{t-1} = dL/d(W_hh h) W_hh
+        else:
+            for t in range(len(schedule) - 1, -1, -1):
+                n = schedule[t]
+                step_factors = factors[t, :n]
+                d_rec = d_recurrent.step(t, n)
+                step_recurrent = recurrent[t, :n] if stepped else recurrent[t]
+                if fused:  # also adds the normalisation gains' and shifts' gradients
+                    kernels.layer_norm_lstm_backward(
+                        d_h_run[:n], d_outputs[t, :n], d_c_run[:n], step_factors, step_recurrent, xp[t, :n], cs[t, :n],
+                        step_stats[t, :n], ln_ih_weight, ln_hh_weight, ln_cell_weight, d_gates[t, :n], d_rec[:n],
+                        d_ln_ih, d_bias, d_ln_hh, d_ln_cell, d_ln_cell_bias)
+                    d_h_run[:n] = linear.product(d_rec[:n], weight_hh.t())  # dL/dh_{t-1} = dL/d(W_hh h) W_hh
+                    d_recurrent.done(t)
+                    continue
+                mean_rec, rstd_rec, mean_c, rstd_c = step_stats[t, :n, :4].t().contiguous().unsqueeze(-1)  # (n, 1) each
+                d_h = d_h_run[:n] + d_outputs[t, :n]
+                torch.mul(d_h, step_factors[:, 4 * hidden : 5 * hidden], out=d_shown[:n])
+                d_cell, d_gain, d_shift = _layer_norm_backward(
+                    d_shown[:n], cs[t, :n], (hidden,), mean_c, rstd_c, ln_cell_weight, ln_cell_bias,
+                    [True, needs[7], needs[8]])
+                d_c = d_c_run[:n] + d_cell
+                _lstm_gate_gradients(d_gates[t, :n], d_c, d_h, step_factors, hidden)
+                d_rec_n, d_rec_gain, _ = _layer_norm_backward(
+                    d_gates[t, :n], step_recurrent, (gates,), mean_rec, rstd_rec, ln_hh_weight, None,
+                    [True, needs[6], False])
+                d_rec[:n] = d_rec_n
+                d_h_run[:n] = linear.product(d_rec_n, weight_hh.t())
                 d_recurrent.done(t)
-                continue
-            mean_rec, rstd_rec, mean_c, rstd_c = step_stats[t, :n, :4].t().contiguous().unsqueeze(-1)  # (n, 1) each
-            d_h = d_h_run[:n] + d_outputs[t, :n]
-            torch.mul(d_h, step_factors[:, 4 * hidden : 5 * hidden], out=d_shown[:n])
-            d_cell, d_gain, d_shift = _layer_norm_backward(
-                d_shown[:n], cs[t, :n], (hidden,), mean_c, rstd_c, ln_cell_weight, ln_cell_bias,
-                [True, needs[7], needs[8]])
-            d_c = d_c_run[:n] + d_cell
-            _lstm_gate_gradients(d_gates[t, :n], d_c, d_h, step_factors, hidden)
-            d_rec_n, d_rec_gain, _ = _layer_norm_backward(
-                d_gates[t, :n], step_recurrent, (gates,), mean_rec, rstd_rec, ln_hh_weight, None,
-                [True, needs[6], False])
-            d_rec[:n] = d_rec_n
-            d_h_run[:n] = linear.product(d_rec_n, weight_hh.t())
-            d_recurrent.done(t)
-            torch.mul(d_c, step_factors[:, 5 * hidden :], out=d_c_run[:n])
-            if needs[6]:
-                d_ln_hh += d_rec_gain
-            if needs[7]:
-                d_ln_cell += d_gain
-            if needs[8]:
-                d_ln_cell_bias += d_shift
+                torch.mul(d_c, step_factors[:, 5 * hidden :], out=d_c_run[:n])
+                if needs[6]:
+                    d_ln_hh += d_rec_gain
+                if needs[7]:
+                    d_ln_cell += d_gain
+                if needs[8]:
+                    d_ln_cell_bias += d_shift
         if not fused:  # LN(W_ih x)'s backward over all steps at once
             mean_x, rstd_x = step_stats[..., 4:5].contiguous(), step_stats[..., 5:6].contiguous()
             d_gates, d_ln_ih, d_bias = _layer_norm_backward(d_gates, xp, (gates,), mean_x, rstd_x, ln_ih_weight,
@@ -679,7 +681,7 @@ class _GRURecurrence(torch.autograd.Function):
         parameters = (weight_hh,) if bias_hh is None else (weight_hh, bias_hh)
         if fused and _whole_sequences(*parameters, macs=batch * hidden * gates):
             xp, rec = xp.contiguous(), xp.new_empty(batch, gates)
-            for start, stop in _spans(len(schedule), factors.size if keep else len(schedule)):
+            for start, stop in _spans(len(schedule), *((factors.size,) if keep else ())):
                 kernels.gru_sequence_forward(schedule[start:stop], weight_hh, bias_hh, xp[start:], hs[start:],
                                              factors.from_step(start) if keep else None, rec)
         else:

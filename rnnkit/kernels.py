@@ -54,7 +54,9 @@ from torch import Tensor
 
 __all__ = ["available", "build_seconds", "lstm_forward", "lstm_backward", "layer_norm_lstm_forward",
            "layer_norm_lstm_backward", "gru_forward", "gru_backward", "reset_before_gates",
-           "reset_before_forward", "reset_before_backward_gates", "reset_before_backward_reset"]
+           "reset_before_forward", "reset_before_backward_gates", "reset_before_backward_reset",
+           "sequences_available", "gru_sequence_forward", "gru_sequence_backward", "lstm_sequence_forward",
+           "lstm_sequence_backward", "layer_norm_lstm_sequence_forward", "layer_norm_lstm_sequence_backward"]
 
 #: Seconds this process spent compiling (0 when the library came from the cache, None before the first use).
 build_seconds: float | None = None
@@ -687,40 +689,32 @@ def sequences_available(*tensors: Tensor) -> bool:
     return bool(_sgemm) and available(*tensors) and all(t.is_contiguous() for t in tensors)
 
 
-def _steps_array(schedule: list[int]):
-    return (ctypes.c_long * len(schedule))(*schedule)
-
-
-def _pointer(t: Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
+def _sequence(name: str, schedule: list[int], batch: int, hidden: int, weight: Tensor, *arguments) -> None:
+    """Call the whole-sequence function ``name``: its common head (steps, n_t, B, H, sgemm_, W_hh), then
+    ``arguments`` with tensors as pointers to their first elements and None as NULL."""
+    pointers = (0 if a is None else a.data_ptr() if isinstance(a, Tensor) else a for a in arguments)
+    getattr(library(), name)(len(schedule), (ctypes.c_long * len(schedule))(*schedule), batch, hidden, _sgemm,
+                             weight.data_ptr(), *pointers)
 
 
 def gru_sequence_forward(schedule, weight, bias, xp, hs, factors, rec) -> None:
     """Steps 0 .. len(schedule) - 1 of xp (T, B, 3H) from hs[0]: hs[1:], factors (T, B, 5H) or None; rec (B, 3H)
     scratch. The pointers are those of the tensors' first elements: pass views that start at the first step."""
-    batch, hidden = hs.shape[1], hs.shape[2]
-    library().gru_sequence_forward(len(schedule), _steps_array(schedule), batch, hidden, _sgemm, weight.data_ptr(),
-                                   _pointer(bias), xp.data_ptr(), hs.data_ptr(), _pointer(factors), rec.data_ptr())
+    _sequence("gru_sequence_forward", schedule, hs.shape[1], hs.shape[2], weight, bias, xp, hs, factors, rec)
 
 
 def gru_sequence_backward(schedule, weight, d_out, factors, d_xp, d_rec, d_h_run) -> None:
-    batch, hidden = d_out.shape[1], d_out.shape[2]
-    library().gru_sequence_backward(len(schedule), _steps_array(schedule), batch, hidden, _sgemm, weight.data_ptr(),
-                                    d_out.data_ptr(), factors.data_ptr(), d_xp.data_ptr(), d_rec.data_ptr(),
-                                    d_h_run.data_ptr())
+    _sequence("gru_sequence_backward", schedule, d_out.shape[1], d_out.shape[2], weight, d_out, factors, d_xp, d_rec,
+              d_h_run)
 
 
 def lstm_sequence_forward(schedule, weight, xp, hs, c, factors, a) -> None:
-    batch, hidden = hs.shape[1], hs.shape[2]
-    library().lstm_sequence_forward(len(schedule), _steps_array(schedule), batch, hidden, _sgemm, weight.data_ptr(),
-                                    xp.data_ptr(), hs.data_ptr(), c.data_ptr(), _pointer(factors), a.data_ptr())
+    _sequence("lstm_sequence_forward", schedule, hs.shape[1], hs.shape[2], weight, xp, hs, c, factors, a)
 
 
 def lstm_sequence_backward(schedule, weight, d_out, factors, d_gates, d_h_run, d_c_run) -> None:
-    batch, hidden = d_out.shape[1], d_out.shape[2]
-    library().lstm_sequence_backward(len(schedule), _steps_array(schedule), batch, hidden, _sgemm,
-                                     weight.data_ptr(), d_out.data_ptr(), factors.data_ptr(), d_gates.data_ptr(),
-                                     d_h_run.data_ptr(), d_c_run.data_ptr())
+    _sequence("lstm_sequence_backward", schedule, d_out.shape[1], d_out.shape[2], weight, d_out, factors, d_gates,
+              d_h_run, d_c_run)
 
 
 def layer_norm_lstm_sequence_forward(schedule, weight, xp, g_ih, b, g_hh, g_c, b_c, eps, hs, c, factors, cs, stats,
@@ -728,21 +722,16 @@ def layer_norm_lstm_sequence_forward(schedule, weight, xp, g_ih, b, g_hh, g_c, b
     """Steps of the layer-norm LSTM from hs[0]; ``rec`` (T, B, 4H) keeps every step's W_hh h_{t-1} if
     ``keeps_rec``, else it is one (B, 4H) scratch block."""
     batch, hidden = hs.shape[1], hs.shape[2]
-    library().ln_lstm_sequence_forward(len(schedule), _steps_array(schedule), batch, hidden, _sgemm,
-                                       weight.data_ptr(), xp.data_ptr(), g_ih.data_ptr(), b.data_ptr(),
-                                       g_hh.data_ptr(), g_c.data_ptr(), b_c.data_ptr(), eps, hs.data_ptr(),
-                                       c.data_ptr(), _pointer(factors), _pointer(cs), _pointer(stats), rec.data_ptr(),
-                                       batch * 4 * hidden if keeps_rec else 0)
+    _sequence("ln_lstm_sequence_forward", schedule, batch, hidden, weight, xp, g_ih, b, g_hh, g_c, b_c, eps, hs, c,
+              factors, cs, stats, rec, batch * 4 * hidden if keeps_rec else 0)
 
 
 def layer_norm_lstm_sequence_backward(schedule, weight, d_out, factors, rec, xp, cs, stats, g_ih, g_hh, g_c, d_xp,
                                       d_rec, d_h_run, d_c_run, acc_ih, acc_b, acc_hh, acc_gc, acc_bc) -> None:
     batch, hidden = d_out.shape[1], d_out.shape[2]
     scratch = d_out.new_empty(library().row_threads(batch, hidden), 16 * hidden)  # zeroed per step in C
-    library().ln_lstm_sequence_backward(
-        len(schedule), _steps_array(schedule), batch, hidden, _sgemm, weight.data_ptr(),
-        *(t.data_ptr() for t in (d_out, factors, rec, xp, cs, stats, g_ih, g_hh, g_c, d_xp, d_rec, d_h_run, d_c_run,
-                                 acc_ih, acc_b, acc_hh, acc_gc, acc_bc, scratch)))
+    _sequence("ln_lstm_sequence_backward", schedule, batch, hidden, weight, d_out, factors, rec, xp, cs, stats, g_ih,
+              g_hh, g_c, d_xp, d_rec, d_h_run, d_c_run, acc_ih, acc_b, acc_hh, acc_gc, acc_bc, scratch)
 
 
 def _rows(t: Tensor) -> tuple[int, int]:
