@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -122,6 +123,23 @@ def rate(value: float) -> str:
     if value >= 1000:
         return f"{value:,.0f}"
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def machine() -> str:
+    """The CPU for a results header: its model name (Linux) or architecture, and whether rnnkit.linear sends
+    products to oneDNN on it (it does on AMD CPUs, where MKL takes its AVX2 path)."""
+    from rnnkit import linear
+
+    name = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, products in {'oneDNN' if linear._AVAILABLE else 'torch.mm'}"
 
 
 def load_average() -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import warnings
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from benchmarks.harness import (
     Summary,
     begin,
     load_average,
+    machine,
     peak_rss,
     probe,
     rate,
@@ -266,7 +266,7 @@ def table(rows: list[Row], peak: Peak, memory_figures: dict[str, dict], *, repea
     lines = [
         "# rnnkit layers vs torch.nn",
         "",
-        f"`{command}`: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"`{command}`: torch {torch.__version__}, {machine()}, "
         f"{threads} thread(s), float32. {repeats} rounds, each timing every contender once per mode (>= "
         f"{min_seconds} s of calls) in a rotated order. Load average (1, 5, 15 min) before: {load_before}; "
         f"after: {load_after}.",

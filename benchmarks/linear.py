@@ -14,7 +14,6 @@ Usage: ``python -m benchmarks.linear [--quick] [--repeats N] [--threads N] [--ou
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from benchmarks.harness import (
     Summary,
     begin,
     load_average,
+    machine,
     rounds,
     run_rounds,
     set_threads,
@@ -75,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help=f"markdown table (default {RESULTS})")
     args = parser.parse_args(argv)
     set_threads(parser, args.threads)
-    if not linear._AVAILABLE:
-        raise SystemExit("this torch has no oneDNN (torch.backends.mkldnn) build, or RNNKIT_ONEDNN=0: "
-                         "nothing to compare")
+    if not linear._SUPPORTED:
+        raise SystemExit("this torch has no oneDNN (torch.backends.mkldnn) build: nothing to compare")
     repeats = rounds(parser, args.repeats, args.quick)
     sizes = QUICK if args.quick else dict(hidden=HIDDEN, rows=ROWS, step_rows=STEP_ROWS)
     output, min_seconds, load_before = begin(args.output, RESULTS, args.quick, repeats)
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Products: torch.mm (MKL) against oneDNN",
         "",
-        f"`{command}`: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"`{command}`: torch {torch.__version__}, {machine()}, "
         f"{torch.get_num_threads()} thread(s), float32. {repeats} rounds, contenders interleaved. Load average "
         f"(1, 5, 15 min) before: {load_before}; after: {load_average()}. sgemm peak (2048^3, best of the rounds): "
         f"{peak.best / 1e9:.0f} GFLOP/s (median {peak.median / 1e9:.0f}).",

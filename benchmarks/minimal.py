@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from benchmarks.harness import (
     Summary,
     begin,
     load_average,
+    machine,
     peak_rss,
     probe,
     rounds,
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# minGRU / minLSTM vs GRU / LSTM",
         "",
-        f"`{command}`: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"`{command}`: torch {torch.__version__}, {machine()}, "
         f"{torch.get_num_threads()} thread(s), float32. {repeats} rounds, contenders interleaved. Load average "
         f"(1, 5, 15 min) before: {load_before}; after: {load_average()}.",
         "",

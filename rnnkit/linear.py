@@ -1,43 +1,75 @@
 """The cells' hoisted input projection ``W x + b`` over all time steps, through oneDNN where that is faster.
 
 A recurrent layer's input projection is one large product, (T*B, D) x (D, G*H), and its backward two more:
-dL/dx = g W, (T*B, G*H) x (G*H, D), and dL/dW = g^T x. With float32 on a CPU, ``torch.mm`` hands them to MKL;
-oneDNN's matmul (reached through ``torch.ops.mkldnn._linear_pointwise``, the operator torch's own compiler
-emits for linear layers) runs the first two markedly faster on the benchmark machine, an AMD EPYC with
-AVX-512 (MKL takes its AVX2 path there). Measured at T*B = 6400 with 2 threads
-(``python -m benchmarks.linear --repeats 5``, results in benchmarks/results/linear.md): x W^T 137 -> 186 GFLOP/s
-and g W 169 -> 212 at (D, G*H) = (256, 1024), 120 -> 156 and 134 -> 194 at (512, 2048). For dL/dW (a reduction
-over the T*B rows) MKL was the faster one (173 against 89), so it keeps it.
+dL/dx = g W, (T*B, G*H) x (G*H, D), and dL/dW = g^T x. With float32 on a CPU, ``torch.mm`` hands them to MKL.
+MKL dispatches its AVX-512 kernels on Intel CPUs only; on an AMD CPU it takes its AVX2 path, and there oneDNN's
+matmul (reached through ``torch.ops.mkldnn._linear_pointwise``, the operator torch's own compiler emits for
+linear layers) runs the first two markedly faster. Measured on an AMD EPYC with AVX-512 at T*B = 6400 with 2
+threads (``python -m benchmarks.linear --repeats 5``, results in benchmarks/results/linear.md): x W^T 137 -> 186
+GFLOP/s and g W 169 -> 212 at (D, G*H) = (256, 1024), 120 -> 156 and 134 -> 194 at (512, 2048). For dL/dW (a
+reduction over the T*B rows) MKL was the faster one (173 against 89), so it keeps it. On an Intel Xeon with
+AVX-512 and AMX the same benchmark had MKL ahead or level (x W^T 300 against 209 GFLOP/s at H = 256, g W 309
+against 306, a B = 64 step's backward 276 against 264), and oneDNN cost the layers 0-16% (a paired A/B, GRU at
+(64, 100, 256) 0.84x, the layer-norm LSTM 0.89x): so oneDNN is used on AMD CPUs only (:func:`chosen`).
 
 :func:`linear` is ``F.linear`` with that choice made: oneDNN for float32 CPU tensors of at least
 :data:`MIN_MACS` multiply-adds when torch has it, else ``F.linear`` itself (so float64, gradcheck and small
 inputs take torch's path unchanged; so do tracing, export, torch.compile and autocast). :func:`product` makes the
-same choice for the fast path's per-step products (B = 64: 103 -> 118 GFLOP/s at H = 256, 121 -> 151 at
-H = 512). ``RNNKIT_ONEDNN=0`` turns oneDNN off. Both compute the same products; results differ by float32
-rounding (the summation order), which ``tests/test_linear.py`` bounds against ``F.linear``, values and gradients.
+same choice for the fast path's per-step products (B = 64 on the AMD CPU: 103 -> 118 GFLOP/s at H = 256, 121 ->
+151 at H = 512). ``RNNKIT_ONEDNN=0`` turns oneDNN off, ``RNNKIT_ONEDNN=1`` on whatever the CPU. Both compute
+the same products; results differ by float32 rounding (the summation order), which ``tests/test_linear.py``
+bounds against ``F.linear``, values and gradients.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["linear", "product", "uses_onednn", "MIN_MACS"]
+__all__ = ["linear", "product", "uses_onednn", "chosen", "cpu_vendor", "MIN_MACS"]
 
 #: Fewest multiply-adds (rows x D x F) for which oneDNN is used. Below it its fixed cost per call (~17 us
 #: against torch.mm's ~2.4 us) loses: 1 x 256 x 768 took 29 against 17 us, 8 x 256 x 768 0.74x torch.mm's speed.
-#: Above it, at the shapes measured (steps from 64 x 128 x 512 to 128 x 512 x 2048, input projections of 704 to
-#: 16,000 rows), oneDNN ran at 0.95-1.8x torch.mm's speed, below 1.0 only twice (0.95, 0.97).
+#: Above it, on the AMD CPU at the shapes measured (steps from 64 x 128 x 512 to 128 x 512 x 2048, input
+#: projections of 704 to 16,000 rows), oneDNN ran at 0.95-1.8x torch.mm's speed, below 1.0 only twice.
 MIN_MACS = 1 << 22
 
-_AVAILABLE = (
-    os.environ.get("RNNKIT_ONEDNN", "1") != "0"
-    and torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-)
+#: Whether this torch can run oneDNN's matmul at all.
+_SUPPORTED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def cpu_vendor(cpuinfo: str | None = None) -> str:
+    """The x86 CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``), from /proc/cpuinfo or ``cpuinfo``;
+    "" where there is none (another OS or architecture)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id":
+            return value.strip()
+    return ""
+
+
+def chosen(setting: str | None = None, vendor: str | None = None) -> bool:
+    """Whether to send products to oneDNN: ``RNNKIT_ONEDNN`` (``setting``) "1" yes, "0" no; unset or "auto"
+    where MKL takes its AVX2 path, an AMD CPU (``vendor``; where oneDNN was measured faster)."""
+    setting = os.environ.get("RNNKIT_ONEDNN", "auto") if setting is None else setting
+    if setting not in ("0", "1", "auto"):
+        raise ValueError(f"RNNKIT_ONEDNN must be 0, 1 or auto, got {setting!r}")
+    if setting != "auto":
+        return setting == "1"
+    return (cpu_vendor() if vendor is None else vendor) == "AuthenticAMD"
+
+
+#: Whether :func:`linear` and :func:`product` use oneDNN (from :data:`MIN_MACS` multiply-adds up).
+_AVAILABLE = _SUPPORTED and chosen()
 
 
 def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

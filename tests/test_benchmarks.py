@@ -78,9 +78,48 @@ def test_linear_benchmark_quick_table(tmp_path):
     from benchmarks import linear as products
     from rnnkit import linear
 
-    if not linear._AVAILABLE:
+    if not linear._SUPPORTED:
         pytest.skip("this torch has no oneDNN build: the benchmark refuses to run")
     output = tmp_path / "linear.md"
     assert products.main(["--quick", "--output", str(output)]) == 0
     rows = [line for line in output.read_text().splitlines() if line.startswith("| 16 |")]
     assert len(rows) == 5 and all(row.endswith("| torch.mm |") for row in rows)  # all below MIN_MACS
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_seq2seq_training_flops_match_torchs_flop_counter(cell):
+    """The seq2seq benchmark's analytic FLOPs of a training step against torch.utils.flop_counter, counting the
+    matrix products (forward and backward) of the reference path (every RNN stepped with autograd's mm), with
+    full-length sources, where the two count the same rows."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks import seq2seq
+
+    sizes = dict(seq2seq.QUICK, cell=cell, min_source_length=seq2seq.QUICK["source_length"])
+    src, lengths, tgt_in, tgt_out = seq2seq._data(**sizes)
+    model = seq2seq._model(**sizes)
+    for rnn in (model.encoder.rnn, model.decoder.rnn):
+        rnn.use_fused, rnn.use_fast_path = False, False
+    counter = FlopCounterMode(display=False)
+    with counter:
+        logits = model(src, lengths, tgt_in)
+        F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten()).backward()
+    counted = counter.get_total_flops()
+    # the encoder's zero initial state needs no gradient: torch skips that one product per direction
+    skipped = 2 * 2 * sizes["batch"] * model.encoder.rnn.weight_hh_l0.numel()
+    assert seq2seq.training_flops(model, lengths, tgt_in.shape[1]) == pytest.approx(counted + skipped, rel=1e-9)
+
+
+def test_seq2seq_benchmark_quick_table(tmp_path):
+    """The seq2seq benchmark at tiny sizes: its rows, % peak, the shared part and the goals' bounds."""
+    from benchmarks import seq2seq
+
+    output = tmp_path / "seq2seq.md"
+    assert seq2seq.main(["--quick", "--output", str(output)]) == 0
+    text = output.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| tiny (smoke test) |")]
+    assert [row.split(" | ")[1] for row in rows] == ["training, step loop", "training, fast path (one RNN call)",
+                                                      "shared part only (encoder, Adam)"]
+    assert rows[0].split(" | ")[3] == "1.00" and rows[1].endswith("% |") and rows[2].endswith("|  |")
+    assert "at most" in text and "beam 5 on a batch of 64" in text

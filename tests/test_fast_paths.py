@@ -106,8 +106,9 @@ def elementwise(request, monkeypatch):
 def products(request, monkeypatch):
     """Send every product of rnnkit.linear (input projection, per-step products) to oneDNN, or to torch."""
     if request.param == "onednn":
-        if not linear._AVAILABLE:
+        if not linear._SUPPORTED:
             pytest.skip("this torch has no oneDNN (mkldnn) build")
+        monkeypatch.setattr(linear, "_AVAILABLE", True)  # whatever this CPU would choose
         monkeypatch.setattr(linear, "MIN_MACS", 0)
     else:
         monkeypatch.setattr(linear, "_AVAILABLE", False)
@@ -344,12 +345,17 @@ def test_packed_input_with_gradients_takes_the_fast_path_and_matches_torch():
         torch.testing.assert_close(ours_value, reference_value, **TOLERANCE)
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkl"])
 @pytest.mark.parametrize("name", list(CELLS))
-def test_fast_path_at_size_is_as_accurate_as_the_reference_path(name, elementwise):
-    """At (B, H) = (64, 256) the fast path's per-step products and the input projection go to oneDNN (where
-    torch has it) and the C kernels split a step's rows over the OpenMP threads. Its float32 outputs and
-    gradients are compared with the reference path (the cells' recur stepped with autograd) run in float64:
-    their errors must be of the size of the float32 reference path's own errors."""
+def test_fast_path_at_size_is_as_accurate_as_the_reference_path(name, onednn, elementwise, monkeypatch):
+    """At (B, H) = (64, 256) the C kernels split a step's rows over the OpenMP threads, and the per-step
+    products and the input projection go to oneDNN (in a step loop in Python), or stay with MKL (in a step loop
+    in C where there is one). Its float32 outputs and gradients are compared with the reference path (the
+    cells' recur stepped with autograd) run in float64: their errors must be of the size of the float32
+    reference path's own errors."""
+    if onednn and not linear._SUPPORTED:
+        pytest.skip("this torch has no oneDNN (mkldnn) build")
+    monkeypatch.setattr(linear, "_AVAILABLE", onednn)  # whatever this CPU would choose
     torch.manual_seed(0)
     recurrent = Recurrent(lambda d, layer, direction: CELLS[name](d, 256), input_size=128,
                           num_layers=1)
@@ -361,6 +367,8 @@ def test_fast_path_at_size_is_as_accurate_as_the_reference_path(name, elementwis
         assert linear.uses_onednn(torch.empty(64, 256), recurrent.cells[0].weight_hh)
     if elementwise == "kernels" and torch.get_num_threads() > 1:
         assert kernels.library().row_threads(64, 256) > 1
+    if elementwise == "sequences":  # the loops that have one run in C exactly when the products stay with MKL
+        assert fastpath._whole_sequences(x, macs=64 * 256 * 1024) is not onednn
 
     def run(module, fast, dtype):
         module.fast_path = fast

@@ -13,7 +13,13 @@ import torch.nn.functional as F
 
 from rnnkit import linear
 
-pytestmark = pytest.mark.skipif(not linear._AVAILABLE, reason="this torch has no oneDNN (mkldnn) build")
+pytestmark = pytest.mark.skipif(not linear._SUPPORTED, reason="this torch has no oneDNN (mkldnn) build")
+
+
+@pytest.fixture(autouse=True)
+def onednn(monkeypatch):
+    """Use oneDNN whatever this CPU would choose (on an Intel CPU rnnkit keeps MKL): its products are tested."""
+    monkeypatch.setattr(linear, "_AVAILABLE", True)
 
 # float32 sums of a few hundred terms in another order: differences of a few ulp of the largest partial sum
 TOLERANCE = {"atol": 2e-4, "rtol": 1e-5}
@@ -79,12 +85,26 @@ def test_small_or_float64_products_stay_with_torch():
     assert torch.autograd.gradcheck(linear.linear, (x, weight, None))
 
 
-def test_environment_turns_onednn_off():
+@pytest.mark.parametrize("setting, expected", [("0", "False"), ("1", "True")])
+def test_environment_turns_onednn_off_and_on(setting, expected):
     script = "from rnnkit import linear; print(linear._AVAILABLE)"
-    env = {**os.environ, "RNNKIT_ONEDNN": "0"}
+    env = {**os.environ, "RNNKIT_ONEDNN": setting}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == expected
+
+
+def test_onednn_is_chosen_where_mkl_takes_its_avx2_path():
+    """MKL runs its AVX-512 kernels on Intel CPUs only: oneDNN is chosen on AMD ones, unless the setting says."""
+    amd = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
+    intel = "processor\t: 0\nvendor_id\t: GenuineIntel\n"
+    assert linear.cpu_vendor(amd) == "AuthenticAMD" and linear.cpu_vendor(intel) == "GenuineIntel"
+    assert linear.cpu_vendor("processor : 0\nBogoMIPS : 50.00\n") == ""  # an ARM cpuinfo
+    assert linear.chosen("auto", "AuthenticAMD") and not linear.chosen("auto", "GenuineIntel")
+    assert not linear.chosen("auto", "")
+    assert linear.chosen("1", "GenuineIntel") and not linear.chosen("0", "AuthenticAMD")
+    with pytest.raises(ValueError, match="RNNKIT_ONEDNN must be 0, 1 or auto, got 'yes'"):
+        linear.chosen("yes", "AuthenticAMD")
 
 
 def test_tracing_and_export_take_f_linear():
