@@ -8,9 +8,10 @@ linear layers) runs the first two markedly faster. Measured on an AMD EPYC with 
 threads (``python -m benchmarks.linear --repeats 5``, results in benchmarks/results/linear.md): x W^T 137 -> 186
 GFLOP/s and g W 169 -> 212 at (D, G*H) = (256, 1024), 120 -> 156 and 134 -> 194 at (512, 2048). For dL/dW (a
 reduction over the T*B rows) MKL was the faster one (173 against 89), so it keeps it. On an Intel Xeon with
-AVX-512 and AMX the same benchmark had MKL ahead or level (x W^T 300 against 209 GFLOP/s at H = 256, g W 309
-against 306, a B = 64 step's backward 276 against 264), and oneDNN cost the layers 0-16% (a paired A/B, GRU at
-(64, 100, 256) 0.84x, the layer-norm LSTM 0.89x): so oneDNN is used on AMD CPUs only (:func:`chosen`).
+AVX-512 and AMX two runs of the same benchmark gave oneDNN 0.69x and 0.97x MKL's speed for x W^T at H = 256,
+0.99x and 1.02x for g W, 1.08x and 1.25x for a B = 64 step's product, 0.95x and 0.96x for its backward; and it
+cost the layers 0-16% (a paired A/B, GRU at (64, 100, 256) 0.84x, the layer-norm LSTM 0.89x): so oneDNN is used
+on AMD CPUs only (:func:`chosen`).
 
 :func:`linear` is ``F.linear`` with that choice made: oneDNN for float32 CPU tensors of at least
 :data:`MIN_MACS` multiply-adds when torch has it, else ``F.linear`` itself (so float64, gradcheck and small
