@@ -19,9 +19,9 @@ operations per step, and its backward computes the gradient of ``weight_hh`` as 
   ``_RecurrentGradient``), and the gradient of the hoisted input projection ``xp`` is dgates itself, so
   autograd turns it into ``dW_ih = dxp^T x`` and ``dx = dxp W_ih``, again one large product each.
 * the elementwise work of a step is one call of a C function (:mod:`rnnkit.kernels`, compiled on first use)
-  on CPU in float32, else the torch operations written out below (the same formulas). The LSTM's loops, and the
-  GRU's and the layer-norm LSTM's where their products stay below rnnkit.linear's oneDNN threshold, run entirely
-  in C, products included (the same BLAS products as torch.mm; see ``_whole_sequences``).
+  on CPU in float32, else the torch operations written out below (the same formulas). The LSTM's and the Elman
+  RNN's loops, and the GRU's and the layer-norm LSTM's wherever rnnkit.linear keeps their products with MKL, run
+  entirely in C, products included (the same BLAS products as torch.mm; see ``_whole_sequences``).
 
 Each function computes exactly the equations of its cell in :mod:`rnnkit.cells` (the docstrings there are
 the definition); ``tests/test_fast_paths.py`` checks outputs, final states and the gradients of every input
@@ -331,13 +331,17 @@ class _RNNRecurrence(torch.autograd.Function):
         schedule = _schedule(running, steps, batch)
         hs = _buffer(xp, (steps + 1, batch, hidden), running is not None)  # h_0 (given), h_1 .. h_T
         hs[0] = h0
-        w_t = weight_hh.t()
-        for t, n in enumerate(schedule):
-            h = torch.addmm(xp[t, :n], hs[t, :n], w_t, out=hs[t + 1, :n])  # (n, H) pre-activation
-            if relu:
-                h.relu_()
-            else:
-                _tanh(h, out=h)
+        # in C at every size: the loop in Python has its products in torch.addmm too, never in oneDNN
+        if kernels.available(xp) and _whole_sequences(weight_hh):
+            kernels.rnn_sequence_forward(schedule, weight_hh, xp.contiguous(), hs, relu)
+        else:
+            w_t = weight_hh.t()
+            for t, n in enumerate(schedule):
+                h = torch.addmm(xp[t, :n], hs[t, :n], w_t, out=hs[t + 1, :n])  # (n, H) pre-activation
+                if relu:
+                    h.relu_()
+                else:
+                    _tanh(h, out=h)
         if _keeps(ctx):
             ctx.save_for_backward(hs, weight_hh)
             ctx.schedule, ctx.relu = schedule, relu
@@ -350,15 +354,18 @@ class _RNNRecurrence(torch.autograd.Function):
         schedule = ctx.schedule
         d_pre = _buffer(d_outputs, d_outputs.shape, len(schedule) < d_outputs.shape[0] or min(schedule) < hs.shape[1])
         d_h_run = d_h_n.clone()
-        for t in range(len(schedule) - 1, -1, -1):
-            n = schedule[t]
-            d_h = d_h_run[:n] + d_outputs[t, :n]
-            h = hs[t + 1, :n]
-            if ctx.relu:
-                torch.mul(d_h, h > 0, out=d_pre[t, :n])
-            else:  # tanh' = 1 - h^2
-                torch.addcmul(d_h, d_h * h, h, value=-1.0, out=d_pre[t, :n])
-            torch.mm(d_pre[t, :n], weight_hh, out=d_h_run[:n])
+        if kernels.available(d_outputs, d_h_run) and _whole_sequences(weight_hh, d_h_run, hs):
+            kernels.rnn_sequence_backward(schedule, weight_hh, d_outputs, hs, d_pre, d_h_run, ctx.relu)
+        else:
+            for t in range(len(schedule) - 1, -1, -1):
+                n = schedule[t]
+                d_h = d_h_run[:n] + d_outputs[t, :n]
+                h = hs[t + 1, :n]
+                if ctx.relu:
+                    torch.mul(d_h, h > 0, out=d_pre[t, :n])
+                else:  # tanh' = 1 - h^2
+                    torch.addcmul(d_h, d_h * h, h, value=-1.0, out=d_pre[t, :n])
+                torch.mm(d_pre[t, :n], weight_hh, out=d_h_run[:n])
         d_weight = _flat(d_pre).t() @ _flat(hs[:-1]) if ctx.needs_input_grad[2] else None  # one (H, T*B) x (T*B, H)
         return d_pre, d_h_run, d_weight, None, None
 
