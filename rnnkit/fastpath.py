@@ -19,9 +19,10 @@ operations per step, and its backward computes the gradient of ``weight_hh`` as 
   ``_RecurrentGradient``), and the gradient of the hoisted input projection ``xp`` is dgates itself, so
   autograd turns it into ``dW_ih = dxp^T x`` and ``dx = dxp W_ih``, again one large product each.
 * the elementwise work of a step is one call of a C function (:mod:`rnnkit.kernels`, compiled on first use)
-  on CPU in float32, else the torch operations written out below (the same formulas). The LSTM's and the Elman
-  RNN's loops, and the GRU's and the layer-norm LSTM's wherever rnnkit.linear keeps their products with MKL, run
-  entirely in C, products included (the same BLAS products as torch.mm; see ``_whole_sequences``).
+  on CPU in float32, else the torch operations written out below (the same formulas). The loops of the LSTM, the
+  reset-before GRU and the Elman RNN, and the GRU's and the layer-norm LSTM's wherever rnnkit.linear keeps their
+  products with MKL, run entirely in C, products included (the same BLAS products as torch.mm; see
+  ``_whole_sequences``).
 
 Each function computes exactly the equations of its cell in :mod:`rnnkit.cells` (the docstrings there are
 the definition); ``tests/test_fast_paths.py`` checks outputs, final states and the gradients of every input
@@ -780,30 +781,39 @@ class _ResetBeforeGRURecurrence(torch.autograd.Function):
         factors = _Steps.empty(xp, steps, batch, 5 * hidden) if keep else None  # see _gru_factors
         # r_t h_{t-1}, W_hn's input (zero past a length: it meets zero gradients in dW_hn's product)
         reset_states = _Steps.empty(xp, steps, batch, hidden, zero=padded) if keep else None
-        rz = xp.new_empty(batch, 2 * hidden)
-        reset = xp.new_empty(batch, hidden)
-        candidate = xp.new_empty(batch, hidden)
         hs = _buffer(xp, (steps + 1, batch, hidden), padded)
         hs[0] = h0
         fused = kernels.available(xp)
-        for t, rows in enumerate(schedule):
-            gate_values = factors[t, :rows, 3 * hidden :] if keep else rz[:rows]
-            if fused:
-                torch.addmm(xp[t, :rows, : 2 * hidden], hs[t, :rows], w_rz_t, out=gate_values)
-                reset_state = reset_states[t, :rows] if keep else reset[:rows]
-                kernels.reset_before_gates(gate_values, hs[t, :rows], reset_state)
-                torch.addmm(xp[t, :rows, 2 * hidden :], reset_state, w_n_t, out=candidate[:rows])
-                kernels.reset_before_forward(candidate[:rows], gate_values, hs[t, :rows], hs[t + 1, :rows],
-                                             factors[t, :rows] if keep else None)
-                continue
-            torch.addmm(xp[t, :rows, : 2 * hidden], hs[t, :rows], w_rz_t, out=gate_values).sigmoid_()
-            r, z = gate_values[:, :hidden], gate_values[:, hidden:]
-            reset_state = torch.mul(r, hs[t, :rows], out=reset_states[t, :rows] if keep else reset[:rows])
-            n = torch.addmm(xp[t, :rows, 2 * hidden :], reset_state, w_n_t, out=candidate[:rows])
-            _tanh(n, out=n)
-            h = torch.lerp(n, hs[t, :rows], z, out=hs[t + 1, :rows])
-            if keep:
-                _gru_factors(factors[t, :rows], h, n, hs[t, :rows], hidden)
+        # in C at every size: the loop in Python has its products in torch.addmm too, never in oneDNN
+        if fused and _whole_sequences(weight_hh):
+            xp = xp.contiguous()
+            sizes = (factors.size, reset_states.size) if keep else ()
+            for start, stop in _spans(len(schedule), *sizes):
+                kernels.reset_before_sequence_forward(schedule[start:stop], weight_hh, xp[start:], hs[start:],
+                                                      factors.from_step(start) if keep else None,
+                                                      reset_states.from_step(start) if keep else None)
+        else:
+            rz = xp.new_empty(batch, 2 * hidden)
+            reset = xp.new_empty(batch, hidden)
+            candidate = xp.new_empty(batch, hidden)
+            for t, rows in enumerate(schedule):
+                gate_values = factors[t, :rows, 3 * hidden :] if keep else rz[:rows]
+                if fused:
+                    torch.addmm(xp[t, :rows, : 2 * hidden], hs[t, :rows], w_rz_t, out=gate_values)
+                    reset_state = reset_states[t, :rows] if keep else reset[:rows]
+                    kernels.reset_before_gates(gate_values, hs[t, :rows], reset_state)
+                    torch.addmm(xp[t, :rows, 2 * hidden :], reset_state, w_n_t, out=candidate[:rows])
+                    kernels.reset_before_forward(candidate[:rows], gate_values, hs[t, :rows], hs[t + 1, :rows],
+                                                 factors[t, :rows] if keep else None)
+                    continue
+                torch.addmm(xp[t, :rows, : 2 * hidden], hs[t, :rows], w_rz_t, out=gate_values).sigmoid_()
+                r, z = gate_values[:, :hidden], gate_values[:, hidden:]
+                reset_state = torch.mul(r, hs[t, :rows], out=reset_states[t, :rows] if keep else reset[:rows])
+                n = torch.addmm(xp[t, :rows, 2 * hidden :], reset_state, w_n_t, out=candidate[:rows])
+                _tanh(n, out=n)
+                h = torch.lerp(n, hs[t, :rows], z, out=hs[t + 1, :rows])
+                if keep:
+                    _gru_factors(factors[t, :rows], h, n, hs[t, :rows], hidden)
         if keep:
             ctx.save_for_backward(hs, weight_hh, *factors.blocks, *reset_states.blocks)
             ctx.blocks = [(len(factors.blocks), factors.size), (len(reset_states.blocks), reset_states.size)]
@@ -824,26 +834,32 @@ class _ResetBeforeGRURecurrence(torch.autograd.Function):
         d_xp = _buffer(d_outputs, (steps, batch, 3 * hidden), padded)  # dL/d(pre-activations): (T, B, 3H)
         d_h_run = d_h_n.clone()
         fused = kernels.available(d_outputs, d_h_run)
-        d_h_step = d_outputs.new_empty(batch, hidden)
-        for t in range(len(schedule) - 1, -1, -1):
-            rows = schedule[t]
-            step_factors = factors[t, :rows]
-            if fused:
-                kernels.reset_before_backward_gates(d_h_run[:rows], d_outputs[t, :rows], step_factors,
-                                                    d_xp[t, :rows], d_h_step[:rows])
-                d_reset = torch.mm(d_xp[t, :rows, 2 * hidden :], w_n)
-                kernels.reset_before_backward_reset(d_reset, d_h_step[:rows], step_factors, d_xp[t, :rows],
-                                                    d_h_run[:rows])
-                d_h_run[:rows].addmm_(d_xp[t, :rows, : 2 * hidden], w_rz)
-                continue
-            d_h = d_h_run[:rows] + d_outputs[t, :rows]
-            torch.mul(d_h.unsqueeze(1), step_factors[:, : 2 * hidden].unflatten(1, (2, hidden)),
-                      out=d_xp[t, :rows, hidden:].unflatten(1, (2, hidden)))
-            d_reset = torch.mm(d_xp[t, :rows, 2 * hidden :], w_n)  # dL/d(r * h_{t-1})
-            torch.mul(d_reset, step_factors[:, 2 * hidden : 3 * hidden], out=d_xp[t, :rows, :hidden])  # d(pre r)
-            # dL/dh_{t-1} = z dh + r dL/d(r h) + dL/d(pre r, z) W_hrz
-            carry = torch.mul(step_factors[:, 4 * hidden :], d_h, out=d_h_run[:rows])
-            carry.addcmul_(step_factors[:, 3 * hidden : 4 * hidden], d_reset).addmm_(d_xp[t, :rows, : 2 * hidden], w_rz)
+        if fused and _whole_sequences(weight_hh, d_h_run):
+            for start, stop in reversed(_spans(len(schedule), factors.size)):
+                kernels.reset_before_sequence_backward(schedule[start:stop], weight_hh, d_outputs[start:],
+                                                       factors.from_step(start), d_xp[start:], d_h_run)
+        else:
+            d_h_step = d_outputs.new_empty(batch, hidden)
+            for t in range(len(schedule) - 1, -1, -1):
+                rows = schedule[t]
+                step_factors = factors[t, :rows]
+                if fused:
+                    kernels.reset_before_backward_gates(d_h_run[:rows], d_outputs[t, :rows], step_factors,
+                                                        d_xp[t, :rows], d_h_step[:rows])
+                    d_reset = torch.mm(d_xp[t, :rows, 2 * hidden :], w_n)
+                    kernels.reset_before_backward_reset(d_reset, d_h_step[:rows], step_factors, d_xp[t, :rows],
+                                                        d_h_run[:rows])
+                    d_h_run[:rows].addmm_(d_xp[t, :rows, : 2 * hidden], w_rz)
+                    continue
+                d_h = d_h_run[:rows] + d_outputs[t, :rows]
+                torch.mul(d_h.unsqueeze(1), step_factors[:, : 2 * hidden].unflatten(1, (2, hidden)),
+                          out=d_xp[t, :rows, hidden:].unflatten(1, (2, hidden)))
+                d_reset = torch.mm(d_xp[t, :rows, 2 * hidden :], w_n)  # dL/d(r * h_{t-1})
+                torch.mul(d_reset, step_factors[:, 2 * hidden : 3 * hidden], out=d_xp[t, :rows, :hidden])  # d(pre r)
+                # dL/dh_{t-1} = z dh + r dL/d(r h) + dL/d(pre r, z) W_hrz
+                carry = torch.mul(step_factors[:, 4 * hidden :], d_h, out=d_h_run[:rows])
+                carry.addcmul_(step_factors[:, 3 * hidden : 4 * hidden], d_reset)
+                carry.addmm_(d_xp[t, :rows, : 2 * hidden], w_rz)
         d_weight = None
         if ctx.needs_input_grad[2]:
             d_weight = weight_hh.new_empty(weight_hh.shape)

@@ -20,7 +20,7 @@ that have just run the step's matrix product; the layer-norm backward keeps per-
 gradients and adds them in thread order (the same result at the same thread count). Elsewhere, or if that build
 fails, the kernels are serial (``-fopenmp-simd``).
 
-The LSTM's, the layer-norm LSTM's, the GRU's and the Elman RNN's whole step loops are here too
+The LSTM's, the layer-norm LSTM's, both GRUs' and the Elman RNN's whole step loops are here too
 (``lstm_sequence_forward`` and the like): each step's product through the BLAS ``sgemm_`` that torch's own CPU
 matrix products call (MKL in the x86-64 wheels, found in libtorch_cpu and checked on a test product, see
 :func:`sequences_available`), then the step's kernel. A small step's work is a few microseconds, and the loop in
@@ -57,7 +57,8 @@ __all__ = ["available", "build_seconds", "lstm_forward", "lstm_backward", "layer
            "reset_before_forward", "reset_before_backward_gates", "reset_before_backward_reset",
            "sequences_available", "gru_sequence_forward", "gru_sequence_backward", "lstm_sequence_forward",
            "lstm_sequence_backward", "layer_norm_lstm_sequence_forward", "layer_norm_lstm_sequence_backward",
-           "rnn_sequence_forward", "rnn_sequence_backward"]
+           "rnn_sequence_forward", "rnn_sequence_backward", "reset_before_sequence_forward",
+           "reset_before_sequence_backward"]
 
 #: Seconds this process spent compiling (0 when the library came from the cache, None before the first use).
 build_seconds: float | None = None
@@ -422,16 +423,33 @@ typedef void (*sgemm_fn)(const char *, const char *, const idx *, const idx *, c
                          const float *, const idx *, const float *, const idx *, const float *, float *,
                          const idx *);
 
-/* c (n x F, row stride F) = beta c + a (n x K) w^T, w (F x K) row-major: torch.addmm(c, a, w.t()). */
-static void times_wt(sgemm_fn gemm, idx n, idx F, idx K, const float *a, const float *w, float beta, float *c) {
+/* c (n x F, row stride sc) = beta c + a (n x K, row stride sa) w^T, w (F x K) row-major: torch.addmm(c, a, w.t()). */
+static void times_wt_rows(sgemm_fn gemm, idx n, idx F, idx K, const float *a, idx sa, const float *w, float beta,
+                          float *c, idx sc) {
     const float one = 1.0f;
-    gemm("T", "N", &F, &n, &K, &one, w, &K, a, &K, &beta, c, &F);
+    gemm("T", "N", &F, &n, &K, &one, w, &K, a, &sa, &beta, c, &sc);
 }
 
-/* c (n x K) = beta c + a (n x F) w, w (F x K) row-major: torch.mm(a, w). */
-static void times_w(sgemm_fn gemm, idx n, idx F, idx K, const float *a, const float *w, float beta, float *c) {
+static void times_wt(sgemm_fn gemm, idx n, idx F, idx K, const float *a, const float *w, float beta, float *c) {
+    times_wt_rows(gemm, n, F, K, a, K, w, beta, c, F);
+}
+
+/* c (n x K, row stride sc) = beta c + a (n x F, row stride sa) w, w (F x K) row-major: torch.mm(a, w). */
+static void times_w_rows(sgemm_fn gemm, idx n, idx F, idx K, const float *a, idx sa, const float *w, float beta,
+                         float *c, idx sc) {
     const float one = 1.0f;
-    gemm("N", "N", &K, &n, &F, &one, w, &K, a, &F, &beta, c, &K);
+    gemm("N", "N", &K, &n, &F, &one, w, &K, a, &sa, &beta, c, &sc);
+}
+
+static void times_w(sgemm_fn gemm, idx n, idx F, idx K, const float *a, const float *w, float beta, float *c) {
+    times_w_rows(gemm, n, F, K, a, F, w, beta, c, K);
+}
+
+/* Copy columns [0, width) of n rows (row stride sfrom) into rows of stride sto. */
+static void copy_rows(idx n, idx width, const float *from, idx sfrom, float *to, idx sto) {
+    for (idx r = 0; r < n; r++) {
+        for (idx k = 0; k < width; k++) { to[r * sto + k] = from[r * sfrom + k]; }
+    }
 }
 
 /* GRU (reset after) forward over all steps: rec = W_hh h_{t-1} + b_hh (b may be NULL), then gru_forward.
@@ -519,6 +537,43 @@ void rnn_sequence_backward(idx steps, const idx *rows, idx B, idx H, sgemm_fn ge
         float *dp = dpre + t * B * H;
         rnn_backward_step(n, H, dh_run, dout + t * B * H, hs + (t + 1) * B * H, dp, relu);
         times_w(gemm, n, H, H, dp, w, 0.0f, dh_run);  /* dL/dh_{t-1} = dpre W_hh */
+    }
+}
+
+/* Reset-before GRU forward over all steps (xp holds b_ih + b_hh): [r, z] = sigma(xp_rz + W_hrz h_{t-1}) and
+   reset = r h_{t-1} (rb_gates), cand = xp_n + W_hn reset, then rb_forward. fac (may be NULL): (T, B, 5H), r and z
+   in each row's last 2H; resets (may be NULL): (T, B, H), every step's reset kept for dW_hn; scratch: (B, 4H). */
+void rb_sequence_forward(idx steps, const idx *rows, idx B, idx H, sgemm_fn gemm, const float *w, const float *xp,
+                         float *hs, float *fac, float *resets, float *scratch) {
+    for (idx t = 0; t < steps; t++) {
+        idx n = rows[t];
+        const float *x = xp + t * B * 3 * H, *hp = hs + t * B * H;
+        float *f = fac ? fac + t * B * 5 * H : NULL;
+        float *rz = f ? f + 3 * H : scratch;
+        idx srz = f ? 5 * H : 2 * H;
+        float *reset = resets ? resets + t * B * H : scratch + B * 2 * H, *cand = scratch + B * 3 * H;
+        copy_rows(n, 2 * H, x, 3 * H, rz, srz);
+        times_wt_rows(gemm, n, 2 * H, H, hp, H, w, 1.0f, rz, srz);
+        rb_gates(n, H, rz, srz, hp, H, reset, H);
+        copy_rows(n, H, x + 2 * H, 3 * H, cand, H);
+        times_wt_rows(gemm, n, H, H, reset, H, w + 2 * H * H, 1.0f, cand, H);
+        rb_forward(n, H, cand, H, rz, srz, hp, H, hs + (t + 1) * B * H, H, f, 5 * H);
+    }
+}
+
+/* Its backward: dxp (T, B, 3H), rows past n_t left as they are; dh_run as in gru_sequence_backward; scratch:
+   (B, 2H). Per step: rb_backward_gates, d_reset = da_n W_hn, rb_backward_reset, dh_run += [da_r, da_z] W_hrz. */
+void rb_sequence_backward(idx steps, const idx *rows, idx B, idx H, sgemm_fn gemm, const float *w, const float *dout,
+                          const float *fac, float *dxp, float *dh_run, float *scratch) {
+    float *dh = scratch, *d_reset = scratch + B * H;
+    for (idx t = steps - 1; t >= 0; t--) {
+        idx n = rows[t];
+        const float *f = fac + t * B * 5 * H;
+        float *dx = dxp + t * B * 3 * H;
+        rb_backward_gates(n, H, dh_run, H, dout + t * B * H, H, f, 5 * H, dx, 3 * H, dh, H);
+        times_w_rows(gemm, n, H, H, dx + 2 * H, 3 * H, w + 2 * H * H, 0.0f, d_reset, H);
+        rb_backward_reset(n, H, d_reset, H, dh, H, f, 5 * H, dx, 3 * H, dh_run, H);
+        times_w_rows(gemm, n, 2 * H, H, dx, 3 * H, w, 1.0f, dh_run, H);
     }
 }
 
@@ -612,6 +667,8 @@ _SIGNATURES = {  # argument kinds: i = index (long), p = pointer, f = float
     "lstm_sequence_backward": "ipii" + "p" * 7,
     "ln_lstm_sequence_forward": "ipii" + "p" * 8 + "f" + "p" * 6 + "i",
     "ln_lstm_sequence_backward": "ipii" + "p" * 21,
+    "rb_sequence_forward": "ipii" + "p" * 7,
+    "rb_sequence_backward": "ipii" + "p" * 7,
     "rnn_sequence_forward": "ipii" + "p" * 4 + "i",
     "rnn_sequence_backward": "ipii" + "p" * 6 + "i",
 }
@@ -767,6 +824,20 @@ def gru_sequence_forward(schedule, weight, bias, xp, hs, factors, rec) -> None:
 def gru_sequence_backward(schedule, weight, d_out, factors, d_xp, d_rec, d_h_run) -> None:
     _sequence("gru_sequence_backward", schedule, d_out.shape[1], d_out.shape[2], weight, d_out, factors, d_xp, d_rec,
               d_h_run)
+
+
+def reset_before_sequence_forward(schedule, weight, xp, hs, factors, resets) -> None:
+    """Steps of the reset-before GRU from hs[0]: xp (T, B, 3H) -> hs[1:]; factors (T, B, 5H) and resets (T, B, H),
+    both None without gradients."""
+    batch, hidden = hs.shape[1], hs.shape[2]
+    scratch = xp.new_empty(batch, 4 * hidden)
+    _sequence("rb_sequence_forward", schedule, batch, hidden, weight, xp, hs, factors, resets, scratch)
+
+
+def reset_before_sequence_backward(schedule, weight, d_out, factors, d_xp, d_h_run) -> None:
+    batch, hidden = d_out.shape[1], d_out.shape[2]
+    scratch = d_out.new_empty(batch, 2 * hidden)
+    _sequence("rb_sequence_backward", schedule, batch, hidden, weight, d_out, factors, d_xp, d_h_run, scratch)
 
 
 def rnn_sequence_forward(schedule, weight, xp, hs, relu: bool) -> None:
