@@ -210,8 +210,19 @@ def run_layers(
     """
     num_directions = 2 if bidirectional else 1
     max_length, batch_size = x.shape[0], x.shape[1]
-    valid = reverse_index = None
+    valid = reverse_index = order = None
     if lengths is not None and bool((lengths < max_length).any()):
+        randomness = training and (dropout > 0.0 or recurrent_dropout > 0.0 or zoneout > 0.0)
+        if fast_path and not randomness:
+            # The fast path runs a batch longest first (fastpath.run): sort it once here, rather than each
+            # layer-direction its own input projection, state and outputs. (Not with random masks, whose draws
+            # would then fall on other sequences than on the reference path.)
+            order = torch.argsort(lengths, descending=True, stable=True)
+            if torch.equal(order, torch.arange(batch_size, device=order.device)):
+                order = None
+            else:
+                x, lengths = x.index_select(1, order), lengths[order]
+                states = [_map(lambda s: s.index_select(0, order), state) for state in states]
         valid_steps = torch.arange(max_length, device=x.device).unsqueeze(1) < lengths  # (T, B), True = real
         valid = valid_steps.unsqueeze(-1)  # (T, B, 1)
         reverse_index = _reverse_index(lengths, max_length)
@@ -247,6 +258,11 @@ def run_layers(
         if dropout > 0.0 and training and layer < num_layers - 1:
             output = F.dropout(output, dropout, training=True)  # between layers, as torch.nn: not on the last
         layer_input = output
+    if order is not None:
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(batch_size, device=order.device)
+        layer_input = layer_input.index_select(1, inverse)
+        finals = [_map(lambda s: s.index_select(0, inverse), final) for final in finals]
     return layer_input, finals
 
 
