@@ -212,11 +212,12 @@ def run_layers(
     max_length, batch_size = x.shape[0], x.shape[1]
     valid = reverse_index = order = None
     if lengths is not None and bool((lengths < max_length).any()):
-        randomness = training and (dropout > 0.0 or recurrent_dropout > 0.0 or zoneout > 0.0)
-        if fast_path and not randomness:
+        randomness = training and (dropout > 0.0 or recurrent_dropout > 0.0)
+        if fast_path and not randomness and zoneout == 0.0 and all(fastpath.supports(cell) for cell in cells):
             # The fast path runs a batch longest first (fastpath.run): sort it once here, rather than each
-            # layer-direction its own input projection, state and outputs. (Not with random masks, whose draws
-            # would then fall on other sequences than on the reference path.)
+            # layer-direction its own input projection, state and outputs. Only where every layer-direction
+            # takes the fast path (the reference path's steps are seen per sequence, by rnnkit.diagnostics), and
+            # not with random masks, whose draws would fall on other sequences than on the reference path.
             order = torch.argsort(lengths, descending=True, stable=True)
             if torch.equal(order, torch.arange(batch_size, device=order.device)):
                 order = None
