@@ -685,6 +685,16 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rnnkit"
 
 
+def _vector_flags() -> list[str]:
+    """``-mprefer-vector-width=512`` on a CPU with AVX-512, where GCC otherwise keeps to 256-bit vectors (and
+    glibc's 8-wide expf and tanhf). Measured on an Intel Xeon (AVX-512, AMX): the step kernels alone 22-40% faster
+    (a GRU step at 64 x 64 12.8 -> 10.0 us, an LSTM step at 64 x 256 30.6 -> 22.0 us); the layers forward+backward,
+    two pairs of processes each, 1.00-1.13x (GRU, LSTM with lengths, layer-norm LSTM, reset-before GRU at
+    (64, 100, 256), (1, 100, 256), (32, 500, 128) and (64, 40, 64)). Not measured on an AMD CPU. A build that
+    refuses the flag is retried without it."""
+    return ["-mprefer-vector-width=512"] if "avx512f" in _cpu_flags().split() else []
+
+
 def _cpu_flags() -> str:
     """What -march=native depends on: the CPU's feature flags (so a shared cache never serves another CPU)."""
     try:
@@ -709,12 +719,15 @@ def _load() -> ctypes.CDLL | None:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
         started = time.perf_counter()
         builds = [(_FLAGS, _LINK_FLAGS)] if _torch_uses_libgomp() else []
-        for flags, link_flags in [*builds, (_SERIAL_FLAGS, _SERIAL_LINK_FLAGS)]:
+        wide = _vector_flags()
+        attempts = [(flags + extra, link_flags) for flags, link_flags in [*builds, (_SERIAL_FLAGS, _SERIAL_LINK_FLAGS)]
+                    for extra in ([wide, []] if wide else [[]])]
+        for number, (flags, link_flags) in enumerate(attempts, 1):
             try:
                 path = _build(compiler, version, flags, link_flags)
                 break
-            except subprocess.CalledProcessError:  # e.g. no OpenMP: the next, serial build
-                if flags is _SERIAL_FLAGS:
+            except subprocess.CalledProcessError:  # e.g. no OpenMP: the next build, at last the plain serial one
+                if number == len(attempts):
                     raise
         build_seconds = time.perf_counter() - started if build_seconds is None else build_seconds
         library = ctypes.CDLL(str(path))
