@@ -130,15 +130,7 @@ def machine() -> str:
     products to oneDNN on it (it does on AMD CPUs, where MKL takes its AVX2 path)."""
     from rnnkit import linear
 
-    name = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-                break
-    except OSError:
-        pass
+    name = linear.cpuinfo_field("model name") or platform.machine()
     return f"{name}, products in {'oneDNN' if linear._AVAILABLE else 'torch.mm'}"
 
 

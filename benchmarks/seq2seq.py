@@ -97,6 +97,7 @@ def training_flops(model: Seq2Seq, src_lengths: torch.Tensor, target_length: int
     2 * B * T * S * K (the decoder's). ``tests/test_benchmarks.py`` checks the sum against
     torch.utils.flop_counter."""
     batch, source_length = len(src_lengths), int(src_lengths.max())
+    # a parameter's rows: those of the first prefix its name starts with
     rows = {"encoder.rnn.": int(src_lengths.sum()), "encoder.": batch, "decoder.": batch * target_length}
     forward = {"encoder": 0.0, "decoder": 4.0 * batch * target_length * source_length * model.encoder.output_size}
     for name, parameter in model.named_parameters():
@@ -112,7 +113,6 @@ def training_contenders(sizes: dict) -> tuple[list[Contender], int, tuple[float,
     src, lengths, tgt_in, tgt_out = _data(**sizes)
     model = _model(**sizes)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    readout = torch.Generator().manual_seed(1)
 
     def train_step(fast_path: bool):
         def run(backward: bool) -> None:  # always a full training step; ``backward`` is the harness's mode
@@ -126,7 +126,9 @@ def training_contenders(sizes: dict) -> tuple[list[Contender], int, tuple[float,
         return run
 
     with torch.no_grad():
-        readouts = {key: torch.randn(value.shape, generator=readout) for key, value in model.start(src, lengths).items()
+        generator = torch.Generator().manual_seed(1)
+        initial = model.start(src, lengths)
+        readouts = {key: torch.randn(value.shape, generator=generator) for key, value in initial.items()
                     if isinstance(value, torch.Tensor) and value.is_floating_point()}
     decoder_parameters = list(model.decoder.parameters())
 

@@ -520,9 +520,8 @@ void rnn_sequence_forward(idx steps, const idx *rows, idx B, idx H, sgemm_fn gem
                           const float *xp, float *hs, idx relu) {
     for (idx t = 0; t < steps; t++) {
         idx n = rows[t];
-        const float *x = xp + t * B * H;
         float *h = hs + (t + 1) * B * H;
-        for (idx k = 0; k < n * H; k++) { h[k] = x[k]; }
+        copy_rows(n, H, xp + t * B * H, H, h, H);
         times_wt(gemm, n, H, H, hs + t * B * H, w, 1.0f, h);
         rnn_activate(n, H, h, relu);
     }

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["linear", "product", "uses_onednn", "chosen", "cpu_vendor", "MIN_MACS"]
+__all__ = ["linear", "product", "uses_onednn", "chosen", "cpu_vendor", "cpuinfo_field", "MIN_MACS"]
 
 #: Fewest multiply-adds (rows x D x F) for which oneDNN is used. Below it its fixed cost per call (~17 us
 #: against torch.mm's ~2.4 us) loses: 1 x 256 x 768 took 29 against 17 us, 8 x 256 x 768 0.74x torch.mm's speed.
@@ -43,9 +43,9 @@ MIN_MACS = 1 << 22
 _SUPPORTED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def cpu_vendor(cpuinfo: str | None = None) -> str:
-    """The x86 CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``), from /proc/cpuinfo or ``cpuinfo``;
-    "" where there is none (another OS or architecture)."""
+def cpuinfo_field(name: str, cpuinfo: str | None = None) -> str:
+    """The first CPU's ``name`` field (``vendor_id``, ``model name``) in /proc/cpuinfo or ``cpuinfo``; "" where
+    there is none (another OS, or an architecture without the field)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -53,9 +53,15 @@ def cpu_vendor(cpuinfo: str | None = None) -> str:
             return ""
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "vendor_id":
+        if key.strip() == name:
             return value.strip()
     return ""
+
+
+def cpu_vendor(cpuinfo: str | None = None) -> str:
+    """The x86 CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``), from /proc/cpuinfo or ``cpuinfo``;
+    "" where there is none (another OS or architecture)."""
+    return cpuinfo_field("vendor_id", cpuinfo)
 
 
 def chosen(setting: str | None = None, vendor: str | None = None) -> bool:
