@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.checks import check_probability, check_size
 from rnnkit.linear import linear
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "State", "check_size", "check_probability", "LAYER_NORM_EPS"]
@@ -46,22 +47,6 @@ _NONLINEARITIES = ("tanh", "relu")
 
 #: epsilon of every layer normalisation in the cells (added to the variance), as torch.nn.LayerNorm's default.
 LAYER_NORM_EPS = 1e-5
-
-
-def check_size(name: str, value: object, *, allow_zero: bool = False) -> int:
-    """Return ``value`` if it is a positive (or, with ``allow_zero``, non-negative) int, else raise ValueError."""
-    lowest = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        kind = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
-    return value
-
-
-def check_probability(name: str, value: object) -> float:
-    """Return ``value`` as a float if it is in [0, 1), else raise ValueError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
-    return float(value)
 
 
 def _layer_norm(x: Tensor, gain: Tensor, bias: Tensor | None = None, eps: float = LAYER_NORM_EPS) -> Tensor:
