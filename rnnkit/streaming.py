@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.layers import GRU, LSTM, RNN
-from rnnkit.models import LanguageModel, _evaluating
+from rnnkit.models import LanguageModel, evaluating
 from rnnkit.seq2seq import Seq2Seq
 
 __all__ = [
@@ -109,7 +109,7 @@ class LayerStreamer:
         single = frame.dim() == 1
         frames = frame.unsqueeze(0) if single else frame  # (B, D)
         time_axis = 1 if self.layer.batch_first else 0
-        with _evaluating(self.layer):
+        with evaluating(self.layer):
             output, self.state = self.layer(frames.unsqueeze(time_axis), self.state)  # (B, 1, H) or (1, B, H)
         self.steps += 1
         output = output.squeeze(time_axis)  # (B, H_out)
@@ -146,7 +146,7 @@ class LanguageModelStreamer:
         tokens = torch.as_tensor(token, dtype=torch.long, device=device).reshape(-1)  # (B,)
         if tokens.shape[0] != self.batch_size:
             raise ValueError(f"feed expects {self.batch_size} token id(s), one per stream, got {tokens.shape[0]}")
-        with _evaluating(self.model):
+        with evaluating(self.model):
             log_probs, self.state = self.model.step(tokens, self.state)  # (B, V)
         self.steps += 1
         return log_probs.squeeze(0) if single else log_probs
@@ -219,7 +219,7 @@ class DecoderStreamer:
     @torch.no_grad()
     def start(self, src: Tensor, src_lengths: Tensor | Sequence[int]) -> None:
         """Encode a source batch src (B, S) with lengths (B,): the decoder's initial state."""
-        with _evaluating(self.model):
+        with evaluating(self.model):
             self._initial = self.model.start(src, torch.as_tensor(src_lengths))
         self.reset()
 
@@ -235,7 +235,7 @@ class DecoderStreamer:
             raise ValueError("call start(src, src_lengths) before feed: the decoder needs an encoded source")
         single = isinstance(prev_tokens, int)
         tokens = torch.as_tensor(prev_tokens, dtype=torch.long).reshape(-1)  # (N,)
-        with _evaluating(self.model):
+        with evaluating(self.model):
             log_probs, self.state = self.model.step(tokens, self.state)  # (N, V)
         self.steps += 1
         return log_probs.squeeze(0) if single else log_probs
