@@ -43,7 +43,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rnnkit.cells import check_size
+from rnnkit.checks import check_size
 
 __all__ = [
     "Attention",

@@ -9,8 +9,9 @@ model (its state is just its hidden-state dict) or a fixed probability table in 
 
 The state contract: ``state`` is a dict (possibly nested dicts / tuples / lists) in which EVERY tensor has the
 batch as dim 0. Beam search therefore expands it per beam and reorders it generically with
-``t.index_select(0, rows)`` (see :func:`map_state`); non-tensor leaves pass through untouched. After a step,
-``state.get("attention")`` holds that step's attention weights (N, S) if the model attends; they are recorded.
+``t.index_select(0, rows)`` (:func:`rnnkit.state.select_rows`; ``map_state`` is re-exported here from
+:mod:`rnnkit.state`); non-tensor leaves pass through untouched. After a step, ``state.get("attention")`` holds
+that step's attention weights (N, S) if the model attends; they are recorded.
 
 Conventions shared by all strategies:
 
@@ -29,12 +30,14 @@ Conventions shared by all strategies:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+
+from rnnkit.state import map_state, named_state_tensors, select_rows
 
 __all__ = [
     "LENGTH_PENALTIES",
@@ -115,41 +118,6 @@ class DecodeResult:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
-    """Apply ``fn`` to every tensor in a nested state (dicts, tuples, named tuples, lists); keep other leaves.
-
-    Beam search uses it to expand a state per beam and to reorder it after each step, e.g.
-    ``map_state(lambda t: t.index_select(0, rows), state)``, which is valid because every tensor of a
-    decoder state has the batch as dim 0.
-    """
-    if isinstance(state, Tensor):
-        return fn(state)
-    if isinstance(state, Mapping):
-        return {key: map_state(fn, value) for key, value in state.items()}
-    if isinstance(state, tuple) and hasattr(state, "_fields"):  # named tuple
-        return type(state)(*(map_state(fn, value) for value in state))
-    if isinstance(state, tuple | list):
-        return type(state)(map_state(fn, value) for value in state)
-    return state
-
-
-def _state_tensors(state: Any, path: str = "state") -> Iterator[tuple[str, Tensor]]:
-    """(path, tensor) for every tensor leaf, the path naming it in error messages."""
-    if isinstance(state, Tensor):
-        yield path, state
-    elif isinstance(state, Mapping):
-        for key, value in state.items():
-            yield from _state_tensors(value, f"{path}[{key!r}]")
-    elif isinstance(state, tuple | list):
-        for i, value in enumerate(state):
-            yield from _state_tensors(value, f"{path}[{i}]")
-
-
-def _select_rows(state: Any, rows: Tensor) -> Any:
-    """The state of rows ``rows`` (R,) of the batch, in that order."""
-    return map_state(lambda t: t.index_select(0, rows), state)
-
-
 def _attention_of(state: Any) -> Tensor | None:
     return state.get("attention") if isinstance(state, Mapping) else None
 
@@ -189,7 +157,7 @@ def _first_tokens(bos_id: int | Tensor, state: Any) -> Tensor:
     ``bos_id`` may be a (N,) tensor giving each row its own first token: a language model continuing a
     prompt feeds the last prompt token of each row.
     """
-    tensors = list(_state_tensors(state))
+    tensors = list(named_state_tensors(state))
     if isinstance(bos_id, Tensor):
         if bos_id.dim() != 1:
             raise ValueError(f"bos_id as a tensor must have shape (N,), got {tuple(bos_id.shape)}")
@@ -593,7 +561,7 @@ def beam_search(
     # the caller's batch. At the start every beam holds the same empty prefix: only beam 0 is live
     # (log-prob 0), the others -inf, so the first step does not pick the same token K times.
     expand = torch.arange(n, device=first.device).repeat_interleave(k)  # (N*K,)
-    state = _select_rows(state, expand)
+    state = select_rows(state, expand)
     prev = first.index_select(0, expand)  # (B*K,)
     sentence = torch.arange(n, device=first.device)  # (B,)
     alive_tokens = torch.zeros((n * k, 0), dtype=torch.long, device=first.device)  # (B*K, t)
@@ -654,7 +622,7 @@ def beam_search(
         alive_tokens = torch.cat([alive_tokens.index_select(0, parent), prev.unsqueeze(1)], 1)  # (B*K, t+1)
         if attention is not None:  # reorder the history with the beam, then append this step's weights
             alive_attention = _extend_history(alive_attention, attention, parent)  # (B*K, t+1, S)
-        state = _select_rows(state, parent)
+        state = select_rows(state, parent)
 
         # 4. drop finished: sentences whose best live hypothesis cannot enter their n-best any more.
         best_possible = alive_log_prob[:, 0] / _length_penalty(max_len, length_penalty, alpha)  # (B,)
@@ -671,7 +639,7 @@ def beam_search(
             if alive_attention is not None:
                 alive_attention = alive_attention.index_select(0, rows)
             prev = prev.index_select(0, rows)
-            state = _select_rows(state, rows)
+            state = select_rows(state, rows)
 
     return pool.hypotheses()
 
