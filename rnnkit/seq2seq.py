@@ -532,6 +532,7 @@ class Seq2SeqConfig:
     encoder gives each direction H / 2 (as OpenNMT does), so that every attention, dot included, fits.
     ``decoder`` is "luong", "bahdanau" or "none" (no attention); ``attention`` a name from
     ``rnnkit.attention.ATTENTION_NAMES`` (default: "general" for Luong, "additive" for Bahdanau).
+    ``label_smoothing`` is the epsilon of :meth:`Seq2Seq.loss` (0: plain cross-entropy).
     """
 
     source_vocab_size: int
@@ -550,6 +551,7 @@ class Seq2SeqConfig:
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID
+    label_smoothing: float = 0.0
 
 
 class Seq2Seq(nn.Module):
@@ -565,7 +567,7 @@ class Seq2Seq(nn.Module):
 
         model = Seq2Seq.build(Seq2SeqConfig(source_vocab_size=24, target_vocab_size=24, hidden_size=64))
         logits = model(src, src_lengths, tgt_in)                       # (B, T, V)
-        loss = F.cross_entropy(logits.transpose(1, 2), tgt_out, ignore_index=model.pad_id)
+        loss = model.loss(logits, tgt_out)                             # mean over the non-pad targets
         state = model.start(src, src_lengths)
         log_probs, state = model.step(torch.full((B,), model.bos_id), state)
     """
@@ -597,6 +599,9 @@ class Seq2Seq(nn.Module):
         self.decoder = decoder
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.config = config
+        self.label_smoothing = check_probability(
+            "label_smoothing", 0.0 if config is None else config.label_smoothing
+        )
 
     @classmethod
     def build(cls, config: Seq2SeqConfig) -> Seq2Seq:
@@ -721,6 +726,39 @@ class Seq2Seq(nn.Module):
                 all_attention.append(state["attention"])
         attention = torch.stack(all_attention, dim=1) if all_attention else None  # (B, T, S)
         return torch.stack(all_logits, dim=1), attention  # (B, T, V)
+
+    def loss(
+        self, logits: Tensor, tgt_out: Tensor, *, label_smoothing: float | None = None, reduction: str = "mean"
+    ) -> Tensor:
+        """Token-level cross-entropy of ``logits`` (B, T, V) against ``tgt_out`` (B, T); padding is ignored.
+
+        With label smoothing epsilon (Szegedy et al. 2016, section 7) the target of each position is
+        q = (1 - epsilon) one_hot(y) + epsilon / V, so the loss of a position is
+
+            -sum_v q(v) log p(v) = (1 - epsilon) (-log p(y)) + epsilon * mean_v(-log p(v)),
+
+        the semantics of ``torch.nn.functional.cross_entropy(label_smoothing=epsilon)``: the epsilon / V goes
+        to every token of the vocabulary, padding included. Positions whose target is ``pad_id`` count for
+        nothing. ``reduction`` "mean" averages over the non-pad positions, "sum" adds them up.
+
+        Args:
+            label_smoothing: epsilon in [0, 1); default the config's (0 for a model built from parts). Pass 0 for
+                the plain negative log-likelihood (validation loss, perplexity).
+        """
+        epsilon = self.label_smoothing if label_smoothing is None else check_probability(
+            "label_smoothing", label_smoothing
+        )
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if logits.dim() != 3 or tgt_out.shape != logits.shape[:2]:
+            raise ValueError(
+                f"logits must be (B, T, V) and tgt_out (B, T) with the same B and T, got "
+                f"{tuple(logits.shape)} and {tuple(tgt_out.shape)}"
+            )
+        return F.cross_entropy(
+            logits.flatten(0, 1), tgt_out.flatten(), ignore_index=self.pad_id, label_smoothing=epsilon,
+            reduction=reduction,
+        )  # fmt: skip
 
     def _check_source(self, src: Tensor, src_lengths) -> Tensor:
         if not isinstance(src, Tensor) or src.dim() != 2 or src.is_floating_point():

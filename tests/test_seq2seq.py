@@ -203,6 +203,46 @@ def test_scheduled_sampling_rate_matches_the_ratio():
     assert abs(rate - 0.7) < 0.05  # ~2000 flips: standard error 0.01
 
 
+@pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.4])
+def test_label_smoothed_loss_is_cross_entropy_against_the_smoothed_target_over_real_positions(epsilon):
+    # Szegedy et al. 2016: q = (1 - eps) one_hot(y) + eps / V, loss = -sum_v q(v) log p(v), written out here
+    # and compared with the model's loss; positions whose target is padding count for nothing.
+    model = _model("bahdanau", label_smoothing=epsilon)
+    src, lengths, tgt_in = _batch(target_length=6)
+    tgt_out = torch.randint(4, V_TGT, tgt_in.shape, generator=torch.Generator().manual_seed(2))
+    tgt_out[0, 4:], tgt_out[2, 1:] = PAD_ID, PAD_ID
+    real = tgt_out != PAD_ID
+    logits = model(src, lengths, tgt_in).detach().requires_grad_()
+    log_p = logits.log_softmax(-1)
+    target = (1 - epsilon) * F.one_hot(tgt_out, V_TGT) + epsilon / V_TGT  # (B, T, V)
+    per_position = -(target * log_p).sum(-1)  # (B, T)
+    loss = model.loss(logits, tgt_out)
+    assert torch.allclose(loss, per_position[real].mean(), atol=1e-6)
+    assert torch.allclose(model.loss(logits, tgt_out, reduction="sum"), per_position[real].sum(), atol=1e-5)
+    # its gradient: (softmax - q) / (number of real positions) there, exactly 0 at padding
+    loss.backward()
+    expected_grad = (log_p.exp() - target) / real.sum() * real.unsqueeze(-1)
+    assert torch.allclose(logits.grad, expected_grad, atol=1e-6)
+    # the padding positions' logits do not matter, and label_smoothing=0 is the negative log-likelihood
+    noisy = logits.detach().clone()
+    noisy[~real] = torch.randn_like(noisy[~real]) * 10
+    assert torch.allclose(model.loss(noisy, tgt_out), loss, atol=1e-6)
+    nll = -log_p.gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1)[real].mean()
+    assert torch.allclose(model.loss(logits, tgt_out, label_smoothing=0.0), nll, atol=1e-6)
+
+
+def test_label_smoothing_must_be_a_probability():
+    for bad in (1.0, -0.1, "0.1"):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            _model(label_smoothing=bad)
+    model = _model()
+    src, lengths, tgt_in = _batch()
+    with pytest.raises(ValueError, match="label_smoothing"):
+        model.loss(model(src, lengths, tgt_in), tgt_in, label_smoothing=1.5)
+    with pytest.raises(ValueError, match="tgt_out"):
+        model.loss(model(src, lengths, tgt_in), tgt_in[:, :2])
+
+
 def test_encoder_padding_does_not_change_a_sentence_and_summary_is_both_ends():
     torch.manual_seed(0)
     encoder = Encoder(V_SRC, 6, 5, num_layers=2, decoder_hidden_size=7, decoder_layers=1).eval()
