@@ -34,6 +34,7 @@ scheduled-sampling schedules live in :mod:`rnnkit.teacher_forcing` (re-exported 
   ``feed``         (N, H)         h~_{t-1} for input feeding (Luong with ``input_feeding``)
   ``context``      (N, K)         fixed context c (no-attention decoder)
   ``attention``    (N, S)         the last step's attention weights (attention decoders; 0 before step 1)
+  ``coverage``     (N, S)         the sum of all previous steps' attention weights (coverage attention)
   ===============  =============  ====================================================================
 
 Token ids follow the rnnkit convention: pad = 0, unk = 1, bos = 2, eos = 3.
@@ -50,7 +51,7 @@ from torch import Tensor, nn
 
 from rnnkit import layers
 from rnnkit.attention import Attention, make_attention
-from rnnkit.checks import check_probability, check_size
+from rnnkit.checks import check_bool, check_probability, check_size
 from rnnkit.teacher_forcing import (  # re-exported: their home before rnnkit.teacher_forcing
     ConstantSchedule,
     ExponentialSchedule,
@@ -309,14 +310,21 @@ class Decoder(nn.Module):
         return outputs, {"hidden": final.transpose(0, 1)}
 
 
-def _attend(attention: Attention, query: Tensor, state: State) -> tuple[Tensor, Tensor]:
-    """One step of attention over the keys in ``state`` (with their precomputed projection, if any)."""
+def _attend(attention: Attention, query: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+    """One step of attention over the keys in ``state`` (with their precomputed projection, if any):
+    context (N, K), weights (N, S), and the state entries it updates (the weights, the coverage)."""
     keys, valid, projected = state["keys"], state["valid"], state.get("keys_proj")
-    return attention(query, keys, valid, precomputed=projected, step=state["step"])
+    coverage = state.get("coverage")  # C_t = sum of the previous weights (coverage attention only)
+    context, weights = attention(query, keys, valid, precomputed=projected, step=state["step"], coverage=coverage)
+    updates = {"attention": weights}
+    if coverage is not None:
+        updates["coverage"] = coverage + weights  # C_{t+1}
+    return context, weights, updates
 
 
 def _attention_state(attention: Attention, encoded: EncoderOutput) -> State:
-    """The state entries an attention decoder needs: keys, their precomputed projection, valid, weights."""
+    """The state entries an attention decoder needs: keys, their precomputed projection, valid, weights and,
+    for coverage attention, the coverage."""
     state = {
         "keys": encoded.outputs,
         "valid": encoded.valid,
@@ -325,6 +333,8 @@ def _attention_state(attention: Attention, encoded: EncoderOutput) -> State:
     projected = attention.precompute(encoded.outputs)
     if projected is not None:
         state["keys_proj"] = projected  # (N, S, A), once per source sentence
+    if attention.coverage:
+        state["coverage"] = encoded.outputs.new_zeros(encoded.valid.shape)  # C_0 = 0: (N, S)
     return state
 
 
@@ -387,11 +397,11 @@ class BahdanauDecoder(Decoder):
     def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
         embedded = self.dropout(self.embedding(prev_tokens))  # E y_{i-1}: (N, E)
         query = state["hidden"][:, -1]  # s_{i-1}, top layer: (N, H)
-        context, weights = _attend(self.attention, query, state)  # c_i: (N, K), a_i: (N, S)
+        context, weights, attended = _attend(self.attention, query, state)  # c_i: (N, K), a_i: (N, S)
         rnn_input = torch.cat([embedded, context], dim=-1).unsqueeze(1)  # (N, 1, E + K)
         outputs, recurrent = self._run_rnn(rnn_input, state)
         logits = self.deep_output(outputs.squeeze(1), context, embedded)  # (N, V)
-        return logits, {**state, **recurrent, "attention": weights, "step": state["step"] + 1}
+        return logits, {**state, **recurrent, **attended, "step": state["step"] + 1}
 
 
 class LuongDecoder(Decoder):
@@ -404,9 +414,9 @@ class LuongDecoder(Decoder):
         h~_t = tanh(W_c [c_t; h_t])                                          (eq. 5: attentional hidden state)
         logits_t = W_s h~_t                                                  (eq. 6)
 
-    Without input feeding, h_t does not depend on the attention, so under full teacher forcing
-    ``forward_parallel`` runs the RNN over all T steps in one call and the attention for all steps as batched
-    matrix products; the tests check it equals the step loop.
+    Without input feeding (and without coverage attention), h_t does not depend on the attention, so under full
+    teacher forcing ``forward_parallel`` runs the RNN over all T steps in one call and the attention for all
+    steps as batched matrix products; the tests check it equals the step loop.
     """
 
     has_attention = True
@@ -431,7 +441,7 @@ class LuongDecoder(Decoder):
 
     @property
     def supports_parallel(self) -> bool:
-        return not self.input_feeding
+        return not (self.input_feeding or self.attention.coverage)
 
     def _rnn_input_size(self) -> int:
         return self.embedding_size + (self.hidden_size if self.input_feeding else 0)
@@ -452,17 +462,17 @@ class LuongDecoder(Decoder):
             rnn_input = torch.cat([rnn_input, state["feed"]], dim=-1)  # (N, E + H)
         outputs, recurrent = self._run_rnn(rnn_input.unsqueeze(1), state)
         hidden = outputs.squeeze(1)  # h_t: (N, H)
-        context, weights = _attend(self.attention, hidden, state)  # c_t: (N, K), a_t: (N, S)
+        context, weights, attended = _attend(self.attention, hidden, state)  # c_t: (N, K), a_t: (N, S)
         attentional = self._attentional(context, hidden)  # (N, H)
         logits = self.output(self.dropout(attentional))  # (N, V)
-        new_state = {**state, **recurrent, "attention": weights, "step": state["step"] + 1}
+        new_state = {**state, **recurrent, **attended, "step": state["step"] + 1}
         if self.input_feeding:
             new_state["feed"] = attentional
         return logits, new_state
 
     def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor]:
-        if self.input_feeding:
-            raise ValueError("input feeding makes each step depend on the last one: decode step by step")
+        if not self.supports_parallel:
+            raise ValueError("input feeding or coverage makes each step depend on the last one: decode step by step")
         embedded = self.dropout(self.embedding(tgt_in))  # (B, T, E)
         hidden, _ = self._run_rnn(embedded, state)  # h_t for every t: (B, T, H)
         steps = state["step"].unsqueeze(1) + torch.arange(tgt_in.shape[1], device=tgt_in.device)  # (B, T)
@@ -513,6 +523,8 @@ class PlainDecoder(Decoder):
         return self.deep_output(outputs, context, embedded), None  # (B, T, V)
 
 
+_COVERAGE_ATTENTIONS = ("additive", "concat")  # the scores with a hidden layer that coverage can enter
+
 _DECODERS = {"luong": LuongDecoder, "bahdanau": BahdanauDecoder, "none": PlainDecoder}
 
 #: Decoder styles accepted by :class:`Seq2SeqConfig`.
@@ -532,7 +544,9 @@ class Seq2SeqConfig:
     encoder gives each direction H / 2 (as OpenNMT does), so that every attention, dot included, fits.
     ``decoder`` is "luong", "bahdanau" or "none" (no attention); ``attention`` a name from
     ``rnnkit.attention.ATTENTION_NAMES`` (default: "general" for Luong, "additive" for Bahdanau).
-    ``label_smoothing`` is the epsilon of :meth:`Seq2Seq.loss` (0: plain cross-entropy).
+    ``label_smoothing`` is the epsilon of :meth:`Seq2Seq.loss` (0: plain cross-entropy). ``coverage`` feeds the
+    running sum of past attention weights into the attention score (Tu et al. 2016; additive or concat
+    attention, see :class:`rnnkit.attention.AdditiveAttention`).
     """
 
     source_vocab_size: int
@@ -552,6 +566,7 @@ class Seq2SeqConfig:
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID
     label_smoothing: float = 0.0
+    coverage: bool = False
 
 
 class Seq2Seq(nn.Module):
@@ -632,8 +647,17 @@ class Seq2Seq(nn.Module):
                 "general" if config.decoder == "luong" else "additive"
             )
             options["attention_options"] = dict(config.attention_options)
-        elif config.attention is not None:
-            raise ValueError(f"decoder='none' has no attention, got attention={config.attention!r}")
+            if check_bool("coverage", config.coverage):
+                if options["attention"] not in _COVERAGE_ATTENTIONS:
+                    raise ValueError(
+                        f"coverage enters the score of {' or '.join(_COVERAGE_ATTENTIONS)} attention, "
+                        f"got attention={options['attention']!r}"
+                    )
+                options["attention_options"]["coverage"] = True
+        elif config.attention is not None or config.coverage:
+            raise ValueError(
+                f"decoder='none' has no attention, got attention={config.attention!r}, coverage={config.coverage!r}"
+            )
         if config.decoder == "luong":
             options["input_feeding"] = config.input_feeding
         elif config.input_feeding:

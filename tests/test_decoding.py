@@ -873,3 +873,16 @@ def test_beam_search_on_a_trained_seq2seq_model():
         for got, want in zip(alone, beams[n], strict=True):
             assert tokens_of(got) == tokens_of(want)
             assert got.score == pytest.approx(want.score, abs=1e-5)
+
+    # The same with the coverage penalty, n-gram blocking and each sentence's own length limit (the default
+    # 2 * source length + 10), on a source cut to its own length when alone.
+    options = dict(beam_size=4, n_best=2, coverage_penalty=0.4, no_repeat_ngram_size=2)
+    batch = translate(model, src, lengths, **options)
+    assert any(tokens_of(a[0]) != tokens_of(b[0]) for a, b in zip(batch, beams, strict=True))  # options acted
+    for n in (0, 5, 17):
+        length = int(lengths[n])
+        (alone,) = translate(model, src[n : n + 1, :length], lengths[n : n + 1], **options)
+        for got, want in zip(alone, batch[n], strict=True):
+            assert tokens_of(got) == tokens_of(want)
+            assert not has_repeated_ngram(tokens_of(got), 2)
+            assert got.score == pytest.approx(want.score, abs=1e-5)

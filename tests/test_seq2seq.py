@@ -45,6 +45,9 @@ VARIANTS = [
     ("bahdanau", "gru", {"num_layers": 2, "attention": "dot"}),
     ("none", "lstm", {}),
     ("none", "gru", {"summary": "mean", "bidirectional": False}),
+    ("bahdanau", "gru", {"coverage": True}),
+    ("luong", "lstm", {"coverage": True, "attention": "additive"}),
+    ("luong", "gru", {"coverage": True, "attention": "concat", "input_feeding": True}),
 ]
 
 
@@ -119,6 +122,25 @@ def test_fast_teacher_forced_luong_path_equals_the_step_loop_with_gradients(atte
     assert fast_grads.keys() == loop_grads.keys() and len(fast_grads) == len(list(model.parameters()))
     for name in fast_grads:
         assert torch.allclose(fast_grads[name], loop_grads[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("decoder, attention", [("bahdanau", "additive"), ("luong", "concat")])
+def test_coverage_is_the_running_sum_of_attention_and_changes_it(decoder, attention):
+    model = _model(decoder, attention=attention, coverage=True)
+    assert not model.decoder.supports_parallel  # each step's attention depends on the last ones
+    src, lengths, tgt_in = _batch(target_length=6)
+    with torch.no_grad():
+        _, weights = model(src, lengths, tgt_in, return_attention=True)  # (B, T, S)
+        state = model.start(src, lengths)
+        assert torch.equal(state["coverage"], torch.zeros(src.shape))
+        for t in range(tgt_in.shape[1]):
+            _, state = model.step(tgt_in[:, t], state)
+            assert torch.allclose(state["coverage"], weights[:, : t + 1].sum(1), atol=1e-6)
+        # the same weights without the coverage term (w_c = 0) differ after the first step
+        model.decoder.attention.coverage_term.linear.weight.zero_()
+        _, plain = model(src, lengths, tgt_in, return_attention=True)
+    assert torch.allclose(plain[:, 0], weights[:, 0], atol=1e-6)
+    assert not torch.allclose(plain[:, 1:], weights[:, 1:], atol=1e-4)
 
 
 def test_fast_path_runs_the_decoder_rnn_once():
@@ -298,6 +320,10 @@ def test_user_mistakes_raise_value_errors():
         _model("luong", cell="transformer")
     with pytest.raises(ValueError, match="context_size"):
         Seq2Seq(Encoder(V_SRC, 6, 4), LuongDecoder(V_TGT, 6, 8, 6))
+    with pytest.raises(ValueError, match="coverage enters the score of additive or concat"):
+        _model("luong", coverage=True)  # general attention has no hidden layer to add it to
+    with pytest.raises(ValueError, match="coverage"):
+        _model("none", coverage=True)
 
 
 @pytest.mark.slow
