@@ -269,6 +269,22 @@ class Decoder(nn.Module):
         """True if ``forward_parallel`` can run every target step in one call under full teacher forcing."""
         return False
 
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The last linear layer, whose (V, in) weight gives each target token's logit."""
+        raise NotImplementedError
+
+    def tie_weights(self) -> None:
+        """Use the target embedding matrix (V, E) as the output layer's weight: one matrix, trained by both
+        uses (Press & Wolf 2017; Inan et al. 2017). Needs the output layer's input size to be E."""
+        output = self.output_layer
+        if output.in_features != self.embedding_size:
+            raise ValueError(
+                "tie_weights shares the embedding matrix (V, E) with the output layer (V, H), so it needs "
+                f"embedding_size == hidden_size, got {self.embedding_size} and {output.in_features}"
+            )
+        output.weight = self.embedding.weight
+
     def _rnn_input_size(self) -> int:
         raise NotImplementedError
 
@@ -388,6 +404,10 @@ class BahdanauDecoder(Decoder):
         self.attention = make_attention(attention, hidden_size, context_size, **(attention_options or {}))
         self.deep_output = _DeepOutput(hidden_size, context_size, embedding_size, vocab_size, self.dropout)
 
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.deep_output.output
+
     def _rnn_input_size(self) -> int:
         return self.embedding_size + self.context_size
 
@@ -438,6 +458,10 @@ class LuongDecoder(Decoder):
         self.attention = make_attention(attention, hidden_size, context_size, **(attention_options or {}))
         self.combine = nn.Linear(context_size + hidden_size, hidden_size, bias=False)  # W_c
         self.output = nn.Linear(hidden_size, vocab_size)  # W_s
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.output
 
     @property
     def supports_parallel(self) -> bool:
@@ -500,6 +524,10 @@ class PlainDecoder(Decoder):
         self.deep_output = _DeepOutput(hidden_size, context_size, embedding_size, vocab_size, self.dropout)
 
     @property
+    def output_layer(self) -> nn.Linear:
+        return self.deep_output.output
+
+    @property
     def supports_parallel(self) -> bool:
         return True
 
@@ -546,7 +574,9 @@ class Seq2SeqConfig:
     ``rnnkit.attention.ATTENTION_NAMES`` (default: "general" for Luong, "additive" for Bahdanau).
     ``label_smoothing`` is the epsilon of :meth:`Seq2Seq.loss` (0: plain cross-entropy). ``coverage`` feeds the
     running sum of past attention weights into the attention score (Tu et al. 2016; additive or concat
-    attention, see :class:`rnnkit.attention.AdditiveAttention`).
+    attention, see :class:`rnnkit.attention.AdditiveAttention`). ``tie_weights`` makes the decoder's output layer
+    use its input embedding matrix (needs embedding_size == hidden_size); ``share_embeddings`` gives encoder and
+    decoder one embedding (needs one vocabulary for source and target, as fairseq's --share-all-embeddings).
     """
 
     source_vocab_size: int
@@ -567,6 +597,8 @@ class Seq2SeqConfig:
     eos_id: int = EOS_ID
     label_smoothing: float = 0.0
     coverage: bool = False
+    tie_weights: bool = False
+    share_embeddings: bool = False
 
 
 class Seq2Seq(nn.Module):
@@ -665,6 +697,15 @@ class Seq2Seq(nn.Module):
         decoder = _DECODERS[config.decoder](
             config.target_vocab_size, config.embedding_size, hidden, encoder.output_size, **options
         )
+        if check_bool("share_embeddings", config.share_embeddings):
+            if config.source_vocab_size != config.target_vocab_size:
+                raise ValueError(
+                    "share_embeddings needs one vocabulary for source and target, got source_vocab_size="
+                    f"{config.source_vocab_size} and target_vocab_size={config.target_vocab_size}"
+                )
+            decoder.embedding = encoder.embedding  # one (V, E) matrix for both sides
+        if check_bool("tie_weights", config.tie_weights):
+            decoder.tie_weights()
         return cls(
             encoder, decoder, pad_id=config.pad_id, bos_id=config.bos_id, eos_id=config.eos_id, config=config
         )

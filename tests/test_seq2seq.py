@@ -265,6 +265,46 @@ def test_label_smoothing_must_be_a_probability():
         model.loss(model(src, lengths, tgt_in), tgt_in[:, :2])
 
 
+@pytest.mark.parametrize("decoder", ["luong", "bahdanau", "none"])
+def test_tied_and_shared_embeddings_are_one_matrix_trained_by_every_use(decoder, tmp_path):
+    # Reference: the same model untied, with equal values in the three matrices; the one shared matrix must get
+    # the sum of the gradients the three copies get (encoder input, decoder input, decoder output).
+    options = dict(embedding_size=8, hidden_size=8)
+    tied = Seq2Seq.build(Seq2SeqConfig(V_TGT, V_TGT, decoder=decoder, tie_weights=True, share_embeddings=True,
+                                       **options))  # fmt: skip
+    untied = Seq2Seq.build(Seq2SeqConfig(V_TGT, V_TGT, decoder=decoder, **options))
+    shared = tied.encoder.embedding.weight
+    assert tied.decoder.embedding.weight is shared and tied.decoder.output_layer.weight is shared
+    assert untied.num_parameters() - tied.num_parameters() == 2 * V_TGT * 8
+    untied.load_state_dict(tied.state_dict())
+    copies = (untied.encoder.embedding.weight, untied.decoder.embedding.weight, untied.decoder.output_layer.weight)
+    assert all(torch.equal(copy, shared) for copy in copies)
+    src, lengths, tgt_in = _batch()
+    src = src % V_TGT
+    for model in (tied, untied):
+        model.zero_grad()
+        F.cross_entropy(model(src, lengths, tgt_in).transpose(1, 2), tgt_in).backward()
+    assert torch.allclose(shared.grad, sum(copy.grad for copy in copies), atol=1e-6)
+    assert all(not torch.allclose(copy.grad, shared.grad) for copy in copies)  # each use contributes
+    # a checkpoint stores the matrix once and restores the tying
+    from rnnkit.checkpoint import read_weights_file, save_weights_file
+
+    save_weights_file(tmp_path / "weights.safetensors", tied.state_dict())
+    restored = Seq2Seq.build(Seq2SeqConfig(**tied.config_dict()))
+    restored.load_state_dict(read_weights_file(tmp_path / "weights.safetensors")[0])
+    assert restored.decoder.output_layer.weight is restored.encoder.embedding.weight
+    assert torch.equal(restored.decoder.output_layer.weight, shared)
+
+
+def test_tied_embeddings_need_matching_sizes():
+    with pytest.raises(ValueError, match="embedding_size == hidden_size"):
+        Seq2Seq.build(Seq2SeqConfig(V_SRC, V_TGT, embedding_size=6, hidden_size=8, tie_weights=True))
+    with pytest.raises(ValueError, match="one vocabulary"):
+        Seq2Seq.build(Seq2SeqConfig(V_SRC, V_TGT, share_embeddings=True))
+    with pytest.raises(ValueError, match="tie_weights"):
+        Seq2Seq.build(Seq2SeqConfig(V_SRC, V_TGT, tie_weights="yes"))
+
+
 def test_encoder_padding_does_not_change_a_sentence_and_summary_is_both_ends():
     torch.manual_seed(0)
     encoder = Encoder(V_SRC, 6, 5, num_layers=2, decoder_hidden_size=7, decoder_layers=1).eval()
