@@ -35,6 +35,7 @@ scheduled-sampling schedules live in :mod:`rnnkit.teacher_forcing` (re-exported 
   ``context``      (N, K)         fixed context c (no-attention decoder)
   ``attention``    (N, S)         the last step's attention weights (attention decoders; 0 before step 1)
   ``coverage``     (N, S)         the sum of all previous steps' attention weights (coverage attention)
+  ``source``       (N, S) long    the source token ids (copy attention)
   ===============  =============  ====================================================================
 
 Token ids follow the rnnkit convention: pad = 0, unk = 1, bos = 2, eos = 3.
@@ -120,7 +121,8 @@ class EncoderOutput(NamedTuple):
 
     outputs (B, S, K): h̄_s, zero past each length; valid (B, S) bool; hidden (B, L_dec, H_dec) and
     cell (B, L_dec, H_dec) or None: the decoder's initial state from the bridge; summary (B, K): a fixed-size
-    summary of the source for decoders without attention.
+    summary of the source for decoders without attention; source (B, S) long: the source token ids (copy
+    attention copies them).
     """
 
     outputs: Tensor
@@ -128,6 +130,7 @@ class EncoderOutput(NamedTuple):
     hidden: Tensor
     cell: Tensor | None
     summary: Tensor
+    source: Tensor | None = None
 
 
 class Encoder(nn.Module):
@@ -222,7 +225,7 @@ class Encoder(nn.Module):
             summary = top.transpose(0, 1).reshape(batch_size, self.output_size)  # [→h_S; ←h_1]: (B, K)
         else:
             summary = outputs.sum(1) / src_lengths.to(outputs.device, outputs.dtype).unsqueeze(1)  # (B, K)
-        return EncoderOutput(outputs, valid, hidden, cell, summary)
+        return EncoderOutput(outputs, valid, hidden, cell, summary, src)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -235,7 +238,8 @@ class Decoder(nn.Module):
 
     Subclasses define ``_rnn_input_size``, ``init_state`` extras and ``step``; a decoder that can run all
     target steps at once under full teacher forcing sets ``supports_parallel`` and defines
-    ``forward_parallel``. ``step`` returns unnormalised logits (N, V); :class:`Seq2Seq` turns them into
+    ``forward_parallel``. ``step`` returns unnormalised logits (N, V) (with copy attention, the log-probabilities
+    of the pointer-generator mixture: logits that are already normalised); :class:`Seq2Seq` turns them into
     log-probabilities.
     """
 
@@ -338,9 +342,9 @@ def _attend(attention: Attention, query: Tensor, state: State) -> tuple[Tensor, 
     return context, weights, updates
 
 
-def _attention_state(attention: Attention, encoded: EncoderOutput) -> State:
+def _attention_state(attention: Attention, encoded: EncoderOutput, pointer: nn.Module | None) -> State:
     """The state entries an attention decoder needs: keys, their precomputed projection, valid, weights and,
-    for coverage attention, the coverage."""
+    for coverage attention, the coverage; for copy attention, the source ids."""
     state = {
         "keys": encoded.outputs,
         "valid": encoded.valid,
@@ -351,6 +355,8 @@ def _attention_state(attention: Attention, encoded: EncoderOutput) -> State:
         state["keys_proj"] = projected  # (N, S, A), once per source sentence
     if attention.coverage:
         state["coverage"] = encoded.outputs.new_zeros(encoded.valid.shape)  # C_0 = 0: (N, S)
+    if pointer is not None:
+        state["source"] = encoded.source  # (N, S) long
     return state
 
 
@@ -373,6 +379,38 @@ class _DeepOutput(nn.Module):
     def forward(self, state: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
         readout = torch.tanh(self.readout(torch.cat([state, context, embedded], dim=-1)))  # (..., H)
         return self.output(self.dropout(readout))  # (..., V)
+
+
+class PointerGenerator(nn.Module):
+    """Copy attention, the pointer-generator of See et al. 2017 (section 2.2), over a shared vocabulary.
+
+    At each target step a switch decides between generating from the vocabulary and copying a source token
+    through the attention weights a_t (the decoder's own attention)::
+
+        p_gen = sigmoid(w_c^T c_t + w_s^T s_t + w_x^T x_t + b_ptr)                   (eq. 8)
+        P(w)  = p_gen P_vocab(w) + (1 - p_gen) sum_{s : x_s = w} a_t(s)             (eq. 9)
+
+    c_t the context vector, s_t the decoder's RNN output, x_t its input embedding, P_vocab = softmax(logits).
+    Source and target share one vocabulary (the same token ids on both sides), so copying source position s
+    means emitting its id x_s; See et al.'s extended vocabulary for source words outside the vocabulary is not
+    implemented, so an unknown source word is copied as UNK. ``forward`` returns log P, floored at the smallest
+    normal float so that a token of probability 0 gets a finite log-probability and no NaN gradient.
+    """
+
+    def __init__(self, context_size: int, state_size: int, input_size: int) -> None:
+        super().__init__()
+        self.switch = nn.Linear(context_size + state_size + input_size, 1)  # w_c, w_s, w_x, b_ptr
+
+    def forward(
+        self, logits: Tensor, weights: Tensor, source: Tensor, context: Tensor, state: Tensor, inputs: Tensor
+    ) -> Tensor:
+        """log P (..., V) from logits (..., V), weights (..., S), source (B, S) ids, context (..., K),
+        state (..., H), inputs (..., E); ``...`` is (B,) for one step or (B, T) for all steps at once."""
+        p_gen = torch.sigmoid(self.switch(torch.cat([context, state, inputs], dim=-1)))  # (..., 1)
+        generated = p_gen * torch.softmax(logits, dim=-1)  # (..., V)
+        source_ids = source if weights.dim() == 2 else source.unsqueeze(1).expand_as(weights)  # (..., S)
+        mixed = generated.scatter_add(-1, source_ids, (1.0 - p_gen) * weights)  # + copy mass on each x_s
+        return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()
 
 
 class BahdanauDecoder(Decoder):
@@ -398,11 +436,13 @@ class BahdanauDecoder(Decoder):
         *,
         attention: str = "additive",
         attention_options: dict | None = None,
+        copy_attention: bool = False,
         **options,
     ) -> None:
         super().__init__(vocab_size, embedding_size, hidden_size, context_size, **options)
         self.attention = make_attention(attention, hidden_size, context_size, **(attention_options or {}))
         self.deep_output = _DeepOutput(hidden_size, context_size, embedding_size, vocab_size, self.dropout)
+        self.pointer = PointerGenerator(context_size, hidden_size, embedding_size) if copy_attention else None
 
     @property
     def output_layer(self) -> nn.Linear:
@@ -412,7 +452,7 @@ class BahdanauDecoder(Decoder):
         return self.embedding_size + self.context_size
 
     def init_state(self, encoded: EncoderOutput) -> State:
-        return {**super().init_state(encoded), **_attention_state(self.attention, encoded)}
+        return {**super().init_state(encoded), **_attention_state(self.attention, encoded, self.pointer)}
 
     def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
         embedded = self.dropout(self.embedding(prev_tokens))  # E y_{i-1}: (N, E)
@@ -421,6 +461,8 @@ class BahdanauDecoder(Decoder):
         rnn_input = torch.cat([embedded, context], dim=-1).unsqueeze(1)  # (N, 1, E + K)
         outputs, recurrent = self._run_rnn(rnn_input, state)
         logits = self.deep_output(outputs.squeeze(1), context, embedded)  # (N, V)
+        if self.pointer is not None:  # log P of the pointer-generator mixture
+            logits = self.pointer(logits, weights, state["source"], context, outputs.squeeze(1), embedded)
         return logits, {**state, **recurrent, **attended, "step": state["step"] + 1}
 
 
@@ -451,6 +493,7 @@ class LuongDecoder(Decoder):
         attention: str = "general",
         attention_options: dict | None = None,
         input_feeding: bool = False,
+        copy_attention: bool = False,
         **options,
     ) -> None:
         self.input_feeding = bool(input_feeding)  # set first: the base class sizes the RNN input from it
@@ -458,6 +501,7 @@ class LuongDecoder(Decoder):
         self.attention = make_attention(attention, hidden_size, context_size, **(attention_options or {}))
         self.combine = nn.Linear(context_size + hidden_size, hidden_size, bias=False)  # W_c
         self.output = nn.Linear(hidden_size, vocab_size)  # W_s
+        self.pointer = PointerGenerator(context_size, hidden_size, embedding_size) if copy_attention else None
 
     @property
     def output_layer(self) -> nn.Linear:
@@ -471,7 +515,7 @@ class LuongDecoder(Decoder):
         return self.embedding_size + (self.hidden_size if self.input_feeding else 0)
 
     def init_state(self, encoded: EncoderOutput) -> State:
-        state = {**super().init_state(encoded), **_attention_state(self.attention, encoded)}
+        state = {**super().init_state(encoded), **_attention_state(self.attention, encoded, self.pointer)}
         if self.input_feeding:
             state["feed"] = encoded.outputs.new_zeros(encoded.outputs.shape[0], self.hidden_size)  # h~_0 = 0
         return state
@@ -481,14 +525,15 @@ class LuongDecoder(Decoder):
         return torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))  # (..., H)
 
     def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        rnn_input = self.dropout(self.embedding(prev_tokens))  # (N, E)
-        if self.input_feeding:
-            rnn_input = torch.cat([rnn_input, state["feed"]], dim=-1)  # (N, E + H)
+        embedded = self.dropout(self.embedding(prev_tokens))  # (N, E)
+        rnn_input = torch.cat([embedded, state["feed"]], dim=-1) if self.input_feeding else embedded  # (N, E[+H])
         outputs, recurrent = self._run_rnn(rnn_input.unsqueeze(1), state)
         hidden = outputs.squeeze(1)  # h_t: (N, H)
         context, weights, attended = _attend(self.attention, hidden, state)  # c_t: (N, K), a_t: (N, S)
         attentional = self._attentional(context, hidden)  # (N, H)
         logits = self.output(self.dropout(attentional))  # (N, V)
+        if self.pointer is not None:  # log P of the pointer-generator mixture
+            logits = self.pointer(logits, weights, state["source"], context, hidden, embedded)
         new_state = {**state, **recurrent, **attended, "step": state["step"] + 1}
         if self.input_feeding:
             new_state["feed"] = attentional
@@ -504,7 +549,10 @@ class LuongDecoder(Decoder):
             hidden, state["keys"], state["valid"], precomputed=state.get("keys_proj"), steps=steps
         )
         attentional = self._attentional(contexts, hidden)  # (B, T, H)
-        return self.output(self.dropout(attentional)), weights  # (B, T, V), (B, T, S)
+        logits = self.output(self.dropout(attentional))  # (B, T, V)
+        if self.pointer is not None:
+            logits = self.pointer(logits, weights, state["source"], contexts, hidden, embedded)
+        return logits, weights  # (B, T, V), (B, T, S)
 
 
 class PlainDecoder(Decoder):
@@ -577,6 +625,8 @@ class Seq2SeqConfig:
     attention, see :class:`rnnkit.attention.AdditiveAttention`). ``tie_weights`` makes the decoder's output layer
     use its input embedding matrix (needs embedding_size == hidden_size); ``share_embeddings`` gives encoder and
     decoder one embedding (needs one vocabulary for source and target, as fairseq's --share-all-embeddings).
+    ``copy_attention`` adds a pointer-generator (See et al. 2017, :class:`PointerGenerator`): the decoder can copy
+    source tokens through its attention; it also needs one vocabulary for source and target.
     """
 
     source_vocab_size: int
@@ -599,6 +649,7 @@ class Seq2SeqConfig:
     coverage: bool = False
     tie_weights: bool = False
     share_embeddings: bool = False
+    copy_attention: bool = False
 
 
 class Seq2Seq(nn.Module):
@@ -690,6 +741,16 @@ class Seq2Seq(nn.Module):
             raise ValueError(
                 f"decoder='none' has no attention, got attention={config.attention!r}, coverage={config.coverage!r}"
             )
+        if check_bool("copy_attention", config.copy_attention):
+            if config.decoder == "none":
+                raise ValueError("copy attention copies through the attention weights: decoder='none' has none")
+            if config.source_vocab_size != config.target_vocab_size:
+                raise ValueError(
+                    "copy attention copies source token ids into the output, so it needs one vocabulary for source "
+                    f"and target, got source_vocab_size={config.source_vocab_size} and target_vocab_size="
+                    f"{config.target_vocab_size}"
+                )
+            options["copy_attention"] = True
         if config.decoder == "luong":
             options["input_feeding"] = config.input_feeding
         elif config.input_feeding:

@@ -1,5 +1,7 @@
 """Tests for rnnkit.seq2seq: encoder, decoders, the step contract, teacher forcing, learning."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from rnnkit.seq2seq import (
     PAD_ID,
     Encoder,
     LuongDecoder,
+    PointerGenerator,
     Seq2Seq,
     Seq2SeqConfig,
 )
@@ -20,8 +23,10 @@ LENGTHS = torch.tensor([6, 3, 1, 5])
 
 def _model(decoder="luong", cell="lstm", **options):
     torch.manual_seed(0)
+    # copy attention copies source ids into the output: one vocabulary (V_TGT) for both sides
+    source_vocab_size = V_TGT if options.get("copy_attention") else V_SRC
     config = Seq2SeqConfig(
-        V_SRC, V_TGT, embedding_size=6, hidden_size=8, decoder=decoder, cell=cell, **options
+        source_vocab_size, V_TGT, embedding_size=6, hidden_size=8, decoder=decoder, cell=cell, **options
     )
     return Seq2Seq.build(config).eval()
 
@@ -48,6 +53,9 @@ VARIANTS = [
     ("bahdanau", "gru", {"coverage": True}),
     ("luong", "lstm", {"coverage": True, "attention": "additive"}),
     ("luong", "gru", {"coverage": True, "attention": "concat", "input_feeding": True}),
+    ("luong", "lstm", {"copy_attention": True}),
+    ("luong", "gru", {"copy_attention": True, "input_feeding": True, "attention": "dot"}),
+    ("bahdanau", "lstm", {"copy_attention": True, "coverage": True}),
 ]
 
 
@@ -305,6 +313,77 @@ def test_tied_embeddings_need_matching_sizes():
         Seq2Seq.build(Seq2SeqConfig(V_SRC, V_TGT, tie_weights="yes"))
 
 
+def _pointer_inputs(dtype=torch.float32, steps=None):
+    """Inputs of a PointerGenerator: B = 3 sentences over S = 5 positions (repeated ids, padding), V = 9."""
+    generator = torch.Generator().manual_seed(5)
+    lead = (3,) if steps is None else (3, steps)
+    source = torch.tensor([[4, 5, 4, 6, 7], [8, 8, 8, 0, 0], [5, 0, 0, 0, 0]])  # pad = 0
+    valid = source != 0
+    scores = torch.randn(*lead, 5, generator=generator, dtype=dtype)
+    weights = scores.masked_fill(~(valid if steps is None else valid.unsqueeze(1)), -math.inf).softmax(-1)
+    logits = torch.randn(*lead, 9, generator=generator, dtype=dtype)
+    context, state, inputs = (torch.randn(*lead, n, generator=generator, dtype=dtype) for n in (4, 3, 2))
+    return logits, weights, source, context, state, inputs
+
+
+def test_pointer_generator_follows_see_et_al():
+    # See et al. 2017, eq. 8-9, written out: P(w) = p_gen softmax(logits)(w) + (1 - p_gen) sum_{s: x_s = w} a(s)
+    torch.manual_seed(0)
+    pointer = PointerGenerator(4, 3, 2)
+    logits, weights, source, context, state, inputs = _pointer_inputs()
+    log_p = pointer(logits, weights, source, context, state, inputs)  # (3, 9)
+    w, b = pointer.switch.weight[0], pointer.switch.bias[0]
+    for n in range(3):
+        p_gen = torch.sigmoid(w @ torch.cat([context[n], state[n], inputs[n]]) + b)
+        vocab = torch.softmax(logits[n], 0)
+        for token in range(9):
+            copied = sum(weights[n, s] for s in range(5) if source[n, s] == token)
+            expected = p_gen * vocab[token] + (1 - p_gen) * copied
+            assert torch.allclose(log_p[n, token].exp(), expected, atol=1e-6), (n, token)
+    assert torch.allclose(log_p.exp().sum(-1), torch.ones(3), atol=1e-6)
+    # all T steps at once equal one step at a time
+    logits, weights, source, context, state, inputs = _pointer_inputs(steps=4)
+    together = pointer(logits, weights, source, context, state, inputs)  # (3, 4, 9)
+    for t in range(4):
+        one = pointer(logits[:, t], weights[:, t], source, context[:, t], state[:, t], inputs[:, t])
+        assert torch.allclose(together[:, t], one, atol=1e-6)
+
+
+def test_pointer_generator_gradcheck_float64():
+    torch.manual_seed(0)
+    pointer = PointerGenerator(4, 3, 2).double()
+    logits, weights, source, context, state, inputs = _pointer_inputs(torch.float64)
+    weight, bias = (p.detach().clone().requires_grad_(True) for p in (pointer.switch.weight, pointer.switch.bias))
+
+    def functional(logits, weights, context, state, inputs, weight, bias):
+        return torch.func.functional_call(
+            pointer, {"switch.weight": weight, "switch.bias": bias}, (logits, weights, source, context, state, inputs)
+        )
+
+    inputs = [t.requires_grad_(True) for t in (logits, weights, context, state, inputs)] + [weight, bias]
+    assert torch.autograd.gradcheck(functional, tuple(inputs), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["luong", "bahdanau"])
+def test_copy_switch_extremes_give_the_vocabulary_or_the_copy_distribution(decoder):
+    model = _model(decoder, copy_attention=True)
+    src, lengths, tgt_in = _batch()
+    src = src % V_TGT
+    with torch.no_grad():
+        model.decoder.pointer.switch.bias.fill_(40.0)  # p_gen = 1: generate only
+        generate_only = model(src, lengths, tgt_in)
+        pointer, model.decoder.pointer = model.decoder.pointer, None
+        without_copy = model(src, lengths, tgt_in)  # the same decoder without the pointer-generator
+        model.decoder.pointer = pointer
+        assert torch.allclose(generate_only, without_copy.log_softmax(-1), atol=1e-5)
+        pointer.switch.bias.fill_(-40.0)  # p_gen = 0: copy only
+        log_p, attention = model(src, lengths, tgt_in, return_attention=True)  # (B, T, V), (B, T, S)
+    copied = torch.zeros_like(log_p).scatter_add(2, src.unsqueeze(1).expand_as(attention), attention)
+    assert torch.allclose(log_p.exp(), copied, atol=1e-6)
+    in_source = torch.zeros(len(src), V_TGT, dtype=torch.bool).scatter(1, src.masked_fill(src == PAD_ID, 1), True)
+    assert (log_p.exp()[~in_source.unsqueeze(1).expand_as(log_p)] < 1e-12).all()  # nothing outside the source
+
+
 def test_encoder_padding_does_not_change_a_sentence_and_summary_is_both_ends():
     torch.manual_seed(0)
     encoder = Encoder(V_SRC, 6, 5, num_layers=2, decoder_hidden_size=7, decoder_layers=1).eval()
@@ -364,6 +443,10 @@ def test_user_mistakes_raise_value_errors():
         _model("luong", coverage=True)  # general attention has no hidden layer to add it to
     with pytest.raises(ValueError, match="coverage"):
         _model("none", coverage=True)
+    with pytest.raises(ValueError, match="one vocabulary"):
+        Seq2Seq.build(Seq2SeqConfig(V_SRC, V_TGT, copy_attention=True))
+    with pytest.raises(ValueError, match="copy attention"):
+        _model("none", copy_attention=True)
 
 
 @pytest.mark.slow
