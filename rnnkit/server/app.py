@@ -21,11 +21,17 @@ Endpoints (OpenAPI spec at ``/openapi.json``, interactive docs at ``/docs``):
 Limits (:class:`Limits`) are checked before any work; over a limit the answer is 413 (input too large),
 422 (a value out of range) or 429 (too many jobs), with a message naming the limit. Slow requests end
 with 408 after ``request_timeout`` seconds.
+
+A web page the user visits can point its own domain name at 127.0.0.1 (DNS rebinding) and then talk to this
+server as if it were its own origin. The browser still sends that domain in the ``Host`` header, so every
+request whose Host is not this server's is refused with 400 before any work (:class:`HostCheck`, as Jupyter,
+Django and the Vite dev server do); and no answer carries an absolute filesystem path (runs are named).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
 import threading
@@ -206,8 +212,27 @@ class Run:
         settings = self.config.get("settings", {})
         keys = ("cell", "hidden_size", "embedding_size", "num_layers", "attention", "level", "data")
         return {"name": self.name, "task": self.task,
-                "config": {k: settings[k] for k in keys if k in settings},
-                "metrics": self.last_eval()}
+                "config": without_paths({k: settings[k] for k in keys if k in settings}),
+                "metrics": without_paths(self.last_eval())}
+
+
+def without_paths(value: Any) -> Any:
+    """A JSON value from a run's files with every absolute filesystem path cut to its last component (a
+    config's training-data path, a path someone logged): answers name files, they do not locate them."""
+    if isinstance(value, str):
+        return Path(value).name if Path(value).is_absolute() else value
+    if isinstance(value, dict):
+        return {key: without_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_paths(item) for item in value]
+    return value
+
+
+def without_run_paths(message: str, runs: dict[str, Run]) -> str:
+    """``message`` with each served run directory's absolute path replaced by the run's name."""
+    for run in sorted(runs.values(), key=lambda r: len(str(r.path)), reverse=True):
+        message = message.replace(str(run.path), run.name)
+    return message
 
 
 class Job:
@@ -283,6 +308,60 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def host_name(header: str) -> str:
+    """The host part of a ``Host`` header: without the port, IPv6 brackets and a trailing dot, lower case."""
+    header = header.strip().lower()
+    if header.startswith("["):  # [::1]:8000
+        return header[1:header.find("]")] if "]" in header else header
+    name, colon, port = header.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        header = name
+    return header.rstrip(".")
+
+
+class HostCheck:
+    """ASGI middleware: a request whose ``Host`` is not one of this server's names is answered 400 unread.
+
+    Allowed: ``localhost`` and ``*.localhost`` (browsers resolve them to loopback themselves), loopback
+    addresses (127.0.0.0/8, ::1), the address the server is bound to (when bound to every interface, 0.0.0.0
+    or ::, any IP address: a rebinding page always sends a name, never an address), and the names in
+    ``allow`` (``.example.org`` also allows its subdomains; ``*`` turns the check off, e.g. behind a proxy
+    that checks Host itself).
+    """
+
+    def __init__(self, app: Any, bound: str = "127.0.0.1", allow: Iterable[str] = ()) -> None:
+        self.app = app
+        self.bound = host_name(bound)
+        self.allow = tuple(host_name(name) if not name.startswith(".") else name.lower() for name in allow)
+
+    def allows(self, host: str) -> bool:
+        if "*" in self.allow or host == self.bound or host == "localhost" or host.endswith(".localhost"):
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return any(host == name or (name.startswith(".") and (host.endswith(name) or host == name[1:]))
+                       for name in self.allow)
+        bound_everywhere = self.bound in ("0.0.0.0", "::")
+        return address.is_loopback or bound_everywhere or host in self.allow
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if self.allows(host_name(header)):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        shown = header[:100] if header else "none"
+        body = json.dumps({"detail": f"Host {shown!r} is not a name of this server; it answers to localhost, "
+                                     "loopback addresses and the address it is bound to. Add names with "
+                                     "`rnnkit serve --allow-host NAME`"}).encode()
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _name_runs(run_dirs: list[str | Path]) -> dict[str, Run]:
     runs: dict[str, Run] = {}
     for given in run_dirs:
@@ -298,13 +377,19 @@ def _name_runs(run_dirs: list[str | Path]) -> dict[str, Run]:
     return runs
 
 
-def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits()) -> FastAPI:
-    """The app serving ``run_dirs`` (each must hold a config.json) under ``limits``."""
+def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits(), host: str = "127.0.0.1",
+               allow_hosts: Iterable[str] = ()) -> FastAPI:
+    """The app serving ``run_dirs`` (each must hold a config.json) under ``limits``.
+
+    ``host`` is the address the server is bound to and ``allow_hosts`` the further names it answers to
+    (see :class:`HostCheck`); requests naming any other host get 400.
+    """
     runs = _name_runs(list(run_dirs))
     jobs: dict[str, Job] = {}
     job_ids = itertools.count(1)
     app = FastAPI(title="rnnkit", version="1", description=__doc__)
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    app.add_middleware(HostCheck, bound=host, allow=tuple(allow_hosts))  # the outermost: checked first
     app.state.limits, app.state.runs, app.state.jobs = limits, runs, jobs
 
     def pick(name: str | None, tasks: tuple[str, ...], verb: str) -> Run:
@@ -327,8 +412,8 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits()) -> Fa
         except TimeoutError:
             raise HTTPException(408, f"limit request_timeout exceeded: the request took longer than "
                                      f"{limits.request_timeout} s") from None
-        except ValueError as err:  # a user mistake caught by the library
-            raise HTTPException(422, str(err)) from None
+        except ValueError as err:  # a user mistake caught by the library, or a damaged run
+            raise HTTPException(422, without_run_paths(str(err), runs)) from None
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -483,7 +568,7 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits()) -> Fa
 
     @app.get("/api/runs")
     def list_runs() -> list[dict[str, Any]]:
-        return [{**run.summary(), "path": str(run.path), "records": run.metrics(), "files": run.files()}
+        return [{**run.summary(), "records": without_paths(run.metrics()), "files": run.files()}
                 for run in runs.values()]
 
     @app.get("/api/runs/{name}/files/{path:path}")
@@ -508,10 +593,14 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits()) -> Fa
     return app
 
 
-def serve_main(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000) -> None:
-    """``rnnkit serve RUN_DIR... [--host --port]``: run the app under uvicorn until interrupted."""
+def serve_main(run_dirs: list[str], host: str = "127.0.0.1", port: int = 8000,
+               allow_hosts: Iterable[str] = ()) -> None:
+    """``rnnkit serve RUN_DIR... [--host --port --allow-host NAME]``: run the app under uvicorn until
+    interrupted."""
     import uvicorn
 
-    app = create_app(run_dirs)
-    print(f"rnnkit serve: http://{host}:{port}/  ({len(app.state.runs)} runs)", flush=True)
+    allow_hosts = tuple(allow_hosts)
+    app = create_app(run_dirs, host=host, allow_hosts=allow_hosts)
+    also = f"; also answers to {', '.join(allow_hosts)}" if allow_hosts else ""
+    print(f"rnnkit serve: http://{host}:{port}/  ({len(app.state.runs)} runs{also})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
