@@ -252,6 +252,51 @@ def test_a_damaged_metrics_file_does_not_break_the_listing(client, runs, content
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Job retention: finished jobs and their per-step history are capped, so memory levels off
+# ----------------------------------------------------------------------------------------------------------
+
+
+def kept_numbers(jobs) -> int:
+    """Numbers the server holds for its jobs: one loss per step, plus every kept ||dL/dh_t||."""
+    return sum(1 + len(event["grad_norms"] or ()) for job in jobs.values() for event in job.events)
+
+
+def test_finished_jobs_and_their_history_are_capped_so_memory_levels_off(capsys):
+    """18 jobs, 6 at a time: what the server keeps for its jobs stays at the cap (3 jobs: every step's loss,
+    ||dL/dh_t|| of their last 4 steps) instead of growing with every job."""
+    limits = Limits(max_jobs=1, max_kept_jobs=3, max_job_history=4)
+    app = create_app([], limits)
+    client = local_client(app)
+    shown = client.get("/api/limits").json()
+    assert (shown["max_kept_jobs"], shown["max_job_history"]) == (3, 4)
+    steps, seq_len = 12, 20
+    started, kept = [], []
+    for _ in range(3):
+        for _ in range(6):
+            response = client.post("/api/jobs", json={"steps": steps, "seq_len": seq_len, "hidden_size": 4})
+            assert response.status_code == 201, response.text
+            started.append(response.json()["id"])
+            app.state.jobs[started[-1]].thread.join(timeout=60)
+        kept.append(kept_numbers(app.state.jobs))
+    with capsys.disabled():
+        print(f"\n[jobs] numbers kept after 6, 12, 18 jobs: {kept} (all of them would be "
+              f"{[n * steps * (1 + seq_len) for n in (6, 12, 18)]})")
+    assert list(app.state.jobs) == started[-3:]  # the newest three; the oldest finished went first
+    assert kept == [3 * (steps + 4 * seq_len)] * 3
+    history = client.get(f"/api/jobs/{started[-1]}").json()["history"]
+    assert [event["step"] for event in history] == list(range(1, steps + 1))
+    assert [event["grad_norms"] is not None for event in history] == [False] * (steps - 4) + [True] * 4
+    assert all(len(event["grad_norms"]) == seq_len for event in history[-4:])
+    evicted = client.get(f"/api/jobs/{started[0]}")
+    assert evicted.status_code == 404 and "beyond the newest 3" in evicted.text
+
+
+def test_limits_refuse_keeping_fewer_jobs_than_may_run():
+    with pytest.raises(ValueError, match="max_kept_jobs"):
+        Limits(max_jobs=3, max_kept_jobs=2)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Load on loopback: a real uvicorn server, concurrent requests, no errors, memory that does not run away
 # ----------------------------------------------------------------------------------------------------------
 

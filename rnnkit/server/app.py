@@ -12,7 +12,8 @@ Endpoints (OpenAPI spec at ``/openapi.json``, interactive docs at ``/docs``):
                                   layer-direction, attention (see :mod:`rnnkit.probe`)
 ``POST /api/explore``             architecture explorer: parameter counts and a forward pass with gates
 ``POST /api/jobs``                start a small training job (adding / vanishing gradients)
-``GET  /api/jobs/{id}``           its status and all events so far
+``GET  /api/jobs/{id}``           its status and its events: every step's loss, ||dL/dh_t|| of the latest
+                                  ``max_job_history`` steps (finished jobs beyond ``max_kept_jobs`` are dropped)
 ``GET  /api/jobs/{id}/events``    server-sent events: {"step", "loss", "grad_norms"} per step, then "end"
 ``DELETE /api/jobs/{id}``         cancel it
 ``GET  /api/runs``                run directories with their metrics.jsonl records and report files
@@ -48,6 +49,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from rnnkit.checkpoint import read_config
+from rnnkit.checks import check_int
 from rnnkit.probe import TASKS as DIAGNOSABLE_TASKS
 from rnnkit.probe import diagnose_input
 from rnnkit.server.dynamics import run_job
@@ -72,8 +74,15 @@ class Limits:
     max_job_steps: int = 2000
     max_seq_len: int = 200  # job sequence length
     max_jobs: int = 2  # concurrent training jobs
+    max_kept_jobs: int = 20  # jobs kept for GET /api/jobs/{id}, running ones included; the oldest finished go
+    max_job_history: int = 100  # steps per job whose ||dL/dh_t|| are kept (the latest); the loss is kept for all
     request_timeout: float = 60.0  # seconds
     max_body_bytes: int = 1_000_000  # one request body; refused with 413 before it is read further
+
+    def __post_init__(self) -> None:
+        check_int("max_jobs", self.max_jobs, 1)
+        check_int("max_kept_jobs (at least max_jobs)", self.max_kept_jobs, self.max_jobs)
+        check_int("max_job_history", self.max_job_history, 1)
 
 
 # -- request bodies ------------------------------------------------------------------------------------------
@@ -236,8 +245,14 @@ def without_run_paths(message: str, runs: dict[str, Run]) -> str:
 
 
 class Job:
-    def __init__(self, job_id: str, request: JobRequest) -> None:
-        self.id, self.request = job_id, request
+    """A training job in its own thread: its events ({"step", "loss", "grad_norms"} per step) and its status.
+
+    Every step's loss is kept; ||dL/dh_t|| only for the latest ``history`` steps (older events keep
+    ``"grad_norms": None``), so that a finished job holds at most steps + history x seq_len numbers.
+    """
+
+    def __init__(self, job_id: str, request: JobRequest, history: int) -> None:
+        self.id, self.request, self.history = job_id, request, history
         self.events: list[dict[str, Any]] = []
         self.status = "running"
         self.error: str | None = None
@@ -247,11 +262,16 @@ class Job:
     def _run(self) -> None:
         r = self.request
         try:
-            result = run_job(r.experiment, r.cell, r.steps, r.seq_len, r.hidden_size, self.events.append,
+            result = run_job(r.experiment, r.cell, r.steps, r.seq_len, r.hidden_size, self.record,
                              self.cancelled, seed=r.seed)
             self.status = result["status"]
         except Exception as err:  # reported to the page, not swallowed
             self.status, self.error = "failed", f"{type(err).__name__}: {err}"
+
+    def record(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if len(self.events) > self.history:
+            self.events[-self.history - 1]["grad_norms"] = None
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "error": self.error, "request": self.request.model_dump(),
@@ -385,7 +405,8 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits(), host:
     (see :class:`HostCheck`); requests naming any other host get 400.
     """
     runs = _name_runs(list(run_dirs))
-    jobs: dict[str, Job] = {}
+    jobs: dict[str, Job] = {}  # in start order, so the first finished ones are the oldest
+    jobs_lock = threading.Lock()  # start_job runs in worker threads: check, evict and insert as one step
     job_ids = itertools.count(1)
     app = FastAPI(title="rnnkit", version="1", description=__doc__)
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
@@ -515,19 +536,25 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits(), host:
         _check("max_job_steps", request.steps, limits.max_job_steps, 422)
         _check("max_seq_len", request.seq_len, limits.max_seq_len, 422)
         _check("max_hidden", request.hidden_size, limits.max_hidden, 422)
-        running = sum(job.status == "running" for job in jobs.values())
-        if running >= limits.max_jobs:
-            raise HTTPException(429, f"limit max_jobs exceeded: {running} jobs are running and the server "
-                                     f"allows at most {limits.max_jobs}; cancel one or wait")
-        job = Job(str(next(job_ids)), request)
-        jobs[job.id] = job
-        job.thread.start()
+        with jobs_lock:
+            running = sum(job.status == "running" for job in jobs.values())
+            if running >= limits.max_jobs:
+                raise HTTPException(429, f"limit max_jobs exceeded: {running} jobs are running and the server "
+                                         f"allows at most {limits.max_jobs}; cancel one or wait")
+            finished = [job_id for job_id, job in jobs.items() if job.status != "running"]
+            for job_id in finished[:max(0, len(jobs) + 1 - limits.max_kept_jobs)]:  # the oldest finished
+                del jobs[job_id]
+            job = Job(str(next(job_ids)), request, limits.max_job_history)
+            jobs[job.id] = job
+            job.thread.start()
         return job.describe()
 
     def get_job(job_id: str) -> Job:
-        if job_id not in jobs:
-            raise HTTPException(404, f"unknown job {job_id!r}; known: {sorted(jobs) or 'none'}")
-        return jobs[job_id]
+        job = jobs.get(job_id)  # one look-up: another thread may evict it in between
+        if job is None:
+            raise HTTPException(404, f"unknown job {job_id!r} (finished jobs beyond the newest "
+                                     f"{limits.max_kept_jobs} are not kept); known: {sorted(jobs) or 'none'}")
+        return job
 
     @app.get("/api/jobs/{job_id}")
     def job_status(job_id: str) -> dict[str, Any]:
