@@ -36,6 +36,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from rnnkit import cancel
+
 __all__ = [
     "LENGTH_PENALTIES",
     "DecodeResult",
@@ -304,6 +306,7 @@ def _generate(
     token_columns: list[Tensor] = []
     attention_columns: list[Tensor] = []
     for t in range(max_len):
+        cancel.check()  # a cancelled request (rnnkit serve) stops here, between two steps
         log_probs, state = model.step(prev, state)  # (N, V)
         attention = _attention_of(state)  # (N, S) or None
         _check_step_output(log_probs, n, attention)
@@ -602,6 +605,7 @@ def beam_search(
     pool: _FinishedPool | None = None
 
     for t in range(max_len):  # step t emits token t + 1 (1-based): candidates have length t + 1
+        cancel.check()  # a cancelled request (rnnkit serve) stops here, between two steps
         b = sentence.size(0)
         log_probs, state = model.step(prev, state)  # (B*K, V)
         attention = _attention_of(state)  # (B*K, S) or None

@@ -21,7 +21,9 @@ Endpoints (OpenAPI spec at ``/openapi.json``, interactive docs at ``/docs``):
 
 Limits (:class:`Limits`) are checked before any work; over a limit the answer is 413 (input too large),
 422 (a value out of range) or 429 (too many jobs), with a message naming the limit. Slow requests end
-with 408 after ``request_timeout`` seconds.
+with 408 after ``request_timeout`` seconds, and their work stops with them: it runs under a
+:class:`rnnkit.cancel.CancelToken` that is cancelled then, or when the client disconnects, and decoding,
+diagnostics and training jobs check it between steps, so the worker thread is free again within a step.
 
 A web page the user visits can point its own domain name at 127.0.0.1 (DNS rebinding) and then talk to this
 server as if it were its own origin. The browser still sends that domain in the ``Host`` header, so every
@@ -42,12 +44,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from rnnkit.cancel import Cancelled, CancelToken
 from rnnkit.checkpoint import read_config
 from rnnkit.checks import check_int
 from rnnkit.probe import TASKS as DIAGNOSABLE_TASKS
@@ -169,6 +172,19 @@ def until_deadline(items: Iterable[Any], seconds: float) -> Iterator[Any]:
         yield item
 
 
+async def client_gone(receive: Any) -> None:
+    """Return once the client has closed the connection. Called after the request body has been read, so the
+    only message still to come is ``http.disconnect`` (uvicorn sends it when the socket closes)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def abandon(work: asyncio.Future, token: CancelToken, reason: str) -> None:
+    """Cancel the work behind ``work`` (it stops at its next check point) and let it end unobserved."""
+    token.cancel(reason)
+    work.add_done_callback(lambda task: task.cancelled() or task.exception())  # its Cancelled is expected
+
+
 # -- runs and jobs -------------------------------------------------------------------------------------------
 
 class Run:
@@ -256,15 +272,17 @@ class Job:
         self.events: list[dict[str, Any]] = []
         self.status = "running"
         self.error: str | None = None
-        self.cancelled = threading.Event()
+        self.token = CancelToken()
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"rnnkit-job-{job_id}")
 
     def _run(self) -> None:
         r = self.request
         try:
-            result = run_job(r.experiment, r.cell, r.steps, r.seq_len, r.hidden_size, self.record,
-                             self.cancelled, seed=r.seed)
-            self.status = result["status"]
+            self.token.run(run_job, r.experiment, r.cell, r.steps, r.seq_len, r.hidden_size, self.record,
+                           seed=r.seed)
+            self.status = "finished"
+        except Cancelled:
+            self.status = "cancelled"
         except Exception as err:  # reported to the page, not swallowed
             self.status, self.error = "failed", f"{type(err).__name__}: {err}"
 
@@ -427,14 +445,32 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits(), host:
             raise HTTPException(400, f"model {name!r} is a {run.task} run; {verb} needs task {' or '.join(tasks)}")
         return run
 
-    async def timed(fn, *args, **kwargs):
+    async def timed(http: Request, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` in a worker thread under a cancel token, which is cancelled when the call runs
+        past request_timeout (408) or the client disconnects: the work stops at its next check point
+        (:func:`rnnkit.cancel.check`) and its thread is free again, instead of computing for nobody."""
+        token = CancelToken()
+        work = asyncio.ensure_future(run_in_threadpool(token.run, fn, *args, **kwargs))
+        gone = asyncio.ensure_future(client_gone(http.receive))
         try:
-            return await asyncio.wait_for(run_in_threadpool(fn, *args, **kwargs), limits.request_timeout)
-        except TimeoutError:
-            raise HTTPException(408, f"limit request_timeout exceeded: the request took longer than "
-                                     f"{limits.request_timeout} s") from None
-        except ValueError as err:  # a user mistake caught by the library, or a damaged run
-            raise HTTPException(422, without_run_paths(str(err), runs)) from None
+            done, _ = await asyncio.wait((work, gone), timeout=limits.request_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # this request's task was cancelled: the server is shutting down
+            abandon(work, token, "the server is shutting down")
+            raise
+        finally:
+            gone.cancel()
+        if work in done:
+            try:
+                return work.result()
+            except ValueError as err:  # a user mistake caught by the library, or a damaged run
+                raise HTTPException(422, without_run_paths(str(err), runs)) from None
+        if gone in done:
+            abandon(work, token, "the client disconnected")
+            raise HTTPException(499, "the client closed the connection before the answer was ready")
+        abandon(work, token, f"limit request_timeout exceeded ({limits.request_timeout} s)")
+        raise HTTPException(408, f"limit request_timeout exceeded: the request took longer than "
+                                 f"{limits.request_timeout} s")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -456,24 +492,24 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits(), host:
         return [run.summary() for run in runs.values()]
 
     @app.post("/api/translate")
-    async def translate(request: TranslateRequest) -> dict[str, Any]:
+    async def translate(request: TranslateRequest, http: Request) -> dict[str, Any]:
         _check("max_input_chars", len(request.text), limits.max_input_chars)
         _check("max_beam", request.beam_size, limits.max_beam, 422)
         if request.n_best > request.beam_size:
             raise HTTPException(422, f"n_best must be <= beam_size {request.beam_size}, got {request.n_best}")
         run = pick(request.model, ("translate",), "translate")
-        runner = await timed(run.runner)
-        results = await timed(runner.translate, [request.text], beam_size=request.beam_size,
+        runner = await timed(http, run.runner)
+        results = await timed(http, runner.translate, [request.text], beam_size=request.beam_size,
                               n_best=request.n_best, alpha=request.alpha)
         return {"model": run.name, "hypotheses": results[0]}
 
     @app.post("/api/generate")
-    async def generate(request: GenerateRequest) -> dict[str, Any]:
+    async def generate(request: GenerateRequest, http: Request) -> dict[str, Any]:
         _check("max_input_chars", len(request.prompt), limits.max_input_chars)
         _check("max_generation", request.length, limits.max_generation, 422)
         run = pick(request.model, ("lm",), "generate")
-        runner = await timed(run.runner)
-        text = await timed(runner.generate, request.prompt, length=request.length,
+        runner = await timed(http, run.runner)
+        text = await timed(http, runner.generate, request.prompt, length=request.length,
                            temperature=request.temperature, top_k=request.top_k, seed=request.seed)
         return {"model": run.name, "text": text}
 
@@ -481,54 +517,55 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits(), host:
         200: {"content": {"text/event-stream": {}},
               "description": "server-sent events: `token` {id, token, text} per token, then `done` {count}; "
                              "`error` {error} instead if the generation fails or exceeds request_timeout"}})
-    async def generate_stream(request: GenerateRequest) -> StreamingResponse:
+    async def generate_stream(request: GenerateRequest, http: Request) -> StreamingResponse:
         # Every limit is checked before the stream starts, so that going over one is still a 4xx.
         _check("max_input_chars", len(request.prompt), limits.max_input_chars)
         _check("max_generation", request.length, limits.max_generation, 422)
         run = pick(request.model, ("lm",), "generate")
-        runner = await timed(run.runner)
+        runner = await timed(http, run.runner)
         tokens = runner.generate_stream(request.prompt, length=request.length, temperature=request.temperature,
                                         top_k=request.top_k, seed=request.seed)
         # A sync iterator: Starlette advances it in a worker thread, one token per frame.
         return StreamingResponse(sse_events(until_deadline(tokens, limits.request_timeout)),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    async def predict_lines(request: PredictRequest, tasks: tuple[str, ...], verb: str) -> dict[str, Any]:
+    async def predict_lines(request: PredictRequest, http: Request, tasks: tuple[str, ...], verb: str
+                            ) -> dict[str, Any]:
         _check("max_lines", len(request.lines), limits.max_lines)
         _check("max_input_chars", sum(len(line) for line in request.lines), limits.max_input_chars)
         run = pick(request.model, tasks, verb)
-        runner = await timed(run.runner)
-        return {"model": run.name, "task": run.task, "predictions": await timed(runner.predict, request.lines)}
+        runner = await timed(http, run.runner)
+        return {"model": run.name, "task": run.task, "predictions": await timed(http, runner.predict, request.lines)}
 
     @app.post("/api/predict")
-    async def predict(request: PredictRequest) -> dict[str, Any]:
-        return await predict_lines(request, ("classify", "tag"), "predict")
+    async def predict(request: PredictRequest, http: Request) -> dict[str, Any]:
+        return await predict_lines(request, http, ("classify", "tag"), "predict")
 
     @app.post("/api/classify")
-    async def classify(request: PredictRequest) -> dict[str, Any]:
+    async def classify(request: PredictRequest, http: Request) -> dict[str, Any]:
         """One label per line, from a classify run."""
-        return await predict_lines(request, ("classify",), "classify")
+        return await predict_lines(request, http, ("classify",), "classify")
 
     @app.post("/api/tag")
-    async def tag(request: PredictRequest) -> dict[str, Any]:
+    async def tag(request: PredictRequest, http: Request) -> dict[str, Any]:
         """One tag per whitespace token of each line, from a tag run."""
-        return await predict_lines(request, ("tag",), "tag")
+        return await predict_lines(request, http, ("tag",), "tag")
 
     @app.post("/api/diagnostics")
-    async def diagnostics(request: DiagnosticsRequest) -> dict[str, Any]:
+    async def diagnostics(request: DiagnosticsRequest, http: Request) -> dict[str, Any]:
         _check("max_input_chars", len(request.text) + len(request.target or ""), limits.max_input_chars)
         run = pick(request.model, DIAGNOSABLE_TASKS, "diagnose")
-        runner = await timed(run.runner)
-        result = await timed(diagnose_input, run.task, runner, request.text, request.target)
+        runner = await timed(http, run.runner)
+        result = await timed(http, diagnose_input, run.task, runner, request.text, request.target)
         return {"model": run.name, **result}
 
     @app.post("/api/explore")
-    async def explorer(request: ExploreRequest) -> dict[str, Any]:
+    async def explorer(request: ExploreRequest, http: Request) -> dict[str, Any]:
         _check("max_input_chars", len(request.sentence), limits.max_input_chars)
         _check("max_hidden", max(request.hidden_size, request.input_size), limits.max_hidden, 422)
         _check("max_layers", request.num_layers, limits.max_layers, 422)
         r = request
-        return await timed(explore, r.cell, r.input_size, r.hidden_size, r.num_layers, r.bidirectional,
+        return await timed(http, explore, r.cell, r.input_size, r.hidden_size, r.num_layers, r.bidirectional,
                            r.layer_norm, r.reset_after, r.sentence, r.seed)
 
     @app.post("/api/jobs", status_code=201)
@@ -584,7 +621,7 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits(), host:
     @app.delete("/api/jobs/{job_id}")
     def cancel_job(job_id: str) -> dict[str, Any]:
         job = get_job(job_id)
-        job.cancelled.set()
+        job.token.cancel("cancelled by DELETE /api/jobs/{id}")
         job.thread.join(timeout=limits.request_timeout)
         return job.describe()
 
