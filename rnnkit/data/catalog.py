@@ -537,15 +537,32 @@ def load_source(source: str | Path, task: str, split: str = "train", cache_dir: 
                 quiet: bool = False, **options: Any) -> Any:
     """Read a ``--data`` argument for ``task``: a file with that task's reader (``options`` passed on), or a
     catalog dataset's ``split`` (which must be a ``task`` dataset)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    if is_catalog_name(source) and not (isinstance(source, str) and os.path.isfile(source)):
-        info = describe(str(source))
-        if info.task != task:
-            raise ValueError(f"dataset {info.name!r} is a {info.task} dataset, not {task}; "
-                             f"{task} datasets: {', '.join(_names_for(task))}")
+    if _check_task(source, task):
         return load(str(source), split=split, cache_dir=cache_dir, quiet=quiet)
     return read(resolve_source(source, split), task, **options)
+
+
+def source_file(source: str | Path, task: str, split: str = "train", cache_dir: str | Path | None = None,
+                quiet: bool = False) -> Path:
+    """The file behind a ``--data`` argument for ``task``: the user's file, or the split file of a catalog
+    dataset of that task (package data converted, generated data written, into the cache), for readers that
+    stream a file rather than hold it."""
+    _check_task(source, task)
+    return resolve_source(source, split, cache_dir=cache_dir, quiet=quiet)
+
+
+def _check_task(source: str | Path, task: str) -> bool:
+    """Whether ``source`` is a catalog name (not a file of that name); a catalog dataset of another task than
+    ``task`` is a ValueError naming the datasets of ``task``."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if not is_catalog_name(source) or (isinstance(source, str) and os.path.isfile(source)):
+        return False
+    info = describe(str(source))
+    if info.task != task:
+        raise ValueError(f"dataset {info.name!r} is a {info.task} dataset, not {task}; "
+                         f"{task} datasets: {', '.join(_names_for(task))}")
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------
