@@ -34,6 +34,7 @@ from rnnkit.checkpoint import CONFIG_FILE, CheckpointError
 from rnnkit.training import TrainingConfig
 
 TASK_NAMES = ("lm", "classify", "tag", "translate", "forecast")
+SPLITS = ("train", "valid", "test")
 TRAINING_KEYS = tuple(f.name for f in fields(TrainingConfig))
 
 
@@ -108,15 +109,30 @@ def training_settings(settings: Mapping[str, Any]) -> TrainingConfig:
     return TrainingConfig(**{k: v for k, v in settings.items() if k in TRAINING_KEYS})
 
 
+# A task trains until validation stops improving: ``patience`` evaluations without a gain end it, and
+# ``--time-budget`` bounds it. ``epochs`` is only a cap, high enough never to be the reason a run stops
+# while validation still improves.
+EPOCHS_CAP = 100
+PATIENCE = 5
+
+
 def common_defaults(**overrides: Any) -> dict[str, Any]:
-    """Defaults every task shares: data sources and the training settings, with per-task overrides."""
+    """Defaults every task shares: data sources and the training settings (trained until validation stops
+    improving: ``patience`` evaluations, ``epochs`` a high cap), with per-task overrides."""
     base: dict[str, Any] = {"data": "", "valid": None, "test": None, "cache_dir": None}
     base.update({f.name: f.default for f in fields(TrainingConfig)
                  if not callable(f.default) and f.name not in ("betas",)})
     base["betas"] = (0.9, 0.999)
     base["progress"] = None
+    base["epochs"], base["patience"] = EPOCHS_CAP, PATIENCE
     base.update(overrides)
     return base
+
+
+def _is_catalog(source: Any) -> bool:
+    from rnnkit.data import is_catalog_name
+
+    return isinstance(source, str) and is_catalog_name(source) and not Path(source).is_file()
 
 
 def split_source(settings: Mapping[str, Any], split: str) -> str:
@@ -126,12 +142,84 @@ def split_source(settings: Mapping[str, Any], split: str) -> str:
     if explicit:
         return str(explicit)
     data = str(settings["data"])
-    from rnnkit.data import is_catalog_name
-
-    if is_catalog_name(data) and not Path(data).is_file():
+    if _is_catalog(data):
         return data
     raise ValueError(f"--{split} FILE is needed when --data is a file ({data}); a catalog dataset brings its own "
                      f"{split} split")
+
+
+def run_sources(settings: Mapping[str, Any]) -> dict[str, str | None]:
+    """Where each split of a run comes from, as ``config.json`` records it under ``"data"``: the training
+    source, the validation source (required), and the test source (``--test``, a catalog dataset's own test
+    split, or None for a user's file without ``--test``). A ``--test`` that names nothing readable is refused
+    now, not after training."""
+    test = settings.get("test")
+    if test and not (_is_catalog(str(test)) or Path(str(test)).is_file()):
+        raise ValueError(f"--test {test}: no such file, and not a catalog dataset (rnnkit data list)")
+    data = str(settings["data"])
+    return {"train": data, "valid": split_source(settings, "valid"),
+            "test": str(test) if test else (data if _is_catalog(data) else None)}
+
+
+class NoSourceError(ValueError):
+    """A run asked to score a split it has no source for (a file run trained without ``--test``)."""
+
+
+def recorded_source(run_dir: str | Path, config: Mapping[str, Any], split: str) -> str:
+    """The source a run recorded for ``split`` (``config["data"][split]``).
+
+    Runs written before the test source was recorded hold only train (and valid): a catalog dataset still
+    has its own split; a file does not. :class:`NoSourceError` says how to give one.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    train = data.get("train")
+    source = data[split] if split in data else (train if _is_catalog(train) else None)
+    if not isinstance(source, str) or not source:
+        raise NoSourceError(f"the run {run_dir} has no {split} source: it was trained on the file {train} without "
+                            f"--{split} FILE; score a file with `rnnkit eval {run_dir} --data FILE`")
+    return source
+
+
+def evaluation_source(run_dir: str | Path, config: Mapping[str, Any], source: str | None,
+                      split: str | None) -> tuple[str, str | None]:
+    """What ``evaluate(source, split)`` reads: ``(source, split)``, split None for a file read whole.
+
+    * no ``source``: the run's own source of ``split`` (default "test") as recorded in ``config.json``;
+    * a catalog dataset: its ``split`` (default "test");
+    * a file: the whole file. A ``split`` beside it would be ignored, so it is refused.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if source is None:
+        split = split or "test"
+        return recorded_source(run_dir, config, split), split
+    if _is_catalog(source):
+        return source, split or "test"
+    if split is not None:
+        raise ValueError(f"--split {split} selects a part of a catalog dataset or of the run's own sources; the "
+                         f"file {source} is scored whole: drop --split, or drop --data to score the run's "
+                         f"own {split} source")
+    return source, None
+
+
+def evaluate_test(run_dir: str | Path) -> tuple[str, dict[str, float]] | None:
+    """Score a trained run on its test source, as ``rnnkit eval RUN_DIR`` would (the run directory's weights,
+    reloaded), and log the result to ``metrics.jsonl`` as ``{"event": "test", "split": "test", "source",
+    "metrics"}``. Returns ``(source, metrics)``, or None when the run has no test source."""
+    from rnnkit.checkpoint import read_config
+    from rnnkit.training import log_event
+
+    config = read_config(run_dir)
+    runner = task_module(str(config.get("task"))).load(run_dir)
+    try:
+        source, _ = runner.evaluation_source(None, "test")
+    except NoSourceError:
+        return None
+    metrics = runner.evaluate(split="test")
+    log_event(run_dir, {"event": "test", "split": "test", "source": source, "metrics": metrics})
+    return source, metrics
 
 
 def run_file(run_dir: str | Path, name: Any, what: str) -> Path:

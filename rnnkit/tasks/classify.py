@@ -28,7 +28,7 @@ from rnnkit.checkpoint import load_weights, read_config
 from rnnkit.data import LabelSet, Vocab, bucketed_batches, load_source, pad_sequences
 from rnnkit.metrics import accuracy, macro_f1
 from rnnkit.models import POOLINGS, SequenceClassifier, SequenceClassifierConfig
-from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
+from rnnkit.tasks import check_vocabulary_size, common_defaults, evaluation_source, run_file, run_sources
 
 LEVELS = ("char", "word")
 
@@ -47,9 +47,7 @@ DEFAULTS: dict[str, Any] = common_defaults(
     pooling="max",
     dropout=0.5,
     batch_size=32,
-    epochs=8,
     lr=2e-3,
-    patience=3,
 )
 
 HELP: dict[str, str] = {
@@ -158,8 +156,8 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[ClassifyTask
     run_dir = Path(run_dir)
     cache = settings.get("cache_dir")
     train_records = load_source(settings["data"], "classify", "train", cache_dir=cache, quiet=True)
-    valid_source = split_source(settings, "valid")
-    valid_records = load_source(valid_source, "classify", "valid", cache_dir=cache, quiet=True)
+    sources = run_sources(settings)
+    valid_records = load_source(sources["valid"], "classify", "valid", cache_dir=cache, quiet=True)
     if not train_records or not valid_records:
         raise ValueError("classification needs at least one training and one validation example")
     lowercase = bool(settings["lowercase"])
@@ -187,7 +185,7 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[ClassifyTask
     majority = _majority(train[1])
     task = ClassifyTask(model, train, valid, majority, int(settings["batch_size"]))
     run_config = {"task": "classify", "model": config.to_dict(), "settings": _jsonable(settings),
-                  "data": {"train": str(settings["data"]), "valid": valid_source, "train_examples": len(train[0]),
+                  "data": {**sources, "train_examples": len(train[0]),
                            "valid_examples": len(valid[0]), "majority_label": labels.decode(majority)},
                   "vocab": "vocab.json", "labels": "labels.json"}
     return task, run_config
@@ -224,13 +222,19 @@ class ClassifyRunner:
             return []
         return [self.labels.decode(i) for i in predict_ids(self.model, self.encoder(lines))]
 
-    def evaluate(self, source: str | None = None, split: str = "test") -> dict[str, float]:
-        """Accuracy, macro-F1 and the majority-class accuracy on ``split`` of ``source`` (default: the
-        training data's own split). The majority class is the training set's most frequent label."""
-        data = source or self.config["data"]["train"]
-        records = load_source(data, "classify", split, cache_dir=self.settings.get("cache_dir"), quiet=True)
+    def evaluation_source(self, source: str | None = None, split: str | None = None) -> tuple[str, str | None]:
+        """What :meth:`evaluate` reads: ``(source, split)`` (see :func:`rnnkit.tasks.evaluation_source`)."""
+        return evaluation_source(self.run_dir, self.config, source, split)
+
+    def evaluate(self, source: str | None = None, split: str | None = None) -> dict[str, float]:
+        """Accuracy, macro-F1 and the majority-class accuracy on ``source`` (a file, or a catalog dataset's
+        ``split``), by default on the run's own ``split`` source (default: test; see
+        :func:`rnnkit.tasks.evaluation_source`). The majority class is the training set's most frequent label."""
+        data, split = self.evaluation_source(source, split)
+        records = load_source(data, "classify", split or "test", cache_dir=self.settings.get("cache_dir"),
+                              quiet=True)
         if not records:
-            raise ValueError(f"{data} ({split}) holds no examples")
+            raise ValueError(f"{data} ({split or 'file'}) holds no examples")
         unknown = sorted({r.label for r in records} - set(self.labels.labels))
         if unknown:
             raise ValueError(f"labels {unknown} in {data} were not seen in training; known: {self.labels.labels}")

@@ -35,7 +35,7 @@ from rnnkit.checkpoint import load_weights, read_config
 from rnnkit.data import is_catalog_name, load_source
 from rnnkit.metrics import mae, mase, naive_forecast, rmse, seasonal_naive_forecast
 from rnnkit.models import Forecaster, ForecasterConfig, StandardScaler, make_windows
-from rnnkit.tasks import common_defaults
+from rnnkit.tasks import SPLITS, common_defaults
 
 # The seasonal period of each catalog series (yearly sunspots: the ~11-year solar cycle; weekly CO2: a year;
 # monthly El Nino: a year); used when --season is 0.
@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = common_defaults(
     num_layers=1,
     dropout=0.0,
     batch_size=16,
-    epochs=60,
+    epochs=1000,  # an epoch of a yearly series is a few steps: the cap sits higher
     lr=3e-3,
     patience=15,
 )
@@ -203,8 +203,10 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[ForecastTask
     task = ForecastTask(model, parts, int(settings["batch_size"]), season)
     run_dir.mkdir(parents=True, exist_ok=True)
     # The held-out parts are saved as data (JSON numbers) so evaluation reads exactly the same split.
+    data = str(settings["data"])
+    sources = {"train": data, "valid": str(settings.get("valid") or data), "test": str(settings.get("test") or data)}
     run_config = {"task": "forecast", "model": config.to_dict(), "settings": _jsonable(settings),
-                  "data": {"train": str(settings["data"]), "season": season,
+                  "data": {**sources, "season": season,
                            "parts": {name: values.tolist() for name, values in parts.items()}}}
     return task, run_config
 
@@ -237,11 +239,16 @@ class ForecastRunner:
             raise ValueError(f"forecasting needs at least input_len={n} past values, got {len(values)}")
         return self.model.predict(torch.as_tensor(values[-n:], dtype=torch.float32)).double().tolist()
 
-    def evaluate(self, source: str | None = None, split: str = "test") -> dict[str, float]:
-        """Scores on ``split`` of the run's series, or of another series ``source`` (its own final 10% as test
-        and the 10% before it as validation, or a catalog series' own splits)."""
-        if split not in ("train", "valid", "test"):
-            raise ValueError(f"split must be train, valid or test, got {split!r}")
+    def evaluation_source(self, source: str | None = None, split: str | None = None) -> tuple[str, str]:
+        """What :meth:`evaluate` reads: ``(series, split)``; a series is always cut into its parts."""
+        return source or str(self.config["data"]["train"]), split or "test"
+
+    def evaluate(self, source: str | None = None, split: str | None = None) -> dict[str, float]:
+        """Scores on ``split`` (default: test) of the run's series, or of another series ``source`` (its own
+        final 10% as test and the 10% before it as validation, or a catalog series' own splits)."""
+        split = split or "test"
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         parts = self.parts
         if source is not None:
             parts = series_parts({**self.settings, "data": source, "valid": None, "test": None})

@@ -28,7 +28,7 @@ from rnnkit.checkpoint import load_weights, read_config
 from rnnkit.data import PAD_ID, Vocab, batchify, bptt_chunks, load_source, token_stream
 from rnnkit.metrics import bits_per_char, perplexity
 from rnnkit.models import LanguageModel, LanguageModelConfig
-from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
+from rnnkit.tasks import check_vocabulary_size, common_defaults, evaluation_source, run_file, run_sources
 
 LEVELS = ("char", "word")
 
@@ -47,7 +47,6 @@ DEFAULTS: dict[str, Any] = common_defaults(
     bptt=64,
     eval_batch_size=64,
     eval_tokens=100_000,
-    epochs=5,
     lr=3e-3,
     eval_every=500,
     checkpoint_every=500,
@@ -142,8 +141,8 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[LanguageMode
     run_dir = Path(run_dir)
     cache = settings.get("cache_dir")
     train_text = load_source(settings["data"], "lm", "train", cache_dir=cache, quiet=True)
-    valid_source = split_source(settings, "valid")
-    valid_text = load_source(valid_source, "lm", "valid", cache_dir=cache, quiet=True)
+    sources = run_sources(settings)
+    valid_text = load_source(sources["valid"], "lm", "valid", cache_dir=cache, quiet=True)
     vocab = Vocab.build([train_text] if settings["level"] == "char" else train_text.split("\n"),
                         level=settings["level"], min_freq=int(settings["min_freq"]),
                         max_size=int(settings["max_vocab"]) or None)
@@ -151,7 +150,7 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[LanguageMode
     vocab.save(run_dir / "vocab.json")
     train, valid = token_stream(train_text, vocab), token_stream(valid_text, vocab)  # (N,), (M,)
     if valid.numel() < 2:
-        raise ValueError(f"the validation text {valid_source} has fewer than 2 tokens")
+        raise ValueError(f"the validation text {sources['valid']} has fewer than 2 tokens")
     torch.manual_seed(int(settings["seed"]))
     config = LanguageModelConfig(
         vocab_size=len(vocab), cell=settings["cell"], hidden_size=int(settings["hidden_size"]),
@@ -162,7 +161,7 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[LanguageMode
     model = LanguageModel(config)
     task = LanguageModelTask(model, train, valid, settings)
     run_config = {"task": "lm", "model": config.to_dict(), "settings": _jsonable(settings),
-                  "data": {"train": str(settings["data"]), "valid": valid_source, "level": settings["level"],
+                  "data": {**sources, "level": settings["level"],
                            "train_tokens": int(train.numel()), "valid_tokens": int(valid.numel())},
                   "vocab": "vocab.json"}
     return task, run_config
@@ -188,14 +187,19 @@ class LanguageModelRunner:
         self.settings = self.config.get("settings", {})
         self.level = self.vocab.level
 
-    def evaluate(self, source: str | None = None, split: str = "test") -> dict[str, float]:
-        """Cross-entropy (nats/token) and bits per character or perplexity on ``split`` of ``source``
-        (default: the training data's own split), over the whole text."""
-        data = source or self.config["data"]["train"]
-        text = load_source(data, "lm", split, cache_dir=self.settings.get("cache_dir"), quiet=True)
+    def evaluation_source(self, source: str | None = None, split: str | None = None) -> tuple[str, str | None]:
+        """What :meth:`evaluate` reads: ``(source, split)`` (see :func:`rnnkit.tasks.evaluation_source`)."""
+        return evaluation_source(self.run_dir, self.config, source, split)
+
+    def evaluate(self, source: str | None = None, split: str | None = None) -> dict[str, float]:
+        """Cross-entropy (nats/token) and bits per character or perplexity over the whole text of ``source``
+        (a file, or a catalog dataset's ``split``), by default of the run's own ``split`` source (default:
+        test; see :func:`rnnkit.tasks.evaluation_source`)."""
+        data, split = self.evaluation_source(source, split)
+        text = load_source(data, "lm", split or "test", cache_dir=self.settings.get("cache_dir"), quiet=True)
         stream = token_stream(text, self.vocab)  # (N,)
         if stream.numel() < 2:
-            raise ValueError(f"{data} ({split}) has fewer than 2 tokens to score")
+            raise ValueError(f"{data} ({split or 'file'}) has fewer than 2 tokens to score")
         loss, count = stream_loss(self.model, stream, int(self.settings.get("eval_batch_size", 64)),
                                   int(self.settings.get("bptt", 64)))
         return {**_metrics(loss, self.level), "tokens": float(count)}

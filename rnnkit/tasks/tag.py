@@ -30,7 +30,7 @@ from rnnkit.checkpoint import atomic_write_json, load_weights, read_config
 from rnnkit.data import LabelSet, Vocab, bucketed_batches, load_source, pad_sequences
 from rnnkit.metrics import entity_scores
 from rnnkit.models import SequenceTagger, SequenceTaggerConfig
-from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
+from rnnkit.tasks import check_vocabulary_size, common_defaults, evaluation_source, run_file, run_sources
 
 DEFAULTS: dict[str, Any] = common_defaults(
     data="turkish-pos",
@@ -45,7 +45,6 @@ DEFAULTS: dict[str, Any] = common_defaults(
     crf=False,
     dropout=0.3,
     batch_size=16,
-    epochs=20,
     lr=2e-3,
     patience=4,
 )
@@ -190,8 +189,8 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TagTask, dic
     run_dir = Path(run_dir)
     cache = settings.get("cache_dir")
     train = _non_empty(load_source(settings["data"], "tag", "train", cache_dir=cache, quiet=True), "training")
-    valid_source = split_source(settings, "valid")
-    valid = _non_empty(load_source(valid_source, "tag", "valid", cache_dir=cache, quiet=True), "validation")
+    sources = run_sources(settings)
+    valid = _non_empty(load_source(sources["valid"], "tag", "valid", cache_dir=cache, quiet=True), "validation")
     lowercase = bool(settings["lowercase"])
     vocab = Vocab.build([[t.lower() if lowercase else t for t in s.tokens] for s in train], level="word",
                         min_freq=int(settings["min_freq"]), max_size=int(settings["max_vocab"]) or None)
@@ -213,7 +212,7 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TagTask, dic
     model = SequenceTagger(config)
     task = TagTask(model, Tagging(vocab, tags, lowercase), train, valid, int(settings["batch_size"]), bio)
     run_config = {"task": "tag", "model": config.to_dict(), "settings": _jsonable(settings),
-                  "data": {"train": str(settings["data"]), "valid": valid_source, "train_sentences": len(train),
+                  "data": {**sources, "train_sentences": len(train),
                            "valid_sentences": len(valid), "bio": bio,
                            "baseline": "baseline.json"},
                   "vocab": "vocab.json", "tags": "tags.json"}
@@ -263,12 +262,17 @@ class TagRunner:
         """The tags of each whitespace-tokenized line (an empty line gets no tags)."""
         return self.tagging.predict(self.model, [line.split() for line in lines])
 
-    def evaluate(self, source: str | None = None, split: str = "test") -> dict[str, float]:
-        """Token accuracy (and entity scores for BIO tags) on ``split`` of ``source`` (default: the training
-        data's own split), next to the most-frequent-tag baseline's token accuracy."""
-        data = source or self.config["data"]["train"]
-        records = _non_empty(load_source(data, "tag", split, cache_dir=self.settings.get("cache_dir"), quiet=True),
-                             f"{data} ({split})")
+    def evaluation_source(self, source: str | None = None, split: str | None = None) -> tuple[str, str | None]:
+        """What :meth:`evaluate` reads: ``(source, split)`` (see :func:`rnnkit.tasks.evaluation_source`)."""
+        return evaluation_source(self.run_dir, self.config, source, split)
+
+    def evaluate(self, source: str | None = None, split: str | None = None) -> dict[str, float]:
+        """Token accuracy (and entity scores for BIO tags) on ``source`` (a file, or a catalog dataset's
+        ``split``), by default on the run's own ``split`` source (default: test; see
+        :func:`rnnkit.tasks.evaluation_source`), next to the most-frequent-tag baseline's token accuracy."""
+        data, split = self.evaluation_source(source, split)
+        records = _non_empty(load_source(data, "tag", split or "test", cache_dir=self.settings.get("cache_dir"),
+                                         quiet=True), f"{data} ({split or 'file'})")
         gold = [s.tags for s in records]
         predicted = self.tagging.predict(self.model, [s.tokens for s in records])
         bio = bool(self.config["data"].get("bio", False))

@@ -28,7 +28,7 @@ from rnnkit.data import BPETokenizer, Vocab, bucketed_batches, load_source, load
 from rnnkit.decoding import Hypothesis, beam_search, greedy_decode
 from rnnkit.metrics import bleu, chrf, exact_match
 from rnnkit.seq2seq import Seq2Seq, Seq2SeqConfig, make_schedule
-from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
+from rnnkit.tasks import check_vocabulary_size, common_defaults, evaluation_source, run_file, run_sources
 
 LEVELS = ("char", "word", "bpe")
 SCHEDULES = ("constant", "linear", "exponential", "inverse-sigmoid")
@@ -57,8 +57,8 @@ DEFAULTS: dict[str, Any] = common_defaults(
     eval_examples=1000,
     beam_size=5,
     alpha=0.0,
-    epochs=20,
     lr=3e-3,
+    patience=10,
     eval_every=200,
     checkpoint_every=200,
 )
@@ -222,8 +222,9 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TranslateTas
     if settings["teacher_forcing"] not in SCHEDULES:
         raise ValueError(f"teacher_forcing must be one of {', '.join(SCHEDULES)}, got {settings['teacher_forcing']!r}")
     run_dir = Path(run_dir)
+    sources = run_sources(settings)
     train_records = load_source(settings["data"], "translate", "train")
-    valid_records = load_source(split_source(settings, "valid"), "translate", "valid")
+    valid_records = load_source(sources["valid"], "translate", "valid")
     limit = int(settings["max_train_examples"])
     texts = list(train_records)[:limit] if limit else list(train_records)
     source_vocab = _tokenizer(settings["level"], [r.source for r in texts], int(settings["bpe_vocab_size"]))
@@ -238,8 +239,7 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TranslateTas
                                                                           limit),
                          encode_pairs(valid_records, source_vocab, target_vocab), settings)
     run_config = {"task": "translate", "model": model.config_dict(), "settings": _jsonable(settings),
-                  "data": {"train": str(settings["data"]), "valid": split_source(settings, "valid"),
-                           "train_pairs": len(task.train.sources), "valid_pairs": len(task.valid.sources)},
+                  "data": {**sources, "train_pairs": len(task.train.sources), "valid_pairs": len(task.valid.sources)},
                   "vocab": {"source": "source_vocab.json", "target": "target_vocab.json"}}
     return task, run_config
 
@@ -277,13 +277,18 @@ class TranslateRunner:
         self.model.eval()
         self.settings = self.config.get("settings", {})
 
+    @property
+    def beam_size(self) -> int:
+        """The run's own beam size (its ``beam_size`` setting): what decoding uses unless told otherwise."""
+        return int(self.settings.get("beam_size", 5))
+
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
         return [self.source_vocab.encode(line) or [self.source_vocab.unk_id] for line in lines]
 
     def translate(self, lines: Sequence[str], *, beam_size: int | None = None, n_best: int = 1,
                   alpha: float | None = None) -> list[list[dict[str, Any]]]:
         """Per line, its n-best translations: {"text", "score", "log_prob", "tokens", "attention"}."""
-        beam = int(beam_size if beam_size is not None else self.settings.get("beam_size", 5))
+        beam = int(beam_size if beam_size is not None else self.beam_size)
         if n_best > beam:
             raise ValueError(f"n_best must be <= beam size {beam}, got {n_best}")
         encoded = self.encode(lines)
@@ -302,12 +307,17 @@ class TranslateRunner:
             } for h in options])
         return results
 
-    def evaluate(self, source: str | None = None, split: str = "test", *, beam_size: int | None = None,
+    def evaluation_source(self, source: str | None = None, split: str | None = None) -> tuple[str, str | None]:
+        """What :meth:`evaluate` reads: ``(source, split)`` (see :func:`rnnkit.tasks.evaluation_source`)."""
+        return evaluation_source(self.run_dir, self.config, source, split)
+
+    def evaluate(self, source: str | None = None, split: str | None = None, *, beam_size: int | None = None,
                  limit: int = 0) -> dict[str, float]:
-        """Exact match, BLEU and chrF of beam-search translations on ``split`` of ``source`` (default: the
-        training data's own split)."""
-        data = source or self.config["data"]["train"]
-        records = list(load_source(data, "translate", split))
+        """Exact match, BLEU and chrF of beam-search translations of ``source`` (a file, or a catalog dataset's
+        ``split``), by default of the run's own ``split`` source (default: test; see
+        :func:`rnnkit.tasks.evaluation_source`)."""
+        data, split = self.evaluation_source(source, split)
+        records = list(load_source(data, "translate", split or "test"))
         if limit:
             records = records[:limit]
         outputs = self.translate([r.source for r in records], beam_size=beam_size)
