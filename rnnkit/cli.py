@@ -180,13 +180,10 @@ def _launch_processes(nproc: int, argv: list[str]) -> int:
 
 
 def _runner(run_dir: str):
-    from rnnkit.checkpoint import read_config
-    from rnnkit.tasks import task_module
+    from rnnkit.tasks import load_run
 
-    task = read_config(run_dir).get("task")
-    if not isinstance(task, str):
-        raise CommandError(f"{run_dir}/config.json names no task")
-    return task, task_module(task).load(run_dir)
+    runner = load_run(run_dir)
+    return runner.task, runner
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -174,15 +174,11 @@ def write_run_report(run_dir: str | Path) -> Path:
     (||dL/dh_t|| through time per layer-direction, gate activity, state norms; the attention heatmap of a
     translation run) and sample outputs on validation examples. ``rnnkit train`` calls it at the end of every
     run; it reads only the run directory (and the run's own validation data)."""
-    from rnnkit.checkpoint import read_config
-    from rnnkit.tasks import task_module
+    from rnnkit.tasks import load_run
 
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    task = config.get("task")
-    if not isinstance(task, str):
-        raise ValueError(f"{run_dir / 'config.json'} names no task")
-    runner = task_module(task).load(run_dir)
+    runner = load_run(run_dir)
+    task, config = runner.task, runner.config
     events = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     figures: list[Path] = []
     if any(e.get("split") == "train" for e in events):

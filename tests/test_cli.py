@@ -225,7 +225,7 @@ def test_translate_uses_the_runs_own_beam_size(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     monkeypatch.setattr("sys.stdin", io.StringIO("5 mars 2024\n"))
     assert main(["translate", str(run), "--n-best", "3"]) == 2  # the run's beam holds 2 hypotheses
-    assert "beam size 2" in capsys.readouterr().err
+    assert "beam_size=2" in capsys.readouterr().err
     monkeypatch.setattr("sys.stdin", io.StringIO("5 mars 2024\n"))
     assert main(["translate", str(run), "--n-best", "2"]) == 0
     from rnnkit.tasks import translate

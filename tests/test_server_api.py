@@ -81,7 +81,7 @@ def test_translate_without_beam_size_uses_the_runs_own(translate_run, tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     client = TestClient(create_app([run], Limits(max_beam=8)))
     refused = client.post("/api/translate", json={"text": "3 May 2020", "n_best": 3})
-    assert refused.status_code == 422 and "beam size 2" in refused.json()["detail"]
+    assert refused.status_code == 422 and "beam_size=2" in refused.json()["detail"]
     response = client.post("/api/translate", json={"text": "3 May 2020", "n_best": 2})
     assert response.status_code == 200, response.text
     expected = translate.load(run).translate(["3 May 2020"], beam_size=2, n_best=2)[0]

@@ -78,8 +78,8 @@ def test_unknown_word_and_empty_text(tmp_path):
     assert len(runner.predict(["", "zzz qqq", "good " * 50])) == 3
 
 
-@pytest.mark.parametrize("bad, message", [({"pooling": "sum"}, "pooling must be one of"),
-                                          ({"level": "bpe"}, "level must be one of"),
+@pytest.mark.parametrize("bad, message", [({"pooling": "sum"}, "unknown pooling .sum.; expected one of"),
+                                          ({"level": "bpe"}, "unknown level .bpe.; expected one of"),
                                           ({"batch_size": 0}, "batch_size must be a positive")])
 def test_bad_settings(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):

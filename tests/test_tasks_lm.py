@@ -104,7 +104,7 @@ def test_truncated_bptt_carries_state(tmp_path):
     assert torch.equal(second[0][:, 0], first[1][:, -1])
 
 
-@pytest.mark.parametrize("bad, message", [({"level": "byte"}, "level must be one of"),
+@pytest.mark.parametrize("bad, message", [({"level": "byte"}, "unknown level .byte.; expected one of"),
                                           ({"bptt": 0}, "bptt must be a positive")])
 def test_bad_settings(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):

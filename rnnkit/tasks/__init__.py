@@ -13,11 +13,15 @@ the same four things, which the command line and the web server call:
 ``prepare(settings, run_dir) -> (task, run_config)``
     reads the data, builds vocabularies (saved into ``run_dir`` as JSON) and the model, and returns a
     :class:`rnnkit.training.TrainTask` plus what ``config.json`` must hold to rebuild the model.
-``load(run_dir) -> Runner``
+``load(run_dir) -> TaskRunner``
     rebuilds the trained model from ``config.json`` + ``model.safetensors`` (no code executed from the run
-    directory). The runner has ``evaluate(source=None, split="test") -> dict[str, float]`` and the task's
-    own verb: ``generate(prompt, ...)`` (lm), ``predict(lines) -> list[str]`` (classify, tag),
-    ``translate(lines, beam_size=..., n_best=...)`` (translate), ``forecast(...)`` (forecast).
+    directory). Every runner is a :class:`rnnkit.tasks.runner.TaskRunner`: ``evaluate(source=None,
+    split=None) -> dict[str, float]`` scores the run's own test source (or ``split``'s, or a file, or a
+    catalog dataset's split), and the task adds its own verb: ``generate(prompt, ...)`` (lm),
+    ``predict(lines) -> list[str]`` (classify, tag), ``translate(lines, beam_size=..., n_best=...)``
+    (translate), ``forecast(...)`` (forecast). :func:`load_run` loads any run by the task its config names.
+
+A run records where each split comes from (:func:`run_sources`): evaluation reads exactly those.
 """
 
 from __future__ import annotations
@@ -30,11 +34,26 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rnnkit.checkpoint import CONFIG_FILE, CheckpointError
+from rnnkit.tasks.runner import (
+    SPLITS,
+    NoSourceError,
+    TaskRunner,
+    check_vocabulary_size,
+    evaluate_test,
+    evaluation_source,
+    is_catalog_source,
+    load_run,
+    recorded_source,
+    run_file,
+)
 from rnnkit.training import TrainingConfig
 
+__all__ = ["TASK_NAMES", "SPLITS", "TRAINING_KEYS", "TaskRunner", "NoSourceError", "task_module", "load_run",
+           "read_config_file", "resolve_settings", "training_settings", "common_defaults", "jsonable_settings",
+           "split_source", "run_sources", "recorded_source", "evaluation_source", "evaluate_test", "run_file",
+           "check_vocabulary_size", "is_catalog_source"]
+
 TASK_NAMES = ("lm", "classify", "tag", "translate", "forecast")
-SPLITS = ("train", "valid", "test")
 TRAINING_KEYS = tuple(f.name for f in fields(TrainingConfig))
 
 
@@ -129,10 +148,9 @@ def common_defaults(**overrides: Any) -> dict[str, Any]:
     return base
 
 
-def _is_catalog(source: Any) -> bool:
-    from rnnkit.data import is_catalog_name
-
-    return isinstance(source, str) and is_catalog_name(source) and not Path(source).is_file()
+def jsonable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings as ``config.json`` holds them (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
 def split_source(settings: Mapping[str, Any], split: str) -> str:
@@ -142,7 +160,7 @@ def split_source(settings: Mapping[str, Any], split: str) -> str:
     if explicit:
         return str(explicit)
     data = str(settings["data"])
-    if _is_catalog(data):
+    if is_catalog_source(data):
         return data
     raise ValueError(f"--{split} FILE is needed when --data is a file ({data}); a catalog dataset brings its own "
                      f"{split} split")
@@ -154,103 +172,10 @@ def run_sources(settings: Mapping[str, Any]) -> dict[str, str | None]:
     split, or None for a user's file without ``--test``). A ``--test`` that names nothing readable is refused
     now, not after training."""
     test = settings.get("test")
-    if test and not (_is_catalog(str(test)) or Path(str(test)).is_file()):
+    if test and not (is_catalog_source(str(test)) or Path(str(test)).is_file()):
         raise ValueError(f"--test {test}: no such file, and not a catalog dataset (rnnkit data list)")
     data = str(settings["data"])
     return {"train": data, "valid": split_source(settings, "valid"),
-            "test": str(test) if test else (data if _is_catalog(data) else None)}
+            "test": str(test) if test else (data if is_catalog_source(data) else None)}
 
 
-class NoSourceError(ValueError):
-    """A run asked to score a split it has no source for (a file run trained without ``--test``)."""
-
-
-def recorded_source(run_dir: str | Path, config: Mapping[str, Any], split: str) -> str:
-    """The source a run recorded for ``split`` (``config["data"][split]``).
-
-    Runs written before the test source was recorded hold only train (and valid): a catalog dataset still
-    has its own split; a file does not. :class:`NoSourceError` says how to give one.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
-    train = data.get("train")
-    source = data[split] if split in data else (train if _is_catalog(train) else None)
-    if not isinstance(source, str) or not source:
-        raise NoSourceError(f"the run {run_dir} has no {split} source: it was trained on the file {train} without "
-                            f"--{split} FILE; score a file with `rnnkit eval {run_dir} --data FILE`")
-    return source
-
-
-def evaluation_source(run_dir: str | Path, config: Mapping[str, Any], source: str | None,
-                      split: str | None) -> tuple[str, str | None]:
-    """What ``evaluate(source, split)`` reads: ``(source, split)``, split None for a file read whole.
-
-    * no ``source``: the run's own source of ``split`` (default "test") as recorded in ``config.json``;
-    * a catalog dataset: its ``split`` (default "test");
-    * a file: the whole file. A ``split`` beside it would be ignored, so it is refused.
-    """
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if source is None:
-        split = split or "test"
-        return recorded_source(run_dir, config, split), split
-    if _is_catalog(source):
-        return source, split or "test"
-    if split is not None:
-        raise ValueError(f"--split {split} selects a part of a catalog dataset or of the run's own sources; the "
-                         f"file {source} is scored whole: drop --split, or drop --data to score the run's "
-                         f"own {split} source")
-    return source, None
-
-
-def evaluate_test(run_dir: str | Path) -> tuple[str, dict[str, float]] | None:
-    """Score a trained run on its test source, as ``rnnkit eval RUN_DIR`` would (the run directory's weights,
-    reloaded), and log the result to ``metrics.jsonl`` as ``{"event": "test", "split": "test", "source",
-    "metrics"}``. Returns ``(source, metrics)``, or None when the run has no test source."""
-    from rnnkit.checkpoint import read_config
-    from rnnkit.training import log_event
-
-    config = read_config(run_dir)
-    runner = task_module(str(config.get("task"))).load(run_dir)
-    try:
-        source, _ = runner.evaluation_source(None, "test")
-    except NoSourceError:
-        return None
-    metrics = runner.evaluate(split="test")
-    log_event(run_dir, {"event": "test", "split": "test", "source": source, "metrics": metrics})
-    return source, metrics
-
-
-def run_file(run_dir: str | Path, name: Any, what: str) -> Path:
-    """``RUN_DIR/name`` for a file that ``config.json`` names (a vocabulary, a label set).
-
-    The name comes from a file that may not be trustworthy, so it must stay inside the run directory: an
-    absolute path, ``..`` or a symlink that leads outside is a :class:`CheckpointError`.
-    """
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not isinstance(name, str) or not name:
-        raise CheckpointError(f"{config_path}: the {what} file must be a file name, got {name!r}")
-    root = run_dir.resolve()
-    try:
-        path = (run_dir / name).resolve()
-    except (OSError, RuntimeError, ValueError) as err:  # symlink loops, NUL bytes
-        raise CheckpointError(f"{config_path}: bad {what} file name {name!r} ({err})") from None
-    if Path(name).is_absolute() or not path.is_relative_to(root):
-        raise CheckpointError(f"{config_path}: the {what} file {name!r} is outside the run directory {run_dir}; "
-                              f"a run directory must hold its own files")
-    return run_dir / name
-
-
-def check_vocabulary_size(path: str | Path, found: int, model_config: Mapping[str, Any], key: str,
-                          what: str = "vocabulary") -> None:
-    """Refuse a vocabulary (or label set) whose size is not the one the model's weights were built for.
-
-    Such a pair loads, but encodes ids the embedding does not have or decodes ids the vocabulary lacks; the
-    usual cause is a file copied from another run. :class:`CheckpointError` names the file and both sizes.
-    """
-    expected = model_config.get(key) if isinstance(model_config, Mapping) else None
-    if expected != found:
-        raise CheckpointError(f"{path}: the {what} has {found} entries but the model in {CONFIG_FILE} was built for "
-                              f"{key}={expected!r}; it belongs to another run, or one of the two files was edited")

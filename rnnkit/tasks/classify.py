@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.checkpoint import load_weights, read_config
+from rnnkit.checks import check_choice, check_size
 from rnnkit.data import LabelSet, Vocab, bucketed_batches, load_source, pad_sequences
 from rnnkit.metrics import accuracy, macro_f1
 from rnnkit.models import POOLINGS, SequenceClassifier, SequenceClassifierConfig
-from rnnkit.tasks import check_vocabulary_size, common_defaults, evaluation_source, run_file, run_sources
+from rnnkit.tasks import TaskRunner, common_defaults, jsonable_settings, run_sources
 
 LEVELS = ("char", "word")
 
@@ -68,16 +68,12 @@ HELP: dict[str, str] = {
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    if settings["level"] not in LEVELS:
-        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {settings['level']!r}")
-    if settings["pooling"] not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {settings['pooling']!r}")
+    check_choice("level", settings["level"], LEVELS)
+    check_choice("pooling", settings["pooling"], POOLINGS)
     for key in ("batch_size", "min_freq"):
-        if int(settings[key]) < 1:
-            raise ValueError(f"{key} must be a positive integer, got {settings[key]!r}")
-    for key in ("max_vocab", "max_length"):
-        if int(settings[key]) < 0:
-            raise ValueError(f"{key} must be >= 0 (0 = no limit), got {settings[key]!r}")
+        check_size(key, settings[key])
+    for key in ("max_vocab", "max_length"):  # 0 = no limit
+        check_size(key, settings[key], allow_zero=True)
 
 
 class TextEncoder:
@@ -141,10 +137,6 @@ class ClassifyTask:
         return scores(predicted, self.valid_labels, self.majority, self.model.config.num_classes)
 
 
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
 def _majority(labels: Sequence[int]) -> int:
     counts = Counter(labels)
     return min(counts, key=lambda label: (-counts[label], label))  # ties: the first label
@@ -184,34 +176,25 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[ClassifyTask
     model = SequenceClassifier(config)
     majority = _majority(train[1])
     task = ClassifyTask(model, train, valid, majority, int(settings["batch_size"]))
-    run_config = {"task": "classify", "model": config.to_dict(), "settings": _jsonable(settings),
+    run_config = {"task": "classify", "model": config.to_dict(), "settings": jsonable_settings(settings),
                   "data": {**sources, "train_examples": len(train[0]),
                            "valid_examples": len(valid[0]), "majority_label": labels.decode(majority)},
                   "vocab": "vocab.json", "labels": "labels.json"}
     return task, run_config
 
 
-class ClassifyRunner:
+class ClassifyRunner(TaskRunner):
     """A trained classifier loaded from its run directory."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.config = read_config(self.run_dir)
-        if self.config.get("task") != "classify":
-            raise ValueError(f"{self.run_dir}: config.json is for task {self.config.get('task')!r}, not classify")
-        try:
-            self.model = SequenceClassifier(self.config["model"])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{self.run_dir / 'config.json'}: no classifier config ({err})") from None
-        vocab_path = run_file(self.run_dir, self.config.get("vocab", "vocab.json"), "vocabulary")
-        labels_path = run_file(self.run_dir, self.config.get("labels", "labels.json"), "label set")
-        self.vocab = Vocab.load(vocab_path)
-        self.labels = LabelSet.load(labels_path)
-        check_vocabulary_size(vocab_path, len(self.vocab), self.config["model"], "vocab_size")
-        check_vocabulary_size(labels_path, len(self.labels), self.config["model"], "num_classes", "label set")
-        load_weights(self.run_dir, self.model)
-        self.model.eval()
-        self.settings = self.config.get("settings", {})
+    task, model_kind = "classify", "a classifier"
+
+    def build_model(self, model_config: Any) -> SequenceClassifier:
+        return SequenceClassifier(model_config)
+
+    def load_files(self) -> None:
+        self.vocab = self.load_file(self.config.get("vocab", "vocab.json"), "vocabulary", Vocab.load, "vocab_size")
+        self.labels = self.load_file(self.config.get("labels", "labels.json"), "label set", LabelSet.load,
+                                     "num_classes")
         self.encoder = TextEncoder(self.vocab, bool(self.settings.get("lowercase", False)),
                                    int(self.settings.get("max_length", 0)))
 
@@ -222,27 +205,17 @@ class ClassifyRunner:
             return []
         return [self.labels.decode(i) for i in predict_ids(self.model, self.encoder(lines))]
 
-    def evaluation_source(self, source: str | None = None, split: str | None = None) -> tuple[str, str | None]:
-        """What :meth:`evaluate` reads: ``(source, split)`` (see :func:`rnnkit.tasks.evaluation_source`)."""
-        return evaluation_source(self.run_dir, self.config, source, split)
-
-    def evaluate(self, source: str | None = None, split: str | None = None) -> dict[str, float]:
-        """Accuracy, macro-F1 and the majority-class accuracy on ``source`` (a file, or a catalog dataset's
-        ``split``), by default on the run's own ``split`` source (default: test; see
-        :func:`rnnkit.tasks.evaluation_source`). The majority class is the training set's most frequent label."""
-        data, split = self.evaluation_source(source, split)
-        records = load_source(data, "classify", split or "test", cache_dir=self.settings.get("cache_dir"),
-                              quiet=True)
+    def score(self, records: Sequence[Any], name: str) -> dict[str, float]:
+        """Accuracy, macro-F1 and the majority-class accuracy (the training set's most frequent label)."""
         if not records:
-            raise ValueError(f"{data} ({split or 'file'}) holds no examples")
+            raise ValueError(f"{name} holds no examples")
         unknown = sorted({r.label for r in records} - set(self.labels.labels))
         if unknown:
-            raise ValueError(f"labels {unknown} in {data} were not seen in training; known: {self.labels.labels}")
+            raise ValueError(f"labels {unknown} in {name} were not seen in training; known: {self.labels.labels}")
         gold = self.labels.encode_all(r.label for r in records)
         predicted = predict_ids(self.model, self.encoder([r.text for r in records]))
         majority = self.labels.encode(self.config["data"]["majority_label"])
         return {**scores(predicted, gold, majority, len(self.labels)), "examples": float(len(records))}
 
 
-def load(run_dir: str | Path) -> ClassifyRunner:
-    return ClassifyRunner(run_dir)
+load = ClassifyRunner  # the task module's contract: load(run_dir) -> its runner

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.checkpoint import load_weights, read_config
+from rnnkit.checks import check_choice, check_size
 from rnnkit.data import PAD_ID, Vocab, batchify, bptt_chunks, load_source, token_stream
 from rnnkit.metrics import bits_per_char, perplexity
 from rnnkit.models import LanguageModel, LanguageModelConfig
-from rnnkit.tasks import check_vocabulary_size, common_defaults, evaluation_source, run_file, run_sources
+from rnnkit.tasks import TaskRunner, common_defaults, jsonable_settings, run_sources
 
 LEVELS = ("char", "word")
 
@@ -70,14 +70,11 @@ HELP: dict[str, str] = {
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    if settings["level"] not in LEVELS:
-        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {settings['level']!r}")
+    check_choice("level", settings["level"], LEVELS)
     for key in ("batch_size", "bptt", "eval_batch_size", "min_freq"):
-        if int(settings[key]) < 1:
-            raise ValueError(f"{key} must be a positive integer, got {settings[key]!r}")
-    for key in ("eval_tokens", "max_vocab"):
-        if int(settings[key]) < 0:
-            raise ValueError(f"{key} must be >= 0 (0 = no limit), got {settings[key]!r}")
+        check_size(key, settings[key])
+    for key in ("eval_tokens", "max_vocab"):  # 0 = no limit
+        check_size(key, settings[key], allow_zero=True)
 
 
 @torch.no_grad()
@@ -131,10 +128,6 @@ class LanguageModelTask:
         return _metrics(loss, self.level)
 
 
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
 def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[LanguageModelTask, dict[str, Any]]:
     """Read the text, build and save the vocabulary, build the model."""
     _check_settings(settings)
@@ -160,46 +153,30 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[LanguageMode
     )
     model = LanguageModel(config)
     task = LanguageModelTask(model, train, valid, settings)
-    run_config = {"task": "lm", "model": config.to_dict(), "settings": _jsonable(settings),
+    run_config = {"task": "lm", "model": config.to_dict(), "settings": jsonable_settings(settings),
                   "data": {**sources, "level": settings["level"],
                            "train_tokens": int(train.numel()), "valid_tokens": int(valid.numel())},
                   "vocab": "vocab.json"}
     return task, run_config
 
 
-class LanguageModelRunner:
+class LanguageModelRunner(TaskRunner):
     """A trained language model loaded from its run directory."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.config = read_config(self.run_dir)
-        if self.config.get("task") != "lm":
-            raise ValueError(f"{self.run_dir}: config.json is for task {self.config.get('task')!r}, not lm")
-        try:
-            self.model = LanguageModel(self.config["model"])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{self.run_dir / 'config.json'}: no language model config ({err})") from None
-        vocab_path = run_file(self.run_dir, self.config.get("vocab", "vocab.json"), "vocabulary")
-        self.vocab = Vocab.load(vocab_path)
-        check_vocabulary_size(vocab_path, len(self.vocab), self.config["model"], "vocab_size")
-        load_weights(self.run_dir, self.model)
-        self.model.eval()
-        self.settings = self.config.get("settings", {})
+    task, model_kind = "lm", "a language model"
+
+    def build_model(self, model_config: Any) -> LanguageModel:
+        return LanguageModel(model_config)
+
+    def load_files(self) -> None:
+        self.vocab = self.load_file(self.config.get("vocab", "vocab.json"), "vocabulary", Vocab.load, "vocab_size")
         self.level = self.vocab.level
 
-    def evaluation_source(self, source: str | None = None, split: str | None = None) -> tuple[str, str | None]:
-        """What :meth:`evaluate` reads: ``(source, split)`` (see :func:`rnnkit.tasks.evaluation_source`)."""
-        return evaluation_source(self.run_dir, self.config, source, split)
-
-    def evaluate(self, source: str | None = None, split: str | None = None) -> dict[str, float]:
-        """Cross-entropy (nats/token) and bits per character or perplexity over the whole text of ``source``
-        (a file, or a catalog dataset's ``split``), by default of the run's own ``split`` source (default:
-        test; see :func:`rnnkit.tasks.evaluation_source`)."""
-        data, split = self.evaluation_source(source, split)
-        text = load_source(data, "lm", split or "test", cache_dir=self.settings.get("cache_dir"), quiet=True)
+    def score(self, text: str, name: str) -> dict[str, float]:
+        """Cross-entropy (nats/token) and bits per character or perplexity over the whole text."""
         stream = token_stream(text, self.vocab)  # (N,)
         if stream.numel() < 2:
-            raise ValueError(f"{data} ({split or 'file'}) has fewer than 2 tokens to score")
+            raise ValueError(f"{name} has fewer than 2 tokens to score")
         loss, count = stream_loss(self.model, stream, int(self.settings.get("eval_batch_size", 64)),
                                   int(self.settings.get("bptt", 64)))
         return {**_metrics(loss, self.level), "tokens": float(count)}
@@ -240,5 +217,4 @@ class LanguageModelRunner:
             yield {"id": token_id, "token": token, "text": text}
 
 
-def load(run_dir: str | Path) -> LanguageModelRunner:
-    return LanguageModelRunner(run_dir)
+load = LanguageModelRunner  # the task module's contract: load(run_dir) -> its runner
