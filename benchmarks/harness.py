@@ -126,12 +126,12 @@ def rate(value: float) -> str:
 
 
 def machine() -> str:
-    """The CPU for a results header: its model name (Linux) or architecture, and whether rnnkit.linear sends
+    """The CPU for a results header: its model name (Linux) or architecture, and whether rnnkit.fast sends
     products to oneDNN on it (it does on AMD CPUs, where MKL takes its AVX2 path)."""
-    from rnnkit import linear
+    from rnnkit.fast import dispatch
 
-    name = linear.cpuinfo_field("model name") or platform.machine()
-    return f"{name}, products in {'oneDNN' if linear._AVAILABLE else 'torch.mm'}"
+    name = dispatch.cpuinfo_field("model name") or platform.machine()
+    return f"{name}, products in {'oneDNN' if dispatch.products_onednn_for(dispatch.MIN_MACS) else 'torch.mm'}"
 
 
 def load_average() -> str:

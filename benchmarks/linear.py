@@ -1,10 +1,10 @@
-"""The products of a recurrent layer, torch.mm (MKL) against oneDNN (``rnnkit.linear``), in GFLOP/s.
+"""The products of a recurrent layer, torch.mm (MKL) against oneDNN (``rnnkit.fast.products``), in GFLOP/s.
 
 For H = 256 and 512 with 4H gates (an LSTM), the three products of the hoisted input projection over
 T*B = 6400 rows (forward x W^T, dL/dx = g W, dL/dW = g^T x) and the per-step products of the fast path's loop
 (h W_hh^T with B rows, and its backward d W_hh), at B = 1, 8, 64 and 128. Each pair is timed interleaved round
 by round (benchmarks/harness.py); ``x mm`` is the paired ratio of torch.mm's time to oneDNN's. The row
-``chosen`` says which one ``rnnkit.linear`` uses at that size (oneDNN from ``MIN_MACS`` multiply-adds, and
+``chosen`` says which one ``rnnkit.fast.products`` uses at that size (oneDNN from ``MIN_MACS`` multiply-adds, and
 never for dL/dW, where MKL was the faster one).
 
 Usage: ``python -m benchmarks.linear [--quick] [--repeats N] [--threads N] [--output PATH]`` or
@@ -34,7 +34,7 @@ from benchmarks.harness import (
     set_threads,
     write_results,
 )
-from rnnkit import linear
+from rnnkit.fast import dispatch, products
 
 RESULTS = Path(__file__).resolve().parent / "results" / "linear.md"
 HIDDEN = (256, 512)
@@ -52,19 +52,20 @@ def cases(hidden: tuple[int, ...], rows: int, step_rows: tuple[int, ...]):
         x = torch.randn(rows, size, generator=generator)
         g = torch.randn(rows, gates, generator=generator)
         macs = rows * size * gates
-        yield size, "input projection x W^T", rows, macs, x, weight, linear.uses_onednn(x, weight)
-        yield size, "its dL/dx = g W", rows, macs, g, weight.t(), linear.uses_onednn(g, weight.t())
+        yield size, "input projection x W^T", rows, macs, x, weight, dispatch.products_onednn(x, weight)
+        yield size, "its dL/dx = g W", rows, macs, g, weight.t(), dispatch.products_onednn(g, weight.t())
         yield size, "its dL/dW = g^T x", rows, macs, g.t(), x.t(), False
         for batch in step_rows:
             h, d = torch.randn(batch, size, generator=generator), torch.randn(batch, gates, generator=generator)
-            yield size, "step h W_hh^T", batch, batch * size * gates, h, weight, linear.uses_onednn(h, weight)
-            yield size, "step d W_hh", batch, batch * size * gates, d, weight.t(), linear.uses_onednn(d, weight.t())
+            chosen = dispatch.products_onednn
+            yield size, "step h W_hh^T", batch, batch * size * gates, h, weight, chosen(h, weight)
+            yield size, "step d W_hh", batch, batch * size * gates, d, weight.t(), chosen(d, weight.t())
 
 
 def _contenders(a: torch.Tensor, weight: torch.Tensor) -> list[Contender]:
     operand = weight.t()
     return [Contender("torch.mm", lambda backward: torch.mm(a, operand)),
-            Contender("oneDNN", lambda backward: linear._onednn(a, weight, None))]
+            Contender("oneDNN", lambda backward: products.onednn(a, weight, None))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help=f"markdown table (default {RESULTS})")
     args = parser.parse_args(argv)
     set_threads(parser, args.threads)
-    if not linear._SUPPORTED:
+    if not dispatch.ONEDNN_SUPPORTED:
         raise SystemExit("this torch has no oneDNN (torch.backends.mkldnn) build: nothing to compare")
     repeats = rounds(parser, args.repeats, args.quick)
     sizes = QUICK if args.quick else dict(hidden=HIDDEN, rows=ROWS, step_rows=STEP_ROWS)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "GFLOP/s, median (min-max) over rounds; `x mm` is the paired ratio torch.mm time / oneDNN time.",
         "",
-        "| H | product | rows | torch.mm GFLOP/s | oneDNN GFLOP/s | x mm | rnnkit.linear uses |",
+        "| H | product | rows | torch.mm GFLOP/s | oneDNN GFLOP/s | x mm | rnnkit uses |",
         "|---:|---|---:|---:|---:|---:|---|",
     ]
     for size, name, count, mm, onednn, chosen in rows:

@@ -13,7 +13,11 @@ time loop and compute it for all time steps with one matrix product::
     h_t, state_t = cell.recur(xp_t, state)   # one step, xp_t: (B, G*H)
 
 ``forward(x_t, state)`` is exactly ``recur(input_projection(x_t), state)``: the math of each cell is written
-once, and the fast path of :class:`rnnkit.Recurrent` is derived from that one definition.
+once. The gated cells expose the gate computation itself, ``cell.gates(xp_t, state)`` (a named tuple: the LSTM's
+input, forget, candidate and output; the GRU's reset, update and candidate), which ``recur`` is built on; the
+fast path (:mod:`rnnkit.fast`) computes the same equations over whole sequences and is checked against ``recur``
+by the tests, and :mod:`rnnkit.diagnostics` reads the gates through :meth:`register_step_hook`, which hands each
+step's gates, h_t and state to a callback as ``recur`` computes them.
 
 Parameter names, shapes, gate order and initialisation are those of ``torch.nn`` (``weight_ih`` (G*H, D),
 ``weight_hh`` (G*H, H), ``bias_ih`` (G*H,), ``bias_hh`` (G*H,); LSTM gates i, f, g, o; GRU gates r, z, n;
@@ -30,18 +34,64 @@ state, ``sigma`` the logistic sigmoid, ``*`` the elementwise product, ``LN`` lay
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from rnnkit.checks import check_probability, check_size
-from rnnkit.linear import linear
+from rnnkit.checks import check_bool, check_size
+from rnnkit.state import map_state
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell", "State", "check_size", "check_probability", "LAYER_NORM_EPS"]
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "LSTMGates", "GRUGates", "Step", "State", "Linear",
+           "LAYER_NORM_EPS"]
 
 #: A cell state: ``h`` (B, H) for RNN/GRU cells, ``(h, c)`` for LSTM cells.
 State = Tensor | tuple[Tensor, ...]
+
+#: ``linear(x, weight, bias) -> x W^T + b``: how ``input_projection`` computes its product (``F.linear``; the fast
+#: path passes its own, which sends large products to oneDNN where that is faster).
+Linear = Callable[..., Tensor]
+
+
+class LSTMGates(NamedTuple):
+    """One LSTM step's gates, each (B, H): i_t, f_t, o_t in (0, 1) and the candidate g_t in (-1, 1)."""
+
+    input: Tensor
+    forget: Tensor
+    candidate: Tensor
+    output: Tensor
+
+
+class GRUGates(NamedTuple):
+    """One GRU step's gates, each (B, H): r_t, z_t in (0, 1) and the candidate n_t in (-1, 1)."""
+
+    reset: Tensor
+    update: Tensor
+    candidate: Tensor
+
+
+@dataclass
+class Step:
+    """What a step hook (:meth:`RNNCell.register_step_hook`) receives after each step of ``recur``.
+
+    Attributes:
+        xp_t: (B, G*H) the input projection of the step; state: the previous state; recurrent_mask: the
+            variational dropout mask on h_{t-1} (None without); gates: the step's :class:`LSTMGates` or
+            :class:`GRUGates` as a dict (empty for the Elman RNN); h_t: the step's output; new_state: the state
+            after the step. All still in autograd's graph.
+    """
+
+    xp_t: Tensor
+    state: State
+    recurrent_mask: Tensor | None
+    h_t: Tensor
+    new_state: State
+    gates: dict[str, Tensor] = field(default_factory=dict)
 
 _NONLINEARITIES = ("tanh", "relu")
 
@@ -64,11 +114,10 @@ class _Cell(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, device=None, dtype=None) -> None:
         super().__init__()
+        self._step_hooks: OrderedDict[int, Callable[[nn.Module, Step], None]] = OrderedDict()
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
-        if not isinstance(bias, bool):
-            raise ValueError(f"bias must be True or False, got {bias!r}")
-        self.bias = bias
+        self.bias = check_bool("bias", bias)
         factory = {"device": device, "dtype": dtype}
         gates = self.gate_count * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(gates, input_size, **factory))  # (G*H, D)
@@ -128,7 +177,25 @@ class _Cell(nn.Module):
             given = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
             raise ValueError(f"{type(self).__name__} state must have shape {expected}, got {given}")
 
-    def input_projection(self, x: Tensor) -> Tensor:  # pragma: no cover - defined by subclasses
+    def register_step_hook(self, hook: Callable[[nn.Module, Step], None]) -> RemovableHandle:
+        """Call ``hook(cell, step)`` after every step of :meth:`recur`, with the step's :class:`Step` (gates
+        included); ``handle.remove()`` stops it. While a hook is registered the layers run this cell on the
+        reference path, stepping ``recur`` (the fast path and torch's fused kernels have no per-step tensors).
+        :mod:`rnnkit.diagnostics` records gradients through time and gate statistics this way.
+        """
+        handle = RemovableHandle(self._step_hooks)
+        self._step_hooks[handle.id] = hook
+        return handle
+
+    @property
+    def has_step_hooks(self) -> bool:
+        return bool(self._step_hooks)
+
+    def _stepped(self, step: Step) -> None:
+        for hook in list(self._step_hooks.values()):
+            hook(self, step)
+
+    def input_projection(self, x: Tensor, linear: Linear = F.linear) -> Tensor:  # pragma: no cover - subclasses
         raise NotImplementedError
 
     def recur(self, xp_t: Tensor, state: State, recurrent_mask: Tensor | None = None) -> tuple[Tensor, State]:
@@ -153,14 +220,14 @@ class _Cell(nn.Module):
         if unbatched:
             x_t = x_t.unsqueeze(0)  # (1, D)
             if state is not None:
-                state = _map(lambda s: s.unsqueeze(0), state)
+                state = map_state(lambda s: s.unsqueeze(0), state)
         if state is None:
             state = self.initial_state(x_t.shape[0], dtype=x_t.dtype, device=x_t.device)
         else:
             self.check_state(state, x_t.shape[0])
         h_t, state = self.recur(self.input_projection(x_t), state)
         if unbatched:
-            h_t, state = h_t.squeeze(0), _map(lambda s: s.squeeze(0), state)
+            h_t, state = h_t.squeeze(0), map_state(lambda s: s.squeeze(0), state)
         return h_t, state
 
     def extra_repr(self) -> str:
@@ -168,13 +235,6 @@ class _Cell(nn.Module):
         if not self.bias:
             text += ", bias=False"
         return text
-
-
-def _map(fn, state: State) -> State:
-    """Apply ``fn`` to every tensor of a state (a tensor or a tuple of tensors)."""
-    if isinstance(state, Tensor):
-        return fn(state)
-    return tuple(fn(s) for s in state)
 
 
 class RNNCell(_Cell):
@@ -211,7 +271,7 @@ class RNNCell(_Cell):
         self.nonlinearity = nonlinearity
         self.reset_parameters()
 
-    def input_projection(self, x: Tensor) -> Tensor:
+    def input_projection(self, x: Tensor, linear: Linear = F.linear) -> Tensor:
         """``W_ih x + b_ih + b_hh`` for any leading dimensions: (..., D) -> (..., H)."""
         bias = self.bias_ih + self.bias_hh if self.bias else None
         return linear(x, self.weight_ih, bias)
@@ -221,6 +281,8 @@ class RNNCell(_Cell):
         h_prev = state if recurrent_mask is None else state * recurrent_mask
         preactivation = torch.addmm(xp_t, h_prev, self.weight_hh.t())  # (B, H)
         h_t = torch.tanh(preactivation) if self.nonlinearity == "tanh" else torch.relu(preactivation)
+        if self._step_hooks:
+            self._stepped(Step(xp_t, state, recurrent_mask, h_t, h_t))
         return h_t, h_t
 
     def extra_repr(self) -> str:
@@ -319,12 +381,29 @@ class LSTMCell(_Cell):
     def state_shapes(self, batch_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
         return (batch_size, self.recurrent_size), (batch_size, self.hidden_size)
 
-    def input_projection(self, x: Tensor) -> Tensor:
+    def input_projection(self, x: Tensor, linear: Linear = F.linear) -> Tensor:
         """``[LN](W_ih x) + b_ih + b_hh`` for any leading dimensions: (..., D) -> (..., 4H)."""
         bias = self.bias_ih + self.bias_hh if self.bias else None
         if not self.layer_norm:
             return linear(x, self.weight_ih, bias)
         return _layer_norm(linear(x, self.weight_ih), self.ln_ih_weight, bias)  # LN(W_ih x) a_ih + b: (..., 4H)
+
+    def gates(self, xp_t: Tensor, state: tuple[Tensor, Tensor], recurrent_mask: Tensor | None = None) -> LSTMGates:
+        """The gates of one step from the hoisted input projection ``xp_t`` (B, 4H) and ``(h_{t-1}, c_{t-1})``:
+        i, f, o = sigma and g = tanh of ``xp_t + W_hh h_{t-1}`` (``+ LN(W_hh h_{t-1})`` with layer norm).
+
+        ``recurrent_mask`` (B, P or H) multiplies h_{t-1} where it enters W_hh (variational dropout).
+        """
+        h_prev = state[0] if recurrent_mask is None else state[0] * recurrent_mask  # (B, P or H)
+        if self.layer_norm:
+            preactivation = xp_t + _layer_norm(F.linear(h_prev, self.weight_hh), self.ln_hh_weight)  # (B, 4H)
+        else:
+            preactivation = torch.addmm(xp_t, h_prev, self.weight_hh.t())  # (B, 4H)
+        # One sigmoid over all four blocks is fewer kernel launches than three; the g block is then replaced
+        # by its tanh.
+        input_gate, forget_gate, _, output_gate = torch.sigmoid(preactivation).chunk(4, dim=1)  # 4 x (B, H)
+        candidate = torch.tanh(preactivation[:, 2 * self.hidden_size : 3 * self.hidden_size])  # g_t (B, H)
+        return LSTMGates(input_gate, forget_gate, candidate, output_gate)
 
     def recur(
         self, xp_t: Tensor, state: tuple[Tensor, Tensor], recurrent_mask: Tensor | None = None
@@ -333,22 +412,14 @@ class LSTMCell(_Cell):
 
         ``recurrent_mask`` (B, P or H) multiplies h_{t-1} where it enters W_hh (variational dropout).
         """
-        h_prev, c_prev = state  # (B, P or H), (B, H)
-        if recurrent_mask is not None:
-            h_prev = h_prev * recurrent_mask
-        if self.layer_norm:
-            gates = xp_t + _layer_norm(F.linear(h_prev, self.weight_hh), self.ln_hh_weight)  # (B, 4H)
-        else:
-            gates = torch.addmm(xp_t, h_prev, self.weight_hh.t())  # (B, 4H)
-        # One sigmoid over all four blocks is fewer kernel launches than three; the g block is then replaced
-        # by its tanh.
-        input_gate, forget_gate, _, output_gate = torch.sigmoid(gates).chunk(4, dim=1)  # 4 x (B, H)
-        candidate = torch.tanh(gates[:, 2 * self.hidden_size : 3 * self.hidden_size])  # g_t (B, H)
-        cell_state = torch.addcmul(forget_gate * c_prev, input_gate, candidate)  # c_t = f*c + i*g
+        gates = self.gates(xp_t, state, recurrent_mask)
+        cell_state = torch.addcmul(gates.forget * state[1], gates.input, gates.candidate)  # c_t = f*c + i*g
         shown = _layer_norm(cell_state, self.ln_cell_weight, self.ln_cell_bias) if self.layer_norm else cell_state
-        h_t = output_gate * torch.tanh(shown)  # (B, H)
+        h_t = gates.output * torch.tanh(shown)  # (B, H)
         if self.proj_size > 0:
             h_t = F.linear(h_t, self.weight_hr)  # Sak et al. 2014: h_t = W_hr (o_t * tanh(c_t)), (B, P)
+        if self._step_hooks:
+            self._stepped(Step(xp_t, state, recurrent_mask, h_t, (h_t, cell_state), gates._asdict()))
         return h_t, (h_t, cell_state)
 
     def extra_repr(self) -> str:
@@ -435,7 +506,7 @@ class GRUCell(_Cell):
             dim=-1,
         )  # (..., 3H)
 
-    def input_projection(self, x: Tensor) -> Tensor:
+    def input_projection(self, x: Tensor, linear: Linear = F.linear) -> Tensor:
         """``[LN](W_ih x) + b_ih`` for any leading dimensions: (..., D) -> (..., 3H)."""
         if not self.layer_norm:
             return linear(x, self.weight_ih, self.bias_ih)
@@ -451,15 +522,15 @@ class GRUCell(_Cell):
         normalised = _layer_norm(F.linear(h, weight), self.ln_hh_weight[gain])
         return normalised if bias is None else normalised + bias
 
-    def recur(self, xp_t: Tensor, state: Tensor, recurrent_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """One step from the hoisted input projection ``xp_t`` (B, 3H) and ``h_{t-1}`` (B, H).
+    def gates(self, xp_t: Tensor, state: Tensor, recurrent_mask: Tensor | None = None) -> GRUGates:
+        """The gates of one step from the hoisted input projection ``xp_t`` (B, 3H) and ``h_{t-1}`` (B, H): r, z
+        and the candidate n (see the class docstring for both forms).
 
         ``recurrent_mask`` (B, H) multiplies h_{t-1} where it enters W_hh (variational dropout, Gal &
-        Ghahramani 2016); the interpolation ``z_t * h_{t-1}`` uses the unmasked state.
+        Ghahramani 2016).
         """
         hidden = self.hidden_size
-        h_prev = state
-        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask
+        h_in = state if recurrent_mask is None else state * recurrent_mask
         if self.reset_after:
             if self.layer_norm:
                 recurrent = self._normalise(F.linear(h_in, self.weight_hh), self.ln_hh_weight)  # (B, 3H)
@@ -477,7 +548,18 @@ class GRUCell(_Cell):
             # Cho et al. 2014, eq. 8: the reset gate acts on the state before the product.
             new = slice(2 * hidden, 3 * hidden)
             candidate = torch.tanh(xp_t[:, 2 * hidden :] + self._recurrent(reset_gate * h_in, new, new))
-        h_t = candidate + update_gate * (h_prev - candidate)  # = (1 - z_t) * n_t + z_t * h_{t-1}
+        return GRUGates(reset_gate, update_gate, candidate)
+
+    def recur(self, xp_t: Tensor, state: Tensor, recurrent_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One step from the hoisted input projection ``xp_t`` (B, 3H) and ``h_{t-1}`` (B, H).
+
+        ``recurrent_mask`` (B, H) multiplies h_{t-1} where it enters W_hh (variational dropout, Gal &
+        Ghahramani 2016); the interpolation ``z_t * h_{t-1}`` uses the unmasked state.
+        """
+        gates = self.gates(xp_t, state, recurrent_mask)
+        h_t = gates.candidate + gates.update * (state - gates.candidate)  # = (1 - z_t) * n_t + z_t * h_{t-1}
+        if self._step_hooks:
+            self._stepped(Step(xp_t, state, recurrent_mask, h_t, h_t, gates._asdict()))
         return h_t, h_t
 
     def extra_repr(self) -> str:

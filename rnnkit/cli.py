@@ -51,6 +51,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from rnnkit.fast import doctor
+
+    print(doctor())
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from rnnkit.data import catalog
 
@@ -283,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", nargs="?", default="all", choices=("all", *_BENCHMARKS))
     bench.add_argument("--quick", action="store_true", help="fewer repeats")
     bench.set_defaults(func=_cmd_bench)
+
+    doctor = sub.add_parser("doctor", help="how the fast path runs here: compiler, flags, kernel cache, active paths")
+    doctor.set_defaults(func=_cmd_doctor)
 
     from rnnkit.tasks import TASK_NAMES
 

@@ -27,11 +27,12 @@ Everything here works on any model that contains rnnkit recurrent modules (:clas
   classifier with attention pooling; a model without attention gives None, not an error;
 * **parameter counts** per component next to the closed-form counts of :mod:`rnnkit.parameters`.
 
-How: inside :func:`diagnose` every rnnkit recurrent module runs rnnkit's own path (``use_fused=False``: a
-fused kernel has no per-step tensors), and the ``recur`` step of each of its cells is wrapped to keep the
-h_t it returns (a separate autograd node per step, so ``torch.autograd.grad(loss, [h_1, ..., h_T])`` gives
-exactly the quantity above) and the gates, which ``recur`` does not return and :func:`gate_activations`
-recomputes from the cell's parameters and equations. The model's parameter gradients are not touched.
+How: inside :func:`diagnose` a step hook (:meth:`rnnkit.LSTMCell.register_step_hook`) on each cell of every
+rnnkit recurrent module keeps the h_t each step of ``recur`` returns (a separate autograd node per step, so
+``torch.autograd.grad(loss, [h_1, ..., h_T])`` gives exactly the quantity above) and the gates the cell computed
+for that step (its ``gates``, the one definition of them); while a cell has a hook, the layers run it stepped
+(:mod:`rnnkit.fast.dispatch`: a fused kernel or the fast path has no per-step tensors), and a forward pre-hook
+and hook on the module note which call the steps belong to. The model's parameter gradients are not touched.
 
 Steps past a sequence's length (padding) are left out of every statistic (their gradient is 0 anyway).
 A backward direction runs over each sequence's valid prefix reversed; its statistics are put back in the
@@ -63,13 +64,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+from torch.utils.hooks import RemovableHandle
 
 from rnnkit import cancel
-from rnnkit.cells import GRUCell, LSTMCell, RNNCell
-from rnnkit.layers import _RecurrentLayer
+from rnnkit.cells import GRUCell, LSTMCell, RNNCell, Step
+from rnnkit.layers import RecurrentLayer
 from rnnkit.parameters import FORMULA_NOTE, GATES, count_parameters
 from rnnkit.recurrent import Recurrent
 
@@ -117,17 +118,13 @@ def _cell_kind(cell: nn.Module) -> str | None:
     return None
 
 
-def _layer_norm(x: Tensor, gain: Tensor) -> Tensor:
-    return F.layer_norm(x, (x.shape[-1],), gain, None, 1e-5)  # the cells' LN (eps 1e-5, no shift here)
-
-
 def gate_activations(
     cell: nn.Module, xp_t: Tensor, state, recurrent_mask: Tensor | None = None, *, candidate: bool = False
 ) -> dict[str, Tensor]:
-    r"""The gate activations of one step of an rnnkit cell, recomputed from its parameters and equations.
+    r"""The gate activations of one step of an rnnkit cell: its own ``gates`` (:meth:`rnnkit.LSTMCell.gates`,
+    :meth:`rnnkit.GRUCell.gates`), the one definition ``recur`` is built on.
 
-    ``cell.recur`` returns only h_t and the state, so the gates are computed again here from the same
-    inputs: ``xp_t`` (B, G*H) = ``cell.input_projection(x_t)``, the previous ``state`` and the variational
+    Inputs: ``xp_t`` (B, G*H) = ``cell.input_projection(x_t)``, the previous ``state`` and the variational
     ``recurrent_mask`` if any.
 
     LSTM (gates stacked i, f, g, o; Ba et al. 2016 for ``layer_norm``)::
@@ -148,39 +145,15 @@ def gate_activations(
     kind = _cell_kind(cell)
     if kind is None:
         raise ValueError(f"gate_activations expects an rnnkit RNNCell, LSTMCell or GRUCell, got {type(cell).__name__}")
-    hidden = cell.hidden_size
     if kind == "rnn":
         return {}
-    if kind == "lstm":
-        h_prev = state[0] if recurrent_mask is None else state[0] * recurrent_mask  # (B, P or H)
-        recurrent = F.linear(h_prev, cell.weight_hh)  # (B, 4H)
-        if cell.layer_norm:
-            recurrent = _layer_norm(recurrent, cell.ln_hh_weight)
-        preactivation = xp_t + recurrent  # (B, 4H)
-        i, f, g, o = preactivation.chunk(4, dim=1)  # 4 x (B, H)
-        gates = {"input": torch.sigmoid(i), "forget": torch.sigmoid(f), "output": torch.sigmoid(o)}
-        if candidate:
-            gates["candidate"] = torch.tanh(g)
-        return gates
-    h_prev = state if recurrent_mask is None else state * recurrent_mask  # (B, H)
-    rz_rows = slice(0, 2 * hidden)
-    n_rows = slice(2 * hidden, 3 * hidden)
+    return _named_gates(kind, cell.gates(xp_t, state, recurrent_mask)._asdict(), candidate)
 
-    def recurrent_part(h: Tensor, rows: slice) -> Tensor:
-        """[LN](W_hh[rows] h) + b_hh[rows]: the cell normalises the (r, z) block and the n block separately."""
-        part = F.linear(h, cell.weight_hh[rows])
-        if cell.layer_norm:
-            part = _layer_norm(part, cell.ln_hh_weight[rows])
-        return part if cell.bias_hh is None else part + cell.bias_hh[rows]
 
-    reset, update = torch.sigmoid(xp_t[:, rz_rows] + recurrent_part(h_prev, rz_rows)).chunk(2, dim=1)
-    gates = {"reset": reset, "update": update}
-    if candidate:
-        if cell.reset_after:
-            gates["candidate"] = torch.tanh(xp_t[:, n_rows] + reset * recurrent_part(h_prev, n_rows))
-        else:
-            gates["candidate"] = torch.tanh(xp_t[:, n_rows] + recurrent_part(reset * h_prev, n_rows))
-    return gates
+def _named_gates(kind: str, gates: Mapping[str, Tensor], candidate: bool) -> dict[str, Tensor]:
+    """The gates of :data:`GATE_NAMES` in their order (then the candidate, if asked for) from a cell's gates."""
+    names = GATE_NAMES[kind] + (("candidate",) if candidate else ())
+    return {name: gates[name] for name in names}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -332,7 +305,7 @@ def _recurrent_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The rnnkit recurrent modules (layers and :class:`Recurrent`) of a model, in module order."""
     found: list[tuple[str, nn.Module]] = []
     for path, module in model.named_modules():
-        if isinstance(module, (_RecurrentLayer, Recurrent)):
+        if isinstance(module, (RecurrentLayer, Recurrent)):
             found.append((path, module))
     return found
 
@@ -356,7 +329,9 @@ def _lengths_of_call(forward, args: tuple, kwargs: dict) -> Tensor | None:
 
 @contextmanager
 def _recording(model: nn.Module, gates: bool) -> Iterator[list[_Call]]:
-    """Run every rnnkit recurrent module of ``model`` on its own path and record each cell's steps."""
+    """Record each cell's steps in every rnnkit recurrent module of ``model``, through hooks: a step hook on each
+    cell (which also puts the layer on the path that steps its cells) and a forward pre-hook and hook on each
+    module (which call the steps belong to)."""
     modules = _recurrent_modules(model)
     if not modules:
         raise ValueError(
@@ -365,71 +340,53 @@ def _recording(model: nn.Module, gates: bool) -> Iterator[list[_Call]]:
             "per-step states to inspect)"
         )
     calls: list[_Call] = []
-    restore: list[Callable[[], None]] = []
     counts: dict[str, int] = {}
     active: dict[int, _Call] = {}  # id(module) -> the call in progress
+    handles: list[RemovableHandle] = []
 
-    def wrap_cell(module_id: int, index: int, cell: nn.Module) -> None:
-        original = cell.recur  # the bound method of the cell's class
-
-        def recur(xp_t: Tensor, state, recurrent_mask: Tensor | None = None):
+    def step_hook(module_id: int, index: int) -> Callable[[nn.Module, Step], None]:
+        def record(cell: nn.Module, step: Step) -> None:
             cancel.check()  # a cancelled request (rnnkit serve) stops here, between two time steps
-            h_t, new_state = original(xp_t, state, recurrent_mask)
             call = active.get(module_id)
-            if call is not None:
-                record = call.cells[index]
-                record.hidden.append(h_t)
-                if record.kind == "lstm":
-                    record.cell_state.append(new_state[1].detach())
-                if gates and record.kind != "rnn":
-                    with torch.no_grad():
-                        for name, value in gate_activations(cell, xp_t, state, recurrent_mask).items():
-                            record.gates.setdefault(name, []).append(value)
-            return h_t, new_state
+            if call is None:
+                return
+            cell_record = call.cells[index]
+            cell_record.hidden.append(step.h_t)
+            if cell_record.kind == "lstm":
+                cell_record.cell_state.append(step.new_state[1].detach())
+            if gates and cell_record.kind != "rnn":
+                for name, value in _named_gates(cell_record.kind, step.gates, candidate=False).items():
+                    cell_record.gates.setdefault(name, []).append(value.detach())
 
-        cell.recur = recur  # an instance attribute shadows the class's method while recording
-        restore.append(lambda: cell.__dict__.pop("recur", None))
+        return record
 
-    def wrap_module(path: str, module: nn.Module) -> None:
+    def watch(path: str, module: nn.Module) -> None:
         cells = list(module.cells)
         kinds = [_cell_kind(c) for c in cells]
         directions = module.num_directions
-        original_forward = module.forward
 
-        def forward(*args, **kwargs):
-            lengths = _lengths_of_call(original_forward, args, kwargs)
+        def starts(module: nn.Module, args: tuple, kwargs: dict) -> None:
             number = counts.get(path, 0)
             counts[path] = number + 1
             records = [_CellRecord(i // directions, i % directions, kind or "") for i, kind in enumerate(kinds)]
-            call = _Call(path, number, lengths, records)
-            active[id(module)] = call
-            try:
-                return original_forward(*args, **kwargs)
-            finally:
-                del active[id(module)]
-                calls.append(call)
+            active[id(module)] = _Call(path, number, _lengths_of_call(module.forward, args, kwargs), records)
 
+        def ends(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            calls.append(active.pop(id(module)))
+
+        handles.append(module.register_forward_pre_hook(starts, with_kwargs=True))
+        handles.append(module.register_forward_hook(ends, with_kwargs=True))
         for index, (cell, kind) in enumerate(zip(cells, kinds, strict=True)):
             if kind is not None:  # other cells follow the plain cell contract and cannot be traced
-                wrap_cell(id(module), index, cell)
-        module.forward = forward
-        restore.append(lambda: module.__dict__.pop("forward", None))
-        if isinstance(module, _RecurrentLayer):
-            fused = module.use_fused
-            module.use_fused = False  # a fused kernel keeps no per-step states
-
-            def restore_fused(module=module, fused=fused):
-                module.use_fused = fused
-
-            restore.append(restore_fused)
+                handles.append(cell.register_step_hook(step_hook(id(module), index)))
 
     try:
         for path, module in modules:
-            wrap_module(path, module)
+            watch(path, module)
         yield calls
     finally:
-        for undo in reversed(restore):
-            undo()
+        for handle in handles:
+            handle.remove()
 
 
 def _to_positions(stacked: Tensor, lengths: Tensor, direction: int) -> Tensor:
@@ -541,7 +498,7 @@ def diagnose(
             is left as it is: call ``model.eval()`` first to measure without dropout.
         loss_fn: computes the scalar loss L of one batch from the model, e.g.
             ``lambda m: m.loss(m(inputs, lengths), targets)``.
-        gates: record gate statistics (costs one more recurrent product per step).
+        gates: record gate statistics (the gates each step computes anyway).
         gradients: compute ||dL/dh_t|| (by ``torch.autograd.grad``: parameter ``.grad`` fields are untouched).
         attention: attention maps to include (see :func:`attention_maps`); a classifier with attention pooling
             has its weights picked up from the call.

@@ -17,15 +17,14 @@ Two paths compute the same function:
   with the module's own parameters, no copy per call; ``lengths=`` is handled by packing internally;
 * **own**: :func:`rnnkit.recurrent.run_layers` over the rnnkit cells (``rnnkit.cells``), with the input
   projection of all time steps hoisted into one matrix product and the recurrence of each layer-direction
-  run by :mod:`rnnkit.fastpath` (one autograd Function per sequence whose backward computes the weight
-  gradients with one matrix product), or, with ``use_fast_path=False``, by stepping the cells' ``recur``
+  run by rnnkit's fast path (:mod:`rnnkit.fast`: one autograd Function per sequence whose backward computes the
+  weight gradients with one matrix product), or, with ``use_fast_path=False``, by stepping the cells' ``recur``
   with autograd (the reference path).
 
 ``use_fused`` chooses: ``"auto"`` (default) takes torch's kernel where it applies except where the own path
-was measured faster (with gradients: variable lengths, since torch's packed kernels have a slow backward, and
-the GRU and RNN, whose CPU kernels have no oneDNN path; see :meth:`uses_fused_kernel` and
-benchmarks/results/layers.md); ``True`` takes torch's kernel wherever it applies; ``False`` never. The tests
-check that all paths agree with each other and with torch.nn.
+was measured faster, ``True`` takes torch's kernel wherever it applies, ``False`` never; the rule is
+:func:`rnnkit.fast.dispatch.layer_path`, and ``rnnkit.explain(layer, x)`` says which path a call takes and why.
+The tests check that all paths agree with each other and with torch.nn.
 
 The parameters live on the layer under torch's names; the cells of the own path are bound to them at each
 call, so there is one set of parameters and one definition of each cell's math.
@@ -40,19 +39,23 @@ import torch
 from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit import fastpath
-from rnnkit.cells import GRUCell, LSTMCell, RNNCell, State, check_probability, check_size
-from rnnkit.recurrent import _MERGES, check_lengths, run_layers
+from rnnkit.cells import GRUCell, LSTMCell, RNNCell, State
+from rnnkit.checks import check_bool, check_probability, check_size
+from rnnkit.fast import dispatch
+from rnnkit.fast.lengths import Lengths
+from rnnkit.recurrent import check_merge, run_layers
+from rnnkit.state import map_state
 
-__all__ = ["LSTM", "GRU", "RNN"]
+__all__ = ["LSTM", "GRU", "RNN", "RecurrentLayer"]
 
 _FUSED_KERNELS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
 # The parameters torch's kernels take, in torch's order for each layer-direction.
 _KERNEL_PARAMETERS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
-class _RecurrentLayer(nn.Module):
-    """What LSTM, GRU and RNN share: parameters under torch's names, argument checks, the two paths."""
+class RecurrentLayer(nn.Module):
+    """What LSTM, GRU and RNN share: parameters under torch's names, argument checks, the two paths. Other
+    modules recognise rnnkit's drop-in layers by this class (diagnostics, parameter counts, export)."""
 
     mode: str = ""
 
@@ -75,24 +78,18 @@ class _RecurrentLayer(nn.Module):
         zoneout: float,
         use_fused: bool | str,
         use_fast_path: bool,
-        standard_cell: bool,
         make_cell,
     ) -> None:
         super().__init__()
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
         self.num_layers = check_size("num_layers", num_layers)
-        for name, flag in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
-        self.bias = bias
-        self.batch_first = batch_first
+        self.bias = check_bool("bias", bias)
+        self.batch_first = check_bool("batch_first", batch_first)
         self.dropout = check_probability("dropout", dropout)
-        self.bidirectional = bidirectional
-        self.proj_size = proj_size
-        if merge not in _MERGES:
-            raise ValueError(f"merge must be one of {_MERGES}, got {merge!r}")
-        self.merge = merge
+        self.bidirectional = check_bool("bidirectional", bidirectional)
+        self.proj_size = check_size("proj_size", proj_size, allow_zero=True)
+        self.merge = check_merge(merge)
         self.residual = bool(residual)
         self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
         self.zoneout = check_probability("zoneout", zoneout)
@@ -100,7 +97,6 @@ class _RecurrentLayer(nn.Module):
             raise ValueError(f"use_fused must be True, False or 'auto', got {use_fused!r}")
         self.use_fused = use_fused
         self.use_fast_path = bool(use_fast_path)
-        self._standard_cell = standard_cell
         if self.dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout acts between recurrent layers (after all but the last), so non-zero dropout expects "
@@ -169,40 +165,17 @@ class _RecurrentLayer(nn.Module):
         return self._cells
 
     def uses_fused_kernel(self, *, grad: bool | None = None, variable_lengths: bool = False) -> bool:
-        """Whether a call in the current mode runs torch's fused kernel (else rnnkit's own path).
+        """Whether a call in the current mode runs torch's fused kernel (else rnnkit's own path); the rule is
+        :func:`rnnkit.fast.dispatch.layer_path`, and ``rnnkit.explain(layer, x)`` gives its reasons.
 
         Args:
             grad: whether the call records gradients; None: ``torch.is_grad_enabled()`` and some parameter
                 requires grad.
             variable_lengths: whether the call has ``lengths=`` (not all T) or a PackedSequence.
-
-        ``use_fused=True``: torch's kernel wherever it applies (standard cells, none of the extras).
-        ``"auto"`` (the default): the same, except where rnnkit's fast path (:mod:`rnnkit.fastpath`) was
-        measured faster on CPU (benchmarks/results/layers.md, 2 threads, every size there): with gradients
-        recorded, for variable lengths (torch's packed kernels have a slow backward: 1.7-5x) and for the GRU
-        and the Elman RNN (torch's CPU kernels for them, unlike its LSTM, have no oneDNN path and compute the
-        weight gradients step by step: 1.0-2.3x). The LSTM without lengths and every call without gradients
-        keep torch's kernel (the LSTM's oneDNN kernel was faster: the fast path measured 0.4-0.9x on an AMD
-        CPU; on an Intel Xeon, with MKL's products, 0.82-1.17x by size, below 1 at the smaller ones). In training
-        with dropout > 0 between layers torch's kernel is kept, so the dropout draws are torch's. ``False``:
-        never. The rule does not depend on the batch size (batch 1 included).
         """
-        applies = (
-            self.use_fused is not False
-            and self._standard_cell
-            and self.merge == "concat"
-            and not self.residual
-            and self.zoneout == 0.0
-            and (self.recurrent_dropout == 0.0 or not self.training)  # identity at evaluation
-        )
-        if not applies or self.use_fused is True:
-            return applies
         if grad is None:
             grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        own_is_faster = grad and (variable_lengths or self.mode != "LSTM")
-        keeps_torch_dropout = self.training and self.dropout > 0.0
-        fast_path_applies = self.use_fast_path and all(fastpath.supports(cell) for cell in self._cells)
-        return not (own_is_faster and fast_path_applies and not keeps_torch_dropout)
+        return dispatch.layer_path(self, grad=grad, variable_lengths=variable_lengths).path == "fused"
 
     # -- forward ------------------------------------------------------------------------------------------
 
@@ -222,6 +195,11 @@ class _RecurrentLayer(nn.Module):
         Returns:
             ``(output, h_n)`` (LSTM: ``(output, (h_n, c_n))``); output is a PackedSequence if input is one.
         """
+        if dispatch.breaks_graph():  # torch.compile runs the layer as eager mode does (a graph break)
+            return dispatch.run_eagerly(self._forward, input, hx, lengths)
+        return self._forward(input, hx, lengths)
+
+    def _forward(self, input: Tensor | PackedSequence, hx, lengths):
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError("lengths= is for padded tensors; a PackedSequence carries its own lengths")
@@ -237,7 +215,8 @@ class _RecurrentLayer(nn.Module):
                     hidden, unsorted_indices
                 )
             padded, sequence_lengths = pad_packed_sequence(input)  # (T, B, D), batch in the caller's order
-            output, hidden = self._run_own(padded, hx, sequence_lengths.to(padded.device))
+            output, hidden = self._run_own(padded, hx, Lengths.of(sequence_lengths, batch_size, padded.shape[0],
+                                                                  padded.device))
             return _pack_like(output, input), hidden
 
         layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
@@ -250,18 +229,17 @@ class _RecurrentLayer(nn.Module):
                 lengths = torch.as_tensor(lengths).reshape(1)
         batch_size, max_length = input.shape[batch_dim], input.shape[1 - batch_dim]
         if hx is not None and not batched:
-            hx = _map_hidden(self._check_hidden(hx, 1, batched=False), lambda h: h.unsqueeze(1))
+            hx = map_state(lambda h: h.unsqueeze(1), self._check_hidden(hx, 1, batched=False))
         hx = self._check_hidden(hx, batch_size, batched=True, dtype=input.dtype, device=input.device)
         if lengths is not None:
-            lengths = check_lengths(lengths, batch_size, max_length, torch.device("cpu"))
-            if bool((lengths == max_length).all()):
-                lengths = None  # nothing is padded
+            lengths = Lengths.of(lengths, batch_size, max_length, input.device)  # None: nothing is padded
         fused = self.uses_fused_kernel(grad=self._records_gradients(input, hx), variable_lengths=lengths is not None)
         if fused and lengths is None:
             output, hidden = self._run_fused(input, hx, None)
         elif fused:
             # torch's kernels take variable lengths as a PackedSequence.
-            packed = pack_padded_sequence(input, lengths, batch_first=self.batch_first, enforce_sorted=False)
+            packed = pack_padded_sequence(input, lengths.lengths, batch_first=self.batch_first,
+                                          enforce_sorted=False)
             packed_output, hidden = self._run_fused(packed.data, _permute(hx, packed.sorted_indices),
                                                     packed.batch_sizes)
             packed_output = PackedSequence(packed_output, packed.batch_sizes, packed.sorted_indices,
@@ -270,11 +248,11 @@ class _RecurrentLayer(nn.Module):
             hidden = _permute(hidden, packed.unsorted_indices)
         else:
             time_major = input.transpose(0, 1) if self.batch_first else input  # (T, B, D)
-            output, hidden = self._run_own(time_major, hx, None if lengths is None else lengths.to(input.device))
+            output, hidden = self._run_own(time_major, hx, lengths)
             output = output.transpose(0, 1) if self.batch_first else output
         if not batched:
             output = output.squeeze(batch_dim)
-            hidden = _map_hidden(hidden, lambda h: h.squeeze(1))
+            hidden = map_state(lambda h: h.squeeze(1), hidden)
         return output, hidden
 
     def _records_gradients(self, input: Tensor, hx) -> bool:
@@ -296,7 +274,7 @@ class _RecurrentLayer(nn.Module):
         hidden = tuple(result[1:]) if self.mode == "LSTM" else result[1]
         return result[0], hidden
 
-    def _run_own(self, input: Tensor, hx, lengths: Tensor | None):
+    def _run_own(self, input: Tensor, hx, lengths: Lengths | None):
         """rnnkit's path: ``run_layers`` over the cells; input (T, B, D), hx in torch's stacked layout."""
         cells = self.cells
         if self.mode == "LSTM":
@@ -397,15 +375,11 @@ class _RecurrentLayer(nn.Module):
         return text
 
 
-def _map_hidden(hidden, fn):
-    return tuple(fn(h) for h in hidden) if isinstance(hidden, tuple) else fn(hidden)
-
-
 def _permute(hidden, permutation: Tensor | None):
     """Reorder the batch dimension (1) of hidden states, as torch.nn does for packed sequences."""
     if permutation is None:
         return hidden
-    return _map_hidden(hidden, lambda h: h.index_select(1, permutation))
+    return map_state(lambda h: h.index_select(1, permutation), hidden)
 
 
 def _pack_like(output: Tensor, like: PackedSequence) -> PackedSequence:
@@ -420,7 +394,7 @@ def _pack_like(output: Tensor, like: PackedSequence) -> PackedSequence:
     return PackedSequence(data, batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
-class LSTM(_RecurrentLayer):
+class LSTM(RecurrentLayer):
     r"""Multi-layer LSTM, a drop-in for ``torch.nn.LSTM`` (same arguments, parameters, inputs and outputs).
 
     Each layer-direction computes, for every step t (gates i, f, g, o; see :class:`rnnkit.LSTMCell`)::
@@ -477,10 +451,7 @@ class LSTM(_RecurrentLayer):
         use_fused: bool | str = "auto",
         use_fast_path: bool = True,
     ) -> None:
-        check_size("proj_size", proj_size, allow_zero=True)
-        if proj_size >= check_size("hidden_size", hidden_size):
-            raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}")
-        self.layer_norm = bool(layer_norm)
+        self.layer_norm = bool(layer_norm)  # proj_size is checked by the cells (LSTMCell)
         self.forget_bias = forget_bias
 
         def make_cell(width: int, **factory) -> LSTMCell:
@@ -489,7 +460,7 @@ class LSTM(_RecurrentLayer):
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, device,
             dtype, merge=merge, residual=residual, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
-            use_fused=use_fused, use_fast_path=use_fast_path, standard_cell=not layer_norm, make_cell=make_cell,
+            use_fused=use_fused, use_fast_path=use_fast_path, make_cell=make_cell,
         )
 
     def _hidden_shapes(self, batch_size: int) -> list[tuple[int, ...]]:
@@ -505,7 +476,7 @@ class LSTM(_RecurrentLayer):
         return text
 
 
-class GRU(_RecurrentLayer):
+class GRU(RecurrentLayer):
     r"""Multi-layer GRU, a drop-in for ``torch.nn.GRU`` (same arguments, parameters, inputs and outputs).
 
     Each layer-direction computes, for every step t (gates r, z, n; see :class:`rnnkit.GRUCell`)::
@@ -561,8 +532,7 @@ class GRU(_RecurrentLayer):
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
             merge=merge, residual=residual, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
-            use_fused=use_fused, use_fast_path=use_fast_path, standard_cell=reset_after and not layer_norm,
-            make_cell=make_cell,
+            use_fused=use_fused, use_fast_path=use_fast_path, make_cell=make_cell,
         )
 
     def extra_repr(self) -> str:
@@ -574,7 +544,7 @@ class GRU(_RecurrentLayer):
         return text
 
 
-class RNN(_RecurrentLayer):
+class RNN(RecurrentLayer):
     r"""Multi-layer Elman RNN, a drop-in for ``torch.nn.RNN`` (same arguments, parameters, inputs and outputs).
 
     Each layer-direction computes ``h_t = phi(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` with phi = tanh or
@@ -624,7 +594,7 @@ class RNN(_RecurrentLayer):
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0, device, dtype,
             merge=merge, residual=residual, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
-            use_fused=use_fused, use_fast_path=use_fast_path, standard_cell=True, make_cell=make_cell,
+            use_fused=use_fused, use_fast_path=use_fast_path, make_cell=make_cell,
         )
 
     def extra_repr(self) -> str:

@@ -19,7 +19,7 @@ One definition, three ways to run it (all computing :meth:`coefficients`):
 
 * ``recur(xp_t, h)``: one step, ``a_t * h + v_t``: the cell contract of :mod:`rnnkit.cells`, used by the
   reference path of :class:`rnnkit.Recurrent` (``fast_path=False``);
-* ``scan="sequential"``: the loop over t in one autograd Function (:func:`rnnkit.fastpath.linear_recurrence`,
+* ``scan="sequential"``: the loop over t in one autograd Function (:func:`rnnkit.fast.rnn.linear_recurrence`,
   two small operations per step, a hand-written backward);
 * ``scan="parallel"`` (default): the log-space parallel scan of Heinsen 2023, in closed form::
 
@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.cells import check_size
-from rnnkit.fastpath import linear_recurrence
+from rnnkit.checks import check_bool, check_size
+from rnnkit.fast.rnn import linear_recurrence
 
 __all__ = ["MinGRUCell", "MinLSTMCell", "g", "log_g", "parallel_scan", "CHUNK"]
 
@@ -117,8 +117,7 @@ class _MinimalCell(nn.Module):
         super().__init__()
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
-        if not isinstance(bias, bool):
-            raise ValueError(f"bias must be True or False, got {bias!r}")
+        check_bool("bias", bias)
         if scan not in _SCANS:
             raise ValueError(f"scan must be one of {_SCANS}, got {scan!r}")
         if chunk is not None:

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from rnnkit.cells import GRUCell, LSTMCell, RNNCell, check_size
-from rnnkit.layers import _RecurrentLayer
+from rnnkit.cells import GRUCell, LSTMCell, RNNCell
+from rnnkit.checks import check_size
+from rnnkit.layers import RecurrentLayer
 from rnnkit.recurrent import Recurrent
 
 __all__ = [
@@ -198,7 +199,7 @@ _ATTENTION_NAMES = re.compile(r"attn|attention")
 
 def _layer_kind(module: nn.Module) -> str | None:
     """Cell type of a torch.nn or rnnkit multi-layer module (LSTM/GRU/RNN), else None."""
-    if isinstance(module, (_RecurrentLayer, nn.RNNBase)):
+    if isinstance(module, (RecurrentLayer, nn.RNNBase)):
         return _cell_type(module.mode.split("_")[0])
     return None
 

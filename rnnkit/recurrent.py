@@ -17,9 +17,13 @@ How a layer-direction runs, for inputs ``x`` (T, B, D) (time-major inside, whate
 5. reverse the outputs back.
 
 Step 3 is the *reference path*. For the rnnkit cells it is replaced by the *fast path*
-(:mod:`rnnkit.fastpath`, ``fast_path=True``, the default): the same equations for all T steps in one
-autograd Function whose backward computes the weight gradients with one matrix product after the loop. The
-fast path is not used with zoneout or recurrent dropout in training, which stay on the reference path.
+(:mod:`rnnkit.fast`, ``fast_path=True``, the default): the same equations for all T steps in one
+autograd Function whose backward computes the weight gradients with one matrix product after the loop. Which
+path each layer-direction takes is decided by :mod:`rnnkit.fast.dispatch` (zoneout, recurrent dropout in
+training and step hooks keep the reference path); ``rnnkit.explain`` says which and why.
+
+The lengths of a padded batch arrive as one :class:`rnnkit.fast.Lengths`, validated once by the public
+``forward`` that received them; the masks, the reversal index and the fast path's sort order all come from it.
 
 Initial and final states are lists with one cell state per layer-direction, in torch's order
 ``index = layer * num_directions + direction`` (direction 1 is the backward one).
@@ -33,74 +37,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit import fastpath
-from rnnkit.cells import State, check_probability, check_size
+from rnnkit import fast
+from rnnkit.cells import State
+from rnnkit.checks import check_probability, check_size
+from rnnkit.fast import dispatch
+from rnnkit.fast.lengths import Lengths
+from rnnkit.state import detach_state, hidden_of, map_state, select_rows
 
-__all__ = ["Recurrent", "detach_state", "run_layers", "check_lengths", "CellFactory"]
+__all__ = ["Recurrent", "run_layers", "CellFactory", "MERGES", "check_merge"]
 
 #: ``factory(input_size, layer, direction) -> cell`` builds the cell of one layer-direction.
 CellFactory = Callable[[int, int, int], nn.Module]
 
-_MERGES = ("concat", "sum")
+#: How the two directions' outputs are merged: concatenated (torch's layout) or summed.
+MERGES = ("concat", "sum")
 
 
-def detach_state(state):
-    """Detach every tensor of a state structure (tensor, tuple or list, nested), for truncated BPTT.
-
-    Example: ``state = detach_state(state)`` between two chunks of a long sequence keeps the values but cuts
-    the graph, so the next backward stops at the chunk boundary.
-    """
-    if state is None:
-        return None
-    if isinstance(state, Tensor):
-        return state.detach()
-    if isinstance(state, (tuple, list)):
-        return type(state)(detach_state(s) for s in state)
-    raise ValueError(f"a state is a tensor or a tuple/list of tensors, got {type(state).__name__}")
-
-
-def _map(fn, *states):
-    """Apply ``fn`` to corresponding tensors of one or more states with the same structure."""
-    first = states[0]
-    if isinstance(first, Tensor):
-        return fn(*states)
-    return tuple(fn(*parts) for parts in zip(*states, strict=True))
-
-
-def _hidden(state: State) -> Tensor:
-    """The hidden state h of a cell state: the state itself, or the first element of a tuple (LSTM)."""
-    return state if isinstance(state, Tensor) else state[0]
-
-
-def check_lengths(lengths, batch_size: int, max_length: int, device: torch.device) -> Tensor:
-    """Validate per-sequence lengths and return them as an int64 tensor on ``device``.
-
-    Raises ValueError unless ``lengths`` is a 1-D sequence of ``batch_size`` integers in [1, max_length].
-    """
-    if not isinstance(lengths, Tensor):
-        try:
-            lengths = torch.as_tensor(lengths)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(f"lengths must be a 1-D tensor or list of ints, got {lengths!r}") from error
-    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        raise ValueError(f"lengths must hold integers, got dtype {lengths.dtype}")
-    if lengths.dim() != 1 or lengths.shape[0] != batch_size:
-        raise ValueError(
-            f"lengths must have shape ({batch_size},), one length per sequence, got {tuple(lengths.shape)}"
-        )
-    lengths = lengths.to(device=device, dtype=torch.int64)
-    shortest, longest = int(lengths.min()), int(lengths.max())
-    if shortest < 1:
-        raise ValueError(f"lengths must be at least 1, got a length of {shortest}")
-    if longest > max_length:
-        raise ValueError(f"lengths must be at most the number of time steps T={max_length}, got {longest}")
-    return lengths
-
-
-def _reverse_index(lengths: Tensor, max_length: int) -> Tensor:
-    """(T, B, 1) index reversing each sequence's valid prefix: t -> L_b - 1 - t for t < L_b, t otherwise."""
-    steps = torch.arange(max_length, device=lengths.device).unsqueeze(1)  # (T, 1)
-    return torch.where(steps < lengths, lengths - 1 - steps, steps).unsqueeze(-1)  # (T, B, 1)
+def check_merge(merge: object) -> str:
+    """``merge`` if it is one of :data:`MERGES`, else ValueError."""
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
+    return merge
 
 
 def _gather_time(x: Tensor, index: Tensor) -> Tensor:
@@ -112,36 +69,33 @@ def _run_direction(
     cell: nn.Module,
     x: Tensor,
     state: State,
-    valid: Tensor | None,
-    reverse: Tensor | bool,
+    lengths: Lengths | None,
+    reverse: bool,
     recurrent_mask: Tensor | None,
     zoneout: float,
     training: bool,
-    fast_path: bool = True,
-    lengths: Tensor | None = None,
+    fast_path: bool,
 ) -> tuple[Tensor, State]:
     """Run one cell over (T, B, D) inputs; return outputs (T, B, H) (not yet zeroed past lengths) and final state.
 
-    ``valid`` (T, B, 1) is True while a step is within its sequence, and ``lengths`` (B,) the same as lengths
-    (both None: no padding). ``reverse`` is a (T, B, 1) valid-prefix reversal index, True for a plain flip, or
-    False.
+    ``reverse``: run each sequence's valid prefix backwards (a plain flip without lengths).
     """
-    if isinstance(reverse, Tensor):
-        x = _gather_time(x, reverse)
-    elif reverse:
-        x = x.flip(0)
-    project = getattr(cell, "input_projection", None)
-    if fast_path and recurrent_mask is None and zoneout == 0.0 and fastpath.supports(cell):
-        output, state = fastpath.run(cell, fastpath.input_projection(cell, x), state, lengths)
-    elif project is not None:
-        xp = project(x)  # (T, B, G*H): every step's input contribution in one matrix product
-        output, state = _step_loop(cell.recur, xp, state, valid, recurrent_mask, zoneout, training)
-    else:  # any module with the cell contract h_t, state = cell(x_t, state)
-        output, state = _step_loop(cell, x, state, valid, recurrent_mask, zoneout, training)
-    if isinstance(reverse, Tensor):
-        output = _gather_time(output, reverse)
-    elif reverse:
-        output = output.flip(0)
+    if reverse:
+        x = x.flip(0) if lengths is None else _gather_time(x, lengths.reverse_index)
+    choice = dispatch.cell_path(cell, fast_path=fast_path, recurrent_dropout=recurrent_mask is not None,
+                                zoneout=zoneout)
+    if choice.path == "fast":
+        output, state = fast.run(cell, fast.input_projection(cell, x), state, lengths)
+    else:
+        valid = None if lengths is None else lengths.valid
+        project = getattr(cell, "input_projection", None)
+        if project is not None:
+            xp = project(x)  # (T, B, G*H): every step's input contribution in one matrix product
+            output, state = _step_loop(cell.recur, xp, state, valid, recurrent_mask, zoneout, training)
+        else:  # any module with the cell contract h_t, state = cell(x_t, state)
+            output, state = _step_loop(cell, x, state, valid, recurrent_mask, zoneout, training)
+    if reverse:
+        output = output.flip(0) if lengths is None else _gather_time(output, lengths.reverse_index)
     return output, state
 
 
@@ -166,14 +120,14 @@ def _step_loop(
             # Krueger et al. 2017, eq. 3: each unit keeps its previous value with probability p; at test
             # time the expectation p * old + (1 - p) * new.
             if training:
-                new_state = _map(lambda new, old: torch.where(torch.rand_like(new) < zoneout, old, new),
-                                 new_state, state)
+                new_state = map_state(lambda new, old: torch.where(torch.rand_like(new) < zoneout, old, new),
+                                      new_state, state)
             else:
-                new_state = _map(lambda new, old: torch.lerp(new, old, zoneout), new_state, state)
-            h_t = _hidden(new_state)
+                new_state = map_state(lambda new, old: torch.lerp(new, old, zoneout), new_state, state)
+            h_t = hidden_of(new_state)
         if valid_per_step is not None:
             # Past its length a sequence keeps its state, so the final state is the one at its own end.
-            new_state = _map(lambda new, old, v=valid_per_step[t]: torch.where(v, new, old), new_state, state)
+            new_state = map_state(lambda new, old, v=valid_per_step[t]: torch.where(v, new, old), new_state, state)
         state = new_state
         outputs.append(h_t)
     return torch.stack(outputs), state  # (T, B, H)
@@ -183,7 +137,7 @@ def run_layers(
     cells: Sequence[nn.Module],
     x: Tensor,
     states: Sequence[State],
-    lengths: Tensor | None = None,
+    lengths: Lengths | None = None,
     *,
     num_layers: int = 1,
     bidirectional: bool = False,
@@ -201,32 +155,26 @@ def run_layers(
         cells: one cell per layer-direction, index ``layer * num_directions + direction``.
         x: (T, B, D) inputs.
         states: one initial cell state per layer-direction.
-        lengths: (B,) int64 valid lengths on x's device (checked by the caller), or None (all T).
-        fast_path: run the rnnkit cells with :mod:`rnnkit.fastpath` where it applies (False: the reference
-            path, the cells' ``recur`` stepped with autograd; the tests compare the two).
+        lengths: the batch's :class:`rnnkit.fast.Lengths` (built and checked by the caller), or None (all T).
+        fast_path: run the rnnkit cells on the fast path where it applies (False: the reference path, the
+            cells' ``recur`` stepped with autograd; the tests compare the two).
         Other arguments as in :class:`Recurrent`.
     Returns:
         outputs (T, B, H_out), 0 past each length, and the final state of every layer-direction.
     """
     num_directions = 2 if bidirectional else 1
-    max_length, batch_size = x.shape[0], x.shape[1]
-    valid = reverse_index = order = None
-    if lengths is not None and bool((lengths < max_length).any()):
-        randomness = training and (dropout > 0.0 or recurrent_dropout > 0.0)
-        if fast_path and not randomness and zoneout == 0.0 and all(fastpath.supports(cell) for cell in cells):
-            # The fast path runs a batch longest first (fastpath.run): sort it once here, rather than each
-            # layer-direction its own input projection, state and outputs. Only where every layer-direction
-            # takes the fast path (the reference path's steps are seen per sequence, by rnnkit.diagnostics), and
-            # not with random masks, whose draws would fall on other sequences than on the reference path.
-            order = torch.argsort(lengths, descending=True, stable=True)
-            if torch.equal(order, torch.arange(batch_size, device=order.device)):
-                order = None
-            else:
-                x, lengths = x.index_select(1, order), lengths[order]
-                states = [_map(lambda s: s.index_select(0, order), state) for state in states]
-        valid_steps = torch.arange(max_length, device=x.device).unsqueeze(1) < lengths  # (T, B), True = real
-        valid = valid_steps.unsqueeze(-1)  # (T, B, 1)
-        reverse_index = _reverse_index(lengths, max_length)
+    batch_size = x.shape[1]
+    masked = recurrent_dropout > 0.0 and training
+    order = None
+    if lengths is not None and lengths.order is not None and not (training and dropout > 0.0) and all(
+        dispatch.cell_path(cell, fast_path=fast_path, recurrent_dropout=masked, zoneout=zoneout).path == "fast"
+        for cell in cells
+    ):
+        # The fast path runs a batch longest first: sort it once here, rather than each layer-direction its own
+        # input projection, state and outputs. Only where every layer-direction takes the fast path, and not
+        # with dropout between layers, whose draws would fall on other sequences than on the reference path.
+        order = lengths.order
+        x, states, lengths = x.index_select(1, order), [select_rows(s, order) for s in states], lengths.sorted()
     layer_input = x
     finals: list[State] = []
     for layer in range(num_layers):
@@ -234,16 +182,13 @@ def run_layers(
         for direction in range(num_directions):
             index = layer * num_directions + direction
             mask = None
-            if recurrent_dropout > 0.0 and training:
+            if masked:
                 # Gal & Ghahramani 2016: one dropout mask per sequence, reused at every time step.
-                hidden = _hidden(states[index])
+                hidden = hidden_of(states[index])
                 keep = 1.0 - recurrent_dropout
                 mask = hidden.new_empty(batch_size, hidden.shape[-1]).bernoulli_(keep) / keep  # (B, H)
-            reverse = (reverse_index if reverse_index is not None else True) if direction == 1 else False
-            output, final = _run_direction(
-                cells[index], layer_input, states[index], valid, reverse, mask, zoneout, training, fast_path,
-                None if valid is None else lengths,
-            )
+            output, final = _run_direction(cells[index], layer_input, states[index], lengths, direction == 1, mask,
+                                           zoneout, training, fast_path)
             direction_outputs.append(output)
             finals.append(final)
         if num_directions == 1:
@@ -252,8 +197,8 @@ def run_layers(
             output = torch.cat(direction_outputs, dim=-1)  # (T, B, 2H)
         else:
             output = direction_outputs[0] + direction_outputs[1]  # (T, B, H)
-        if valid is not None:
-            output = output.masked_fill(~valid, 0.0)  # outputs past a length are 0
+        if lengths is not None:
+            output = output.masked_fill(~lengths.valid, 0.0)  # outputs past a length are 0
         if residual and layer > 0 and output.shape[-1] == layer_input.shape[-1]:
             output = output + layer_input  # Wu et al. 2016 (GNMT): residual connections between layers
         if dropout > 0.0 and training and layer < num_layers - 1:
@@ -263,7 +208,7 @@ def run_layers(
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(batch_size, device=order.device)
         layer_input = layer_input.index_select(1, inverse)
-        finals = [_map(lambda s: s.index_select(0, inverse), final) for final in finals]
+        finals = [select_rows(final, inverse) for final in finals]
     return layer_input, finals
 
 
@@ -293,7 +238,7 @@ class Recurrent(nn.Module):
             and cuts the graph) and :meth:`reset_state` between independent sequences. Without ``stateful``,
             pass states yourself and cut them with :func:`detach_state`.
         fast_path: run rnnkit cells (except with zoneout, or recurrent dropout in training) through
-            :mod:`rnnkit.fastpath`: the same equations, one autograd Function for all steps. False steps the
+            :mod:`rnnkit.fast`: the same equations, one autograd Function for all steps. False steps the
             cells' ``recur`` with autograd (the reference path; slower, same results).
 
     Shapes: ``forward(x, state=None, lengths=None) -> (output, final_state)`` with x (B, T, D), lengths (B,)
@@ -325,10 +270,8 @@ class Recurrent(nn.Module):
     ) -> None:
         super().__init__()
         self.num_layers = check_size("num_layers", num_layers)
-        if merge not in _MERGES:
-            raise ValueError(f"merge must be one of {_MERGES}, got {merge!r}")
         self.bidirectional = bool(bidirectional)
-        self.merge = merge
+        self.merge = check_merge(merge)
         self.dropout = check_probability("dropout", dropout)
         self.residual = bool(residual)
         self.recurrent_dropout = check_probability("recurrent_dropout", recurrent_dropout)
@@ -380,6 +323,11 @@ class Recurrent(nn.Module):
         self, x: Tensor, state: Sequence[State] | None = None, lengths: Tensor | Sequence[int] | None = None
     ) -> tuple[Tensor, list[State]]:
         """Run the layers; see the class docstring for shapes."""
+        if dispatch.breaks_graph():  # torch.compile runs the module as eager mode does (a graph break)
+            return dispatch.run_eagerly(self._forward, x, state, lengths)
+        return self._forward(x, state, lengths)
+
+    def _forward(self, x: Tensor, state: Sequence[State] | None, lengths) -> tuple[Tensor, list[State]]:
         layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
         if not isinstance(x, Tensor) or x.dim() != 3:
             given = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -389,9 +337,9 @@ class Recurrent(nn.Module):
         x = x.transpose(0, 1) if self.batch_first else x  # (T, B, D)
         max_length, batch_size = x.shape[0], x.shape[1]
         if lengths is not None:
-            lengths = check_lengths(lengths, batch_size, max_length, x.device)
+            lengths = Lengths.of(lengths, batch_size, max_length, x.device)
         if state is None and self.stateful and self.state is not None:
-            stored = _hidden(self.state[0]).shape[0]
+            stored = hidden_of(self.state[0]).shape[0]
             if stored != batch_size:
                 raise ValueError(
                     f"the stored state (stateful=True) is for a batch of {stored} sequences, got {batch_size}; "

@@ -74,7 +74,7 @@ def test_memory_probe_prints_json(module, capsys, monkeypatch):
 
 
 def test_linear_benchmark_quick_table(tmp_path):
-    """The products' benchmark at tiny sizes: one row per product, each saying what rnnkit.linear uses."""
+    """The products' benchmark at tiny sizes: one row per product, each saying what rnnkit.fast.products uses."""
     from benchmarks import linear as products
     from rnnkit import linear
 

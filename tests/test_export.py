@@ -240,11 +240,12 @@ def test_export_run_directory(tmp_path):
     assert _max_diff(outputs["log_probs"], expected) <= TOLERANCE
 
 
-def test_layer_parity_when_products_would_go_to_onednn(tmp_path, monkeypatch):
-    """With every product large enough for oneDNN (rnnkit.linear), the export still sees F.linear."""
-    from rnnkit import linear
+def test_layer_parity_when_products_would_go_to_onednn(tmp_path):
+    """With every product sent to oneDNN (rnnkit.fast.products), the export still sees F.linear."""
+    from rnnkit.fast import dispatch
 
-    monkeypatch.setattr(linear, "_AVAILABLE", linear._SUPPORTED)  # whatever this CPU would choose
-    monkeypatch.setattr(linear, "MIN_MACS", 0)
-    test_layer_parity_with_initial_state(tmp_path, LAYERS[2])
-    test_classifier_parity(tmp_path, "gru", "mean")
+    if not dispatch.ONEDNN_SUPPORTED:
+        pytest.skip("this torch has no oneDNN (mkldnn) build")
+    with dispatch.override(products="onednn"):  # whatever this CPU would choose, at every size
+        test_layer_parity_with_initial_state(tmp_path, LAYERS[2])
+        test_classifier_parity(tmp_path, "gru", "mean")

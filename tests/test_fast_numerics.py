@@ -23,7 +23,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from rnnkit import kernels, linear
+from rnnkit.fast import dispatch, native
 
 # H = 20: one full 16-wide AVX-512 vector and a remainder, so the kernels' vector code and their scalar tail both run.
 D, H, B, T = 3, 20, 5, 7
@@ -61,31 +61,30 @@ def _threads(count: int):
     steps over the threads (they do from 16,384 values a step otherwise)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
-    library = kernels.library()
-    if library is not None:
-        library.set_parallel_min(0)
+    if native.loaded():
+        native.operators().set_parallel_threshold(0)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
-        if library is not None:
-            library.set_parallel_min(16384)
+        if native.loaded():
+            native.operators().set_parallel_threshold(native.PARALLEL_THRESHOLD)
 
 
-def _force(monkeypatch, loop: str, products: str) -> None:
+@contextlib.contextmanager
+def _forced(loop: str, products: str):
     """Make the fast path take ``loop`` and ``products`` on this machine, whatever it would choose itself."""
-    if loop.startswith("native") and kernels.library() is None:
-        pytest.skip("the C kernels could not be built here")
-    if loop == "native-sequence" and not kernels.sequences_available(torch.zeros(2, 3)):
+    if loop.startswith("native") and not native.loaded():
+        pytest.skip(f"the native kernels are not available here ({native.load().reason})")
+    if loop == "native-sequence" and not native.has_blas():
         pytest.skip("this torch exports no usable sgemm_: no step loop in C")
-    if products == "onednn" and not linear._SUPPORTED:
+    if products == "onednn" and not dispatch.ONEDNN_SUPPORTED:
         pytest.skip("this torch has no oneDNN (mkldnn) build")
-    if loop == "native-step":
-        monkeypatch.setattr(kernels, "_sgemm", 0)
-    elif loop == "torch-ops":
-        monkeypatch.setattr(kernels, "available", lambda *tensors: False)
-    monkeypatch.setattr(linear, "_AVAILABLE", products == "onednn")
-    monkeypatch.setattr(linear, "MIN_MACS", 0)
+    if loop == "torch-fused":
+        yield
+    else:
+        with dispatch.override(loop=loop, products="onednn" if products == "onednn" else "torch"):
+            yield
 
 
 def _modules(name: str, loop: str):
@@ -124,10 +123,8 @@ def _run(module, x, states, lengths):
 
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("name,loop,products,threads", CASES)
-def test_every_path_is_as_accurate_as_the_reference_at_every_scale(name, loop, products, threads, with_lengths,
-                                                                   monkeypatch):
-    _force(monkeypatch, loop, products)
-    with _threads(threads):
+def test_every_path_is_as_accurate_as_the_reference_at_every_scale(name, loop, products, threads, with_lengths):
+    with _forced(loop, products), _threads(threads):
         _compare_at_every_scale(name, loop, with_lengths)
 
 
@@ -165,11 +162,11 @@ def _compare_at_every_scale(name: str, loop: str, with_lengths: bool) -> None:
 @pytest.mark.parametrize("threads", THREADS)
 def test_the_kernels_split_rows_over_two_threads_in_these_tests(threads):
     """The threaded row split really runs here (2 threads: rows over both), not only on large machines."""
-    library = kernels.library()
-    if library is None:
-        pytest.skip("the C kernels could not be built here")
+    if not native.loaded():
+        pytest.skip(f"the native kernels are not available here ({native.load().reason})")
     with _threads(threads):
-        assert library.row_threads(B, H) == min(threads, B)
+        expected = min(threads, B) if native.load().openmp else 1
+        assert native.operators().row_threads(B, H) == expected
 
 
 def test_raw_pixel_rows_give_no_nan():
@@ -189,13 +186,12 @@ def test_raw_pixel_rows_give_no_nan():
 
 @pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("loop", ["native-sequence", "native-step", "torch-ops"])
-def test_a_nan_input_gives_nan_where_torch_does(name, loop, monkeypatch):
+def test_a_nan_input_gives_nan_where_torch_does(name, loop):
     """Saturating by clamping would have hidden a NaN input; the fast path propagates it exactly as torch.nn."""
-    _force(monkeypatch, loop, "mkl")
     ours, reference, _ = _modules(name, loop)
     x = torch.randn(T, B, D, generator=torch.Generator().manual_seed(3))
     x[2, 1, 0] = float("nan")
-    with torch.no_grad():
+    with _forced(loop, "mkl"), torch.no_grad():
         output, _ = ours(x)
         expected, _ = reference(x)
     assert torch.equal(output.isnan(), expected.isnan()) and bool(expected.isnan().any())

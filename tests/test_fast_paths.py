@@ -1,10 +1,10 @@
-"""Every fast path against the reference path: rnnkit.fastpath vs the cells' recur stepped with autograd.
+"""Every fast path against the reference path: rnnkit.fast vs the cells' recur stepped with autograd.
 
 Outputs, final states and the gradients of the input, the initial state and every parameter, in float32
 (1e-5) and by gradcheck in float64; with and without lengths, both directions, two layers, initial state
-given or omitted; in float32 both with the C kernels of rnnkit.kernels and with torch operations (float64
-always uses torch operations), and with the products of rnnkit.linear in oneDNN and in torch. Then the
-drop-in layers' choice of path ("auto") against torch.nn.
+given or omitted; in float32 with each step loop the dispatcher can choose (in C, in Python with the C kernels
+of csrc/, with torch operations; float64 always uses torch operations), and with the products of
+rnnkit.fast.products in oneDNN and in torch. Then the drop-in layers' choice of path ("auto") against torch.nn.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from rnnkit import fastpath, kernels, linear
+from rnnkit import fast
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
+from rnnkit.fast import dispatch, native, storage
 from rnnkit.recurrent import Recurrent
 
 D, H, B, T = 3, 4, 4, 6
@@ -79,79 +80,42 @@ def _run(recurrent: Recurrent, x, states, lengths):
 
 @pytest.mark.parametrize("name", list(CELLS))
 def test_every_cell_has_a_fast_path(name):
-    assert fastpath.supports(CELLS[name](D))
+    assert dispatch.fast_path_has(CELLS[name](D))
 
 
-@pytest.fixture(params=["sequences", "kernels", "torch"])
-def elementwise(request, monkeypatch):
-    """Run the fast path's step loops in C where they apply ("sequences", the default: LSTM, and GRU below
-    rnnkit.linear's threshold), its elementwise work with one C kernel a step ("kernels": the Python step loop,
-    as without torch's sgemm_), or with torch operations."""
-    if request.param in ("sequences", "kernels"):
-        if kernels.library() is None:
-            pytest.skip("rnnkit.kernels could not be built here (no C compiler?)")
-    if request.param == "sequences":
-        if not kernels.sequences_available(torch.zeros(2, 3)):
-            if platform.system() == "Linux" and platform.machine() == "x86_64":
-                pytest.fail("torch's sgemm_ was not found: the x86-64 Linux wheels export it from libtorch_cpu")
-            pytest.skip("this torch exports no usable sgemm_: the step loops stay in Python")
-    elif request.param == "kernels":
-        monkeypatch.setattr(kernels, "_sgemm", 0)
-    else:
-        monkeypatch.setattr(kernels, "available", lambda *tensors: False)
-    return request.param
+@pytest.fixture(params=["native-sequence", "native-step", "torch-ops"])
+def elementwise(request):
+    """Run the fast path's step loops in C where they apply ("native-sequence", the default: LSTM, and GRU below
+    the products' oneDNN threshold), its elementwise work with one C kernel a step ("native-step": the Python step
+    loop, as without torch's sgemm_), or with torch operations."""
+    if request.param != "torch-ops" and not native.loaded():
+        pytest.skip(f"the native kernels are not available here ({native.load().reason})")
+    if request.param == "native-sequence" and not native.has_blas():
+        if platform.system() == "Linux" and platform.machine() == "x86_64":
+            pytest.fail("torch's sgemm_ was not found: the x86-64 Linux wheels export it from libtorch_cpu")
+        pytest.skip("this torch exports no usable sgemm_: the step loops stay in Python")
+    with dispatch.override(loop=request.param):
+        yield request.param
 
 
 @pytest.fixture(params=["onednn", "torch"])
-def products(request, monkeypatch):
-    """Send every product of rnnkit.linear (input projection, per-step products) to oneDNN, or to torch."""
-    if request.param == "onednn":
-        if not linear._SUPPORTED:
-            pytest.skip("this torch has no oneDNN (mkldnn) build")
-        monkeypatch.setattr(linear, "_AVAILABLE", True)  # whatever this CPU would choose
-        monkeypatch.setattr(linear, "MIN_MACS", 0)
-    else:
-        monkeypatch.setattr(linear, "_AVAILABLE", False)
-    return request.param
-
-
-def test_kernels_build_where_there_is_a_compiler():
-    """With a C compiler the kernels must build (else the fast path silently runs its slower torch version)."""
-    import os
-    import shutil
-
-    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("no C compiler: the fast path uses torch operations")
-    assert kernels.library() is not None
-    assert kernels.build_seconds is not None and kernels.build_seconds < 20
-    assert kernels.available(torch.zeros(2, 3)) and not kernels.available(torch.zeros(2, 3, dtype=torch.float64))
-
-
-def test_loading_the_kernels_keeps_subnormal_floats_for_the_whole_process(tmp_path):
-    """A library linked with -ffast-math would switch the process to flush-to-zero when loaded (crtfastmath.o),
-    silently changing torch's and numpy's results (hypothesis refuses to run then). Checked in a fresh process
-    with its own cache, so that the library is built and loaded there."""
-    import os
-    import subprocess
-    import sys
-
-    script = ("import numpy, torch\n"
-              "from rnnkit import kernels\n"
-              "assert kernels.library() is not None, 'the kernels did not build'\n"
-              "tiny = numpy.float32(1e-40)\n"  # a subnormal float32: 0 under flush-to-zero / denormals-are-zero
-              "print(float(tiny * numpy.float32(1.0)), float(torch.tensor(1e-40) * 1.0))\n")
-    env = {**os.environ, "RNNKIT_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    numpy_product, torch_product = (float(v) for v in done.stdout.split())
-    assert numpy_product > 9e-41 and torch_product > 9e-41  # not flushed to 0 (pytest.approx would accept 0)
+def products(request, elementwise):
+    """Send every product of rnnkit.fast.products (input projection, per-step products) to oneDNN, or to torch;
+    with the step loop of ``elementwise``."""
+    if request.param == "onednn" and not dispatch.ONEDNN_SUPPORTED:
+        pytest.skip("this torch has no oneDNN (mkldnn) build")
+    loop = elementwise
+    if loop == "native-sequence" and request.param == "onednn":
+        loop = "native-step"  # the loop in C calls torch's BLAS; with oneDNN's products the loop is in Python
+    with dispatch.override(loop=loop, products=request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize(
     "name,with_lengths,bidirectional,given_state",
     list(itertools.product(CELLS, [False, True], [False, True], [False, True])),
 )
-def test_fast_path_equals_reference_path(name, with_lengths, bidirectional, given_state, elementwise, products):
+def test_fast_path_equals_reference_path(name, with_lengths, bidirectional, given_state, products):
     recurrent = _recurrent(name, bidirectional)
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(3), requires_grad=True)
     states = _random_states(recurrent) if given_state else None
@@ -173,8 +137,8 @@ def test_fast_path_equals_reference_path(name, with_lengths, bidirectional, give
 @pytest.mark.parametrize("name", ["lstm", "lstm_layer_norm", "gru", "gru_reset_before", "rnn_tanh"])
 def test_storage_in_blocks_of_one_step_equals_reference_path(name, elementwise, monkeypatch):
     """The per-step storage and dL/d(W_hh h) are kept in blocks; one step per block must change nothing."""
-    monkeypatch.setattr(fastpath, "_STEP_BLOCK_BYTES", 1)
-    monkeypatch.setattr(fastpath, "_GRADIENT_BLOCK_BYTES", 1)
+    monkeypatch.setattr(storage, "STEP_BLOCK_BYTES", 1)
+    monkeypatch.setattr(storage, "GRADIENT_BLOCK_BYTES", 1)
     recurrent = _recurrent(name, True)
     x = torch.randn(B, T, D, generator=torch.Generator().manual_seed(3), requires_grad=True)
     states = _random_states(recurrent)
@@ -261,20 +225,23 @@ def test_inference_equals_training_forward_and_records_no_graph(name, elementwis
 def test_fast_path_is_not_used_where_it_does_not_apply():
     lstm_projection = LSTMCell(D, H, proj_size=2)
     layer_norm_gru = GRUCell(D, H, layer_norm=True)
-    assert not fastpath.supports(lstm_projection) and not fastpath.supports(layer_norm_gru)
+    assert not dispatch.fast_path_has(lstm_projection) and not dispatch.fast_path_has(layer_norm_gru)
 
     class Subclass(GRUCell):  # may change the equations
         pass
 
-    assert not fastpath.supports(Subclass(D, H))
+    assert not dispatch.fast_path_has(Subclass(D, H))
     cell = GRUCell(D, H)
-    cell.recur = cell.recur  # an instance attribute, as rnnkit.diagnostics installs to record each step
-    assert not fastpath.supports(cell)
+    assert dispatch.cell_path(cell).path == "fast"
+    handle = cell.register_step_hook(lambda cell, step: None)  # as rnnkit.diagnostics records each step
+    assert dispatch.cell_path(cell).path == "reference"
+    handle.remove()
+    assert dispatch.cell_path(cell).path == "fast"
 
 
 def test_zoneout_and_recurrent_dropout_stay_on_the_reference_path(monkeypatch):
     calls = []
-    monkeypatch.setattr(fastpath, "run", lambda *args: calls.append(args) or pytest.fail("fast path used"))
+    monkeypatch.setattr(fast, "run", lambda *args: calls.append(args) or pytest.fail("fast path used"))
     torch.manual_seed(0)
     for options in ({"zoneout": 0.2}, {"recurrent_dropout": 0.3}):
         recurrent = Recurrent(GRUCell(D, H), **options).train()
@@ -345,17 +312,21 @@ def test_packed_input_with_gradients_takes_the_fast_path_and_matches_torch():
         torch.testing.assert_close(ours_value, reference_value, **TOLERANCE)
 
 
+@pytest.mark.parametrize("loop", ["chosen", "native-step", "torch-ops"])
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "mkl"])
 @pytest.mark.parametrize("name", list(CELLS))
-def test_fast_path_at_size_is_as_accurate_as_the_reference_path(name, onednn, elementwise, monkeypatch):
-    """At (B, H) = (64, 256) the C kernels split a step's rows over the OpenMP threads, and the per-step
-    products and the input projection go to oneDNN (in a step loop in Python), or stay with MKL (in a step loop
-    in C where there is one). Its float32 outputs and gradients are compared with the reference path (the
-    cells' recur stepped with autograd) run in float64: their errors must be of the size of the float32
-    reference path's own errors."""
-    if onednn and not linear._SUPPORTED:
+def test_fast_path_at_size_is_as_accurate_as_the_reference_path(name, onednn, loop, monkeypatch):
+    """At (B, H) = (64, 256) the per-step products and the input projection go to oneDNN (in a step loop in
+    Python), or stay with MKL (in a step loop in C where there is one: what the dispatcher chooses, "chosen").
+    Its float32 outputs and gradients are compared with the reference path (the cells' recur stepped with
+    autograd) run in float64: their errors must be of the size of the float32 reference path's own errors."""
+    if onednn and not dispatch.ONEDNN_SUPPORTED:
         pytest.skip("this torch has no oneDNN (mkldnn) build")
-    monkeypatch.setattr(linear, "_AVAILABLE", onednn)  # whatever this CPU would choose
+    if loop != "torch-ops" and not native.loaded():
+        pytest.skip(f"the native kernels are not available here ({native.load().reason})")
+    monkeypatch.setattr(dispatch, "_ONEDNN", onednn)  # whatever this CPU would choose
+    if loop != "chosen":
+        monkeypatch.setattr(dispatch, "_forced", {"loop": loop})
     torch.manual_seed(0)
     recurrent = Recurrent(lambda d, layer, direction: CELLS[name](d, 256), input_size=128,
                           num_layers=1)
@@ -363,12 +334,10 @@ def test_fast_path_at_size_is_as_accurate_as_the_reference_path(name, onednn, el
     lengths = torch.randint(1, 13, (64,)).tolist()
     lengths[0] = 12
     readout = torch.randn(64, 12, 256, generator=torch.Generator().manual_seed(5))
-    if linear._AVAILABLE:
-        assert linear.uses_onednn(torch.empty(64, 256), recurrent.cells[0].weight_hh)
-    if elementwise == "kernels" and torch.get_num_threads() > 1:
-        assert kernels.library().row_threads(64, 256) > 1
-    if elementwise == "sequences":  # the loops that have one run in C exactly when the products stay with MKL
-        assert fastpath._whole_sequences(x, macs=64 * 256 * 1024) is not onednn
+    assert dispatch.products_onednn(torch.empty(64, 256), recurrent.cells[0].weight_hh) is onednn
+    if loop == "chosen" and native.has_blas():  # the loops run in C exactly when the products stay with MKL
+        chosen = dispatch.step_loop(torch.empty(12, 64, 1024), recurrent.cells[0].weight_hh, macs=64 * 256 * 1024)
+        assert chosen == ("native-step" if onednn else "native-sequence")
 
     def run(module, fast, dtype):
         module.fast_path = fast

@@ -74,7 +74,7 @@ def equal_budget_hidden(budget: int, cell: str, input_size: int = 1, num_classes
 
 def time_paths(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batches: int) -> dict[str, float]:
     """Median seconds of one forward + backward pass over a batch, on torch's fused kernel (``use_fused=True``)
-    and on rnnkit's own path (``use_fused=False``: the fast path of :mod:`rnnkit.fastpath`, the same for both
+    and on rnnkit's own path (``use_fused=False``: the fast path of :mod:`rnnkit.fast`, the same for both
     cells)."""
     layer = model.encoder.recurrent
     default = layer.use_fused

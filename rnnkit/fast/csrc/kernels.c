@@ -1,76 +1,17 @@
-"""Fused elementwise kernels for :mod:`rnnkit.fastpath`: C, compiled on first use and cached on disk.
+/* rnnkit's native kernels (declared in kernels.h): the elementwise work of a step of each recurrence, and the
+   whole step loops with their matrix products. The formulas and the layout of the stored factors are those of
+   rnnkit/fast/lstm.py, gru.py and rnn.py (the same recurrences written with torch operations); the layer-norm
+   statistics follow torch.native_layer_norm (biased variance, rstd = 1 / sqrt(var + eps)).
 
-A step of the fast path is one matrix product (torch) and the elementwise rest: the gates' nonlinearities,
-the state update, the backward's factors (forward), or the gate gradients (backward). As torch operations
-that rest is 10-20 calls per step of a few microseconds of dispatch each, plus a pass over memory each;
-measured at (B, H) = (64, 256) on the benchmark machine, an LSTM step's elementwise work took ~300 us in the
-forward as torch operations and 43 us as the one C function below, which reads each value once and writes each
-result once. ``tests/test_fast_paths.py`` runs the fast path with and without these kernels against the
-reference path (the cells' ``recur`` stepped with autograd).
-
-Each function handles n rows of one step; every array is row-major with its own row stride (in elements), so
-that the callers can pass rows [0, n) of (T, B, F) buffers and column blocks of them. The formulas and the
-layout of the stored factors are those of :mod:`rnnkit.fastpath` (see ``_lstm_cell_factors``,
-``_lstm_output_factors``, ``_gru_factors``); the layer-norm statistics follow ``torch.native_layer_norm``
-(biased variance, rstd = 1 / sqrt(var + eps)).
-
-A step of at least 16,384 values (B x H) is split by rows over the OpenMP threads: the library is built with
-``-fopenmp`` when torch runs on GNU OpenMP (the Linux wheels), so that it shares torch's runtime and the threads
-that have just run the step's matrix product; the layer-norm backward keeps per-thread sums of its gains'
-gradients and adds them in thread order (the same result at the same thread count). Elsewhere, or if that build
-fails, the kernels are serial (``-fopenmp-simd``).
-
-The LSTM's, the layer-norm LSTM's, both GRUs' and the Elman RNN's whole step loops are here too
-(``lstm_sequence_forward`` and the like): each step's product through the BLAS ``sgemm_`` that torch's own CPU
-matrix products call (MKL in the x86-64 wheels, found in libtorch_cpu and checked on a test product, see
-:func:`sequences_available`), then the step's kernel. A small step's work is a few microseconds, and the loop in
-Python spent more than that on slicing and calls: at (B, T, H) = (1, 100, 256) a GRU's forward+backward took
-12.0 ms with the loop in Python and 6.2 ms with it in C; the RNN's loop in C was 2.67x its loop in Python there.
-
-Build: with the system C compiler (``$CC``, else ``cc``), compiled with ``-O3 -march=native -ffast-math`` (glibc's
-libmvec then vectorises expf and tanhf) and linked without it (so that loading the library does not switch the
-process to flush-to-zero), into ``$RNNKIT_CACHE_DIR`` (default ``~/.cache/rnnkit``) under a name that
-hashes the source, the flags, the compiler and the CPU's flags: ~0.7-1.0 s once per machine, then a load from disk
-(:data:`build_seconds` records what this process spent). No compiler, a failed build, a platform other than
-Linux or macOS, or ``RNNKIT_KERNELS=0``: :func:`available` is False and the fast path computes the same
-things with torch operations.
-"""
-
-from __future__ import annotations
-
-import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
-
-import torch
-from torch import Tensor
-
-__all__ = ["available", "build_seconds", "lstm_forward", "lstm_backward", "layer_norm_lstm_forward",
-           "layer_norm_lstm_backward", "gru_forward", "gru_backward", "reset_before_gates",
-           "reset_before_forward", "reset_before_backward_gates", "reset_before_backward_reset",
-           "sequences_available", "gru_sequence_forward", "gru_sequence_backward", "lstm_sequence_forward",
-           "lstm_sequence_backward", "layer_norm_lstm_sequence_forward", "layer_norm_lstm_sequence_backward",
-           "rnn_sequence_forward", "rnn_sequence_backward", "reset_before_sequence_forward",
-           "reset_before_sequence_backward"]
-
-#: Seconds this process spent compiling (0 when the library came from the cache, None before the first use).
-build_seconds: float | None = None
-
-_SOURCE = r"""
+   A step's elementwise work as torch operations is 10-20 calls of a few microseconds of dispatch each, plus a
+   pass over memory each; here it is one call that reads each value once and writes each result once. */
 #include <math.h>
 #include <stddef.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-typedef long idx;
+#include "kernels.h"
 
 /* Rows are independent: a step of at least parallel_min values is split over the OpenMP threads (torch's own
    runtime, whose threads are awake after the step's matrix product), each thread a contiguous block of rows.
@@ -93,14 +34,14 @@ int row_threads(idx n, idx H) {
 
 #define ROWS_IN_PARALLEL _Pragma("omp parallel for schedule(static) num_threads(row_threads(n, H))")
 
-/* The logistic sigmoid without overflow: e = exp(-|x|) is at most 1, and sigma(x) = 1 / (1 + e) for x >= 0,
-   e / (1 + e) below. The textbook 1 / (1 + exp(-x)) overflows to 1 / inf for x < -88.7, and -ffast-math's
-   approximate reciprocal turns that into NaN (issue 17: rnnkit.GRU gave NaN on raw pixel values where torch.nn.GRU
-   did not). This form is as accurate in both tails (relative), and a NaN argument still gives NaN, as torch's. */
-static inline float sigm(float x) {
-    float e = expf(-fabsf(x)), s = 1.0f / (1.0f + e);
-    return x >= 0.0f ? s : e * s;
-}
+/* The logistic sigmoid as 1/2 tanh(x/2) + 1/2, the same function: it cannot overflow, its results are never
+   subnormal (below -17 it is exactly 0, above 17 exactly 1, within float32 rounding of the true values), and a NaN
+   argument still gives NaN, as torch's sigmoid does. The textbook 1 / (1 + exp(-x)) overflows to 1 / inf for
+   x < -88.7, which -ffast-math's approximate reciprocal turns into NaN (issue 17: rnnkit.GRU gave NaN on raw pixel
+   values where torch.nn.GRU did not); clamping x would hide a NaN; 1 / (1 + e) or e / (1 + e) with e = exp(-|x|)
+   is as fast at ordinary arguments but sends large ones down glibc's slow scalar path and through subnormal
+   arithmetic. Measured: benchmarks/results/fast-path-notes.md. */
+static inline float sigm(float x) { return 0.5f * tanhf(0.5f * x) + 0.5f; }
 
 /* LSTM, one step, n rows. a: pre-activations (i, f, g, o), 4H wide; c: c_{t-1} in, c_t out; h: h_t out;
    fac (may be NULL): [g i(1-i), c_{t-1} f(1-f), i(1-g^2), h(1-o), o - h tanh(c_t), f], 6H wide. */
@@ -423,16 +364,10 @@ void rb_backward_reset(idx n, idx H, const float *d_reset, idx sdr, const float 
         }
     }
 }
-/* Whole sequences: the step loops of rnnkit.fastpath with every step's matrix product in C too, through the
-   BLAS sgemm_ that torch's own matrix products call (its address is passed in; Fortran ABI, column-major). For
-   small steps, where a step's work is a few microseconds and Python's per-step slicing and calls cost more.
-   Buffers are contiguous (T, B, F) arrays; rows[t] = n_t, the rows still running at step t (longest first).
-   The dimensions are passed to sgemm_ as pointers to 64-bit integers that hold values below 2^31: on a
-   little-endian machine the same storage reads correctly as the 32-bit integers of an LP64 BLAS. */
-typedef void (*sgemm_fn)(const char *, const char *, const idx *, const idx *, const idx *, const float *,
-                         const float *, const idx *, const float *, const idx *, const float *, float *,
-                         const idx *);
-
+/* Whole sequences: the step loops of rnnkit.fast with every step's matrix product in C too, through the BLAS
+   sgemm_ that torch's own matrix products call (gemm; see kernels.h). For small steps, where a step's work is a few
+   microseconds and Python's per-step slicing and calls cost more. Buffers are contiguous (T, B, F) arrays;
+   rows[t] = n_t, the rows still running at step t (longest first). */
 /* c (n x F, row stride sc) = beta c + a (n x K, row stride sa) w^T, w (F x K) row-major: torch.addmm(c, a, w.t()). */
 static void times_wt_rows(sgemm_fn gemm, idx n, idx F, idx K, const float *a, idx sa, const float *w, float beta,
                           float *c, idx sc) {
@@ -646,324 +581,3 @@ void ln_lstm_sequence_backward(idx steps, const idx *rows, idx B, idx H, sgemm_f
         times_w(gemm, n, 4 * H, H, dr, w, 0.0f, dh_run);  /* dL/dh_{t-1} = dL/d rec_t W_hh */
     }
 }
-"""
-
-# Compiled with -ffast-math (glibc declares its vector expf/tanhf only under __FAST_MATH__), but linked in a
-# separate step without it: linking a shared library with -ffast-math adds crtfastmath.o, whose constructor
-# sets flush-to-zero / denormals-are-zero for the whole process when the library is loaded, changing the
-# numerics of torch, numpy and everything else (tests/test_fast_paths.py checks that it does not).
-# With -fopenmp the library shares torch's OpenMP runtime (libgomp.so.1 is already loaded by torch, and the
-# loader serves the same soname from it); a compiler without OpenMP gets the serial build (-fopenmp-simd).
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c99"]
-_LINK_FLAGS = ["-shared", "-fopenmp"]
-_SERIAL_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC", "-std=c99"]
-_SERIAL_LINK_FLAGS = ["-shared"]
-_SIGNATURES = {  # argument kinds: i = index (long), p = pointer, f = float
-    "lstm_forward": "iipipipipi",
-    "lstm_backward": "iipipipipipi",
-    "ln_lstm_forward": "iipipipppppfpipipipip",
-    "ln_lstm_backward": "ii" + "pi" * 7 + "pppp" + "pi" * 2 + "pppppp",
-    "gru_forward": "iipipipipipi",
-    "gru_backward": "iipipipipipipi",
-    "row_threads": "ii",
-    "set_parallel_min": "i",
-    "rb_gates": "iipipipi",
-    "rb_forward": "iipipipipipi",
-    "rb_backward_gates": "iipipipipipi",
-    "rb_backward_reset": "iipipipipipi",
-    "gru_sequence_forward": "ipii" + "p" * 7,
-    "gru_sequence_backward": "ipii" + "p" * 7,
-    "lstm_sequence_forward": "ipii" + "p" * 7,
-    "lstm_sequence_backward": "ipii" + "p" * 7,
-    "ln_lstm_sequence_forward": "ipii" + "p" * 8 + "f" + "p" * 6 + "i",
-    "ln_lstm_sequence_backward": "ipii" + "p" * 21,
-    "rb_sequence_forward": "ipii" + "p" * 7,
-    "rb_sequence_backward": "ipii" + "p" * 7,
-    "rnn_sequence_forward": "ipii" + "p" * 4 + "i",
-    "rnn_sequence_backward": "ipii" + "p" * 6 + "i",
-}
-_CTYPES = {"i": ctypes.c_long, "p": ctypes.c_void_p, "f": ctypes.c_float}
-_library: ctypes.CDLL | None = None
-_tried = False
-_sgemm: int | None = None  # the address of torch's sgemm_ (0: not found), see sequences_available
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("RNNKIT_CACHE_DIR")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rnnkit"
-
-
-def _vector_flags() -> list[str]:
-    """``-mprefer-vector-width=512`` on a CPU with AVX-512, where GCC otherwise keeps to 256-bit vectors (and
-    glibc's 8-wide expf and tanhf). Measured on an Intel Xeon (AVX-512, AMX): the step kernels alone 22-40% faster
-    (a GRU step at 64 x 64 12.8 -> 10.0 us, an LSTM step at 64 x 256 30.6 -> 22.0 us); the layers forward+backward,
-    two pairs of processes each, 1.00-1.13x (GRU, LSTM with lengths, layer-norm LSTM, reset-before GRU at
-    (64, 100, 256), (1, 100, 256), (32, 500, 128) and (64, 40, 64)). Not measured on an AMD CPU. A build that
-    refuses the flag is retried without it."""
-    return ["-mprefer-vector-width=512"] if "avx512f" in _cpu_flags().split() else []
-
-
-def _cpu_flags() -> str:
-    """What -march=native depends on: the CPU's feature flags (so a shared cache never serves another CPU)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    return platform.processor() + platform.machine()
-
-
-def _load() -> ctypes.CDLL | None:
-    """Compile (or find in the cache) and load the kernels; None if that is not possible here."""
-    global build_seconds
-    if os.environ.get("RNNKIT_KERNELS", "1") == "0" or sys.platform not in ("linux", "darwin"):
-        return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        started = time.perf_counter()
-        builds = [(_FLAGS, _LINK_FLAGS)] if _torch_uses_libgomp() else []
-        wide = _vector_flags()
-        attempts = [(flags + extra, link_flags) for flags, link_flags in [*builds, (_SERIAL_FLAGS, _SERIAL_LINK_FLAGS)]
-                    for extra in ([wide, []] if wide else [[]])]
-        for number, (flags, link_flags) in enumerate(attempts, 1):
-            try:
-                path = _build(compiler, version, flags, link_flags)
-                break
-            except subprocess.CalledProcessError:  # e.g. no OpenMP: the next build, at last the plain serial one
-                if number == len(attempts):
-                    raise
-        build_seconds = time.perf_counter() - started if build_seconds is None else build_seconds
-        library = ctypes.CDLL(str(path))
-        for name, kinds in _SIGNATURES.items():
-            function = getattr(library, name)
-            function.argtypes = [_CTYPES[kind] for kind in kinds]
-            function.restype = ctypes.c_int if name == "row_threads" else None
-        return library
-    except (OSError, subprocess.SubprocessError, AttributeError):
-        return None
-
-
-def _torch_uses_libgomp() -> bool:
-    """Whether torch runs on GNU OpenMP (libgomp, as the Linux wheels do): only then is the OpenMP build one
-    runtime with torch's rather than a second thread pool competing for the same cores."""
-    try:
-        with open("/proc/self/maps") as maps:
-            return any("libgomp" in line for line in maps)
-    except OSError:
-        return False
-
-
-def _build(compiler: str, version: str, flags: list[str], link_flags: list[str]) -> Path:
-    """The library built with these flags: from the cache, or compiled into it."""
-    key = hashlib.sha256("\0".join([_SOURCE, *flags, *link_flags, compiler, version, _cpu_flags()]).encode())
-    key = key.hexdigest()
-    directory = _cache_dir()
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"kernels-{key[:20]}.so"
-    if not path.exists():
-        with tempfile.TemporaryDirectory(dir=directory) as scratch:
-            source = Path(scratch) / "kernels.c"
-            source.write_text(_SOURCE)
-            compiled, built = Path(scratch) / "kernels.o", Path(scratch) / "kernels.so"
-            subprocess.run([compiler, *flags, "-c", str(source), "-o", str(compiled)], check=True,
-                           capture_output=True, timeout=300)
-            subprocess.run([compiler, *link_flags, str(compiled), "-o", str(built), "-lm"], check=True,
-                           capture_output=True, timeout=300)
-            os.replace(built, path)  # atomic: another process sees the whole file or none
-    return path
-
-
-def library() -> ctypes.CDLL | None:
-    """The loaded kernels (compiled on the first call in a process if not cached), or None."""
-    global _library, _tried
-    if not _tried:
-        _tried = True
-        _library = _load()
-    return _library
-
-
-def available(*tensors: Tensor) -> bool:
-    """Whether the kernels can serve these tensors: the library loaded, and all CPU float32, unit inner stride."""
-    return (
-        library() is not None
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.stride(-1) == 1 for t in tensors)
-    )
-
-
-def _find_sgemm() -> int:
-    """The address of the BLAS ``sgemm_`` that torch's CPU matrix products call (MKL in the x86 wheels, exported by
-    libtorch_cpu), or 0: not found, or it did not compute a test product exactly."""
-    directory = Path(torch.__file__).resolve().parent / "lib"
-    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
-        try:
-            function = ctypes.CDLL(str(directory / name)).sgemm_
-        except (OSError, AttributeError):
-            continue
-        # c (5 x 4) = a (5 x 3) w^T for w (4 x 3), row-major, as times_wt in the C source; small integers, so exact
-        a = torch.arange(15, dtype=torch.float32).view(5, 3) - 7
-        w = torch.arange(12, dtype=torch.float32).view(4, 3) % 5 - 2
-        c = torch.full((5, 4), float("nan"))
-        size = ctypes.c_long
-        one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
-        f, n, k = size(4), size(5), size(3)
-        function(b"T", b"N", ctypes.byref(f), ctypes.byref(n), ctypes.byref(k), ctypes.byref(one),
-                 ctypes.c_void_p(w.data_ptr()), ctypes.byref(k), ctypes.c_void_p(a.data_ptr()), ctypes.byref(k),
-                 ctypes.byref(zero), ctypes.c_void_p(c.data_ptr()), ctypes.byref(f))
-        if torch.equal(c, a @ w.t()):
-            return ctypes.cast(function, ctypes.c_void_p).value or 0
-    return 0
-
-
-def sequences_available(*tensors: Tensor) -> bool:
-    """Whether the whole-sequence loops can serve these tensors: :func:`available`, torch's ``sgemm_`` found, and
-    every tensor contiguous (they index (T, B, F) buffers by step)."""
-    global _sgemm
-    if _sgemm is None:
-        _sgemm = _find_sgemm() if library() is not None else 0
-    return bool(_sgemm) and available(*tensors) and all(t.is_contiguous() for t in tensors)
-
-
-def _sequence(name: str, schedule: list[int], batch: int, hidden: int, weight: Tensor, *arguments) -> None:
-    """Call the whole-sequence function ``name``: its common head (steps, n_t, B, H, sgemm_, W_hh), then
-    ``arguments`` with tensors as pointers to their first elements and None as NULL."""
-    pointers = (0 if a is None else a.data_ptr() if isinstance(a, Tensor) else a for a in arguments)
-    getattr(library(), name)(len(schedule), (ctypes.c_long * len(schedule))(*schedule), batch, hidden, _sgemm,
-                             weight.data_ptr(), *pointers)
-
-
-def gru_sequence_forward(schedule, weight, bias, xp, hs, factors, rec) -> None:
-    """Steps 0 .. len(schedule) - 1 of xp (T, B, 3H) from hs[0]: hs[1:], factors (T, B, 5H) or None; rec (B, 3H)
-    scratch. The pointers are those of the tensors' first elements: pass views that start at the first step."""
-    _sequence("gru_sequence_forward", schedule, hs.shape[1], hs.shape[2], weight, bias, xp, hs, factors, rec)
-
-
-def gru_sequence_backward(schedule, weight, d_out, factors, d_xp, d_rec, d_h_run) -> None:
-    _sequence("gru_sequence_backward", schedule, d_out.shape[1], d_out.shape[2], weight, d_out, factors, d_xp, d_rec,
-              d_h_run)
-
-
-def reset_before_sequence_forward(schedule, weight, xp, hs, factors, resets) -> None:
-    """Steps of the reset-before GRU from hs[0]: xp (T, B, 3H) -> hs[1:]; factors (T, B, 5H) and resets (T, B, H),
-    both None without gradients."""
-    batch, hidden = hs.shape[1], hs.shape[2]
-    scratch = xp.new_empty(batch, 4 * hidden)
-    _sequence("rb_sequence_forward", schedule, batch, hidden, weight, xp, hs, factors, resets, scratch)
-
-
-def reset_before_sequence_backward(schedule, weight, d_out, factors, d_xp, d_h_run) -> None:
-    batch, hidden = d_out.shape[1], d_out.shape[2]
-    scratch = d_out.new_empty(batch, 2 * hidden)
-    _sequence("rb_sequence_backward", schedule, batch, hidden, weight, d_out, factors, d_xp, d_h_run, scratch)
-
-
-def rnn_sequence_forward(schedule, weight, xp, hs, relu: bool) -> None:
-    """Steps 0 .. len(schedule) - 1 of the Elman RNN from hs[0]: xp (T, B, H) -> hs[1:] (tanh, or relu)."""
-    _sequence("rnn_sequence_forward", schedule, hs.shape[1], hs.shape[2], weight, xp, hs, int(relu))
-
-
-def rnn_sequence_backward(schedule, weight, d_out, hs, d_pre, d_h_run, relu: bool) -> None:
-    _sequence("rnn_sequence_backward", schedule, d_out.shape[1], d_out.shape[2], weight, d_out, hs, d_pre, d_h_run,
-              int(relu))
-
-
-def lstm_sequence_forward(schedule, weight, xp, hs, c, factors, a) -> None:
-    _sequence("lstm_sequence_forward", schedule, hs.shape[1], hs.shape[2], weight, xp, hs, c, factors, a)
-
-
-def lstm_sequence_backward(schedule, weight, d_out, factors, d_gates, d_h_run, d_c_run) -> None:
-    _sequence("lstm_sequence_backward", schedule, d_out.shape[1], d_out.shape[2], weight, d_out, factors, d_gates,
-              d_h_run, d_c_run)
-
-
-def layer_norm_lstm_sequence_forward(schedule, weight, xp, g_ih, b, g_hh, g_c, b_c, eps, hs, c, factors, cs, stats,
-                                     rec, keeps_rec: bool) -> None:
-    """Steps of the layer-norm LSTM from hs[0]; ``rec`` (T, B, 4H) keeps every step's W_hh h_{t-1} if
-    ``keeps_rec``, else it is one (B, 4H) scratch block."""
-    batch, hidden = hs.shape[1], hs.shape[2]
-    _sequence("ln_lstm_sequence_forward", schedule, batch, hidden, weight, xp, g_ih, b, g_hh, g_c, b_c, eps, hs, c,
-              factors, cs, stats, rec, batch * 4 * hidden if keeps_rec else 0)
-
-
-def layer_norm_lstm_sequence_backward(schedule, weight, d_out, factors, rec, xp, cs, stats, g_ih, g_hh, g_c, d_xp,
-                                      d_rec, d_h_run, d_c_run, acc_ih, acc_b, acc_hh, acc_gc, acc_bc) -> None:
-    batch, hidden = d_out.shape[1], d_out.shape[2]
-    scratch = d_out.new_empty(library().row_threads(batch, hidden), 16 * hidden)  # zeroed per step in C
-    _sequence("ln_lstm_sequence_backward", schedule, batch, hidden, weight, d_out, factors, rec, xp, cs, stats, g_ih,
-              g_hh, g_c, d_xp, d_rec, d_h_run, d_c_run, acc_ih, acc_b, acc_hh, acc_gc, acc_bc, scratch)
-
-
-def _rows(t: Tensor) -> tuple[int, int]:
-    """Pointer and row stride (elements) of a 2-D view, or 0, 0 for None."""
-    return (0, 0) if t is None else (t.data_ptr(), t.stride(0))
-
-
-# -- the wrappers: tensors in, the C functions' arguments out ------------------------------------------------
-
-
-def lstm_forward(a: Tensor, c: Tensor, h: Tensor, factors: Tensor | None) -> None:
-    n, hidden = c.shape
-    library().lstm_forward(n, hidden, *_rows(a), *_rows(c), *_rows(h), *_rows(factors))
-
-
-def lstm_backward(d_h_run: Tensor, d_out: Tensor, d_c_run: Tensor, factors: Tensor, d_gates: Tensor) -> None:
-    n, hidden = d_h_run.shape
-    library().lstm_backward(n, hidden, *_rows(d_h_run), *_rows(d_out), *_rows(d_c_run), *_rows(factors),
-                            *_rows(d_gates))
-
-
-def layer_norm_lstm_forward(rec, xp, g_ih, b, g_hh, g_c, b_c, eps, c, h, factors, cs, stats) -> None:
-    n, hidden = c.shape
-    library().ln_lstm_forward(n, hidden, *_rows(rec), *_rows(xp), g_ih.data_ptr(), b.data_ptr(), g_hh.data_ptr(),
-                              g_c.data_ptr(), b_c.data_ptr(), eps, *_rows(c), *_rows(h), *_rows(factors),
-                              *_rows(cs), 0 if stats is None else stats.data_ptr())
-
-
-def layer_norm_lstm_backward(d_h_run, d_out, d_c_run, factors, rec, xp, cs, stats, g_ih, g_hh, g_c, d_xp, d_rec,
-                             acc_ih, acc_b, acc_hh, acc_gc, acc_bc) -> None:
-    n, hidden = d_h_run.shape
-    scratch = d_h_run.new_zeros(library().row_threads(n, hidden), 16 * hidden)  # per thread, see the C function
-    library().ln_lstm_backward(n, hidden, *_rows(d_h_run), *_rows(d_out), *_rows(d_c_run), *_rows(factors),
-                               *_rows(rec), *_rows(xp), *_rows(cs), stats.data_ptr(), g_ih.data_ptr(),
-                               g_hh.data_ptr(), g_c.data_ptr(), *_rows(d_xp), *_rows(d_rec), acc_ih.data_ptr(),
-                               acc_b.data_ptr(), acc_hh.data_ptr(), acc_gc.data_ptr(), acc_bc.data_ptr(),
-                               scratch.data_ptr())
-
-
-def gru_forward(rec: Tensor, xp: Tensor, h_prev: Tensor, h: Tensor, factors: Tensor | None) -> None:
-    n, hidden = h.shape
-    library().gru_forward(n, hidden, *_rows(rec), *_rows(xp), *_rows(h_prev), *_rows(h), *_rows(factors))
-
-
-def gru_backward(d_h_run, d_out, factors, d_xp, d_rec, carry) -> None:
-    n, hidden = d_h_run.shape
-    library().gru_backward(n, hidden, *_rows(d_h_run), *_rows(d_out), *_rows(factors), *_rows(d_xp),
-                           *_rows(d_rec), *_rows(carry))
-
-
-def reset_before_gates(rz: Tensor, h_prev: Tensor, reset: Tensor) -> None:
-    n, hidden = h_prev.shape
-    library().rb_gates(n, hidden, *_rows(rz), *_rows(h_prev), *_rows(reset))
-
-
-def reset_before_forward(candidate, rz, h_prev, h, factors) -> None:
-    n, hidden = h.shape
-    library().rb_forward(n, hidden, *_rows(candidate), *_rows(rz), *_rows(h_prev), *_rows(h), *_rows(factors))
-
-
-def reset_before_backward_gates(d_h_run, d_out, factors, d_xp, d_h) -> None:
-    n, hidden = d_h_run.shape
-    library().rb_backward_gates(n, hidden, *_rows(d_h_run), *_rows(d_out), *_rows(factors), *_rows(d_xp),
-                                *_rows(d_h))
-
-
-def reset_before_backward_reset(d_reset, d_h, factors, d_xp, carry) -> None:
-    n, hidden = d_h.shape
-    library().rb_backward_reset(n, hidden, *_rows(d_reset), *_rows(d_h), *_rows(factors), *_rows(d_xp),
-                                *_rows(carry))
