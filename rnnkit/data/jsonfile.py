@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from rnnkit.checkpoint import atomic_write_bytes
 from rnnkit.data.errors import DataError
 
-__all__ = ["FORMAT_VERSION", "save_json_text", "read_json_text", "load_json", "parse_json_object"]
+__all__ = ["FORMAT_VERSION", "JSONFile", "save_json_text", "read_json_text", "load_json", "parse_json_object"]
 
 FORMAT_VERSION = 1
 
@@ -63,3 +63,17 @@ def parse_json_object(text: str, source: str | Path | None, expected_format: str
         raise DataError(source, None, f"unsupported {expected_format} version {obj.get('version')!r} "
                                       f"(this rnnkit reads version {FORMAT_VERSION})")
     return obj
+
+
+class JSONFile:
+    """``save`` and ``load`` for a class that writes itself as JSON text (``to_json``) and reads itself back
+    (``from_json(text, source)``): vocabularies, label sets, BPE tokenizers."""
+
+    def save(self, path: str | Path) -> None:
+        """Write ``to_json()`` to ``path`` atomically."""
+        save_json_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read ``path`` back; a missing, unreadable or malformed file raises DataError naming it."""
+        return cls.from_json(read_json_text(path), source=path)

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rnnkit.data.errors import DataError
-from rnnkit.data.jsonfile import FORMAT_VERSION, parse_json_object, read_json_text, save_json_text
+from rnnkit.data.jsonfile import FORMAT_VERSION, JSONFile, parse_json_object
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
@@ -34,7 +34,7 @@ VOCAB_FORMAT = "rnnkit.vocab"
 LABELS_FORMAT = "rnnkit.labels"
 
 
-class Vocab:
+class Vocab(JSONFile):
     """A character- or word-level vocabulary with the four specials at ids 0-3.
 
     Word level splits text on whitespace and decodes by joining with single spaces; character level
@@ -170,15 +170,9 @@ class Vocab:
         except ValueError as err:
             raise DataError(source, None, f"bad vocabulary: {err}") from None
 
-    def save(self, path: str | Path) -> None:
-        save_json_text(path, self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Vocab:
-        return cls.from_json(read_json_text(path), source=path)
 
 
-class LabelSet:
+class LabelSet(JSONFile):
     """The classes of a classifier or the tags of a tagger: label <-> id, sorted, no specials.
 
     Unknown labels are an error (a label the model cannot output is a data problem, not an ``<unk>``).
@@ -241,10 +235,3 @@ class LabelSet:
             return cls(labels)
         except ValueError as err:
             raise DataError(source, None, f"bad label set: {err}") from None
-
-    def save(self, path: str | Path) -> None:
-        save_json_text(path, self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> LabelSet:
-        return cls.from_json(read_json_text(path), source=path)

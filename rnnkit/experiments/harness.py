@@ -76,20 +76,21 @@ def set_forget_bias(model: nn.Module, value: float) -> None:
 def memory_regressor(cell: str, input_size: int, hidden_size: int, *, forget_bias: float | None = 1.0,
                      output_size: int = 1) -> SequenceRegressor:
     """x_1..x_T (float features) -> unidirectional ``cell`` layer -> linear read-out of h_T."""
-    model = SequenceRegressor(SequenceRegressorConfig(
-        cell=cell, hidden_size=hidden_size, input_size=input_size, bidirectional=False, pooling="last",
-        output_size=output_size))
-    if forget_bias is not None:
-        set_forget_bias(model, forget_bias)
-    return model
+    config = SequenceRegressorConfig(cell=cell, hidden_size=hidden_size, input_size=input_size,
+                                     bidirectional=False, pooling="last", output_size=output_size)
+    return _with_forget_bias(SequenceRegressor(config), forget_bias)
 
 
 def memory_classifier(cell: str, input_size: int, hidden_size: int, num_classes: int, *,
                       forget_bias: float | None = 1.0) -> SequenceClassifier:
     """x_1..x_T (float features) -> unidirectional ``cell`` layer -> linear class scores from h_T."""
-    model = SequenceClassifier(SequenceClassifierConfig(
-        cell=cell, hidden_size=hidden_size, input_size=input_size, bidirectional=False, pooling="last",
-        num_classes=num_classes))
+    config = SequenceClassifierConfig(cell=cell, hidden_size=hidden_size, input_size=input_size,
+                                      bidirectional=False, pooling="last", num_classes=num_classes)
+    return _with_forget_bias(SequenceClassifier(config), forget_bias)
+
+
+def _with_forget_bias(model: nn.Module, forget_bias: float | None) -> nn.Module:
+    """``model`` with :func:`set_forget_bias` applied (None: the default initialisation kept)."""
     if forget_bias is not None:
         set_forget_bias(model, forget_bias)
     return model
