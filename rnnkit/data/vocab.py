@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from rnnkit.checks import check_size
 from rnnkit.data.errors import DataError
 from rnnkit.data.jsonfile import FORMAT_VERSION, JSONFile, parse_json_object
 
@@ -90,8 +91,7 @@ class Vocab(JSONFile):
         the same corpus always yields the same ids. Special tokens that occur in the text (PTB has ``<unk>``)
         are not counted: they map to their reserved ids.
         """
-        if min_freq < 1:
-            raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+        check_size("min_freq", min_freq)
         if max_size is not None and max_size < len(SPECIAL_TOKENS):
             raise ValueError(f"max_size must be >= {len(SPECIAL_TOKENS)} (the specials), got {max_size}")
         probe = cls([], level)
