@@ -25,23 +25,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.checkpoint import load_weights, read_config
+from rnnkit.checks import check_choice
 from rnnkit.data import (
     SOURCE_VOCAB_FILE,
     TARGET_VOCAB_FILE,
     TOKEN_LEVELS,
     TokenizedPairs,
     bucketed_batches,
-    load_source,
     load_tokenizer,
     pad_sequences,
     source_file,
     tokenize_corpus,
 )
-from rnnkit.decoding import Hypothesis, beam_search, greedy_decode
+from rnnkit.decoding import Hypothesis
+from rnnkit.decoding import translate as decode_batch
 from rnnkit.metrics import bleu, chrf, exact_match, phoneme_error_rate, word_error_rate
 from rnnkit.seq2seq import Seq2Seq, Seq2SeqConfig, make_schedule
-from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
+from rnnkit.tasks import TaskRunner, common_defaults, jsonable_settings, run_sources
 
 LEVELS = TOKEN_LEVELS
 SCHEDULES = ("constant", "linear", "exponential", "inverse-sigmoid")
@@ -72,8 +72,8 @@ DEFAULTS: dict[str, Any] = common_defaults(
     eval_examples=1000,
     beam_size=5,
     alpha=0.0,
-    epochs=20,
     lr=3e-3,
+    patience=10,
     eval_every=200,
     checkpoint_every=200,
 )
@@ -110,25 +110,15 @@ def make_batch(pairs: TokenizedPairs, indices: Sequence[int]) -> dict[str, Tenso
     return {"src": src, "src_lengths": src_lengths, "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:]}
 
 
-def decode_texts(model: Seq2Seq, target_vocab, sources: Sequence[list[int]], *, beam_size: int = 1,
-                 alpha: float = 0.0, n_best: int = 1, max_len: int | None = None,
-                 batch_size: int = 128) -> list[list[Hypothesis]]:
-    """Decode encoded sources in batches (greedy for beam_size 1, else beam search), best first."""
+def decode_texts(model: Seq2Seq, sources: Sequence[list[int]], *, method: str = "beam", batch_size: int = 128,
+                 **options: Any) -> list[list[Hypothesis]]:
+    """Decode encoded sources in batches of ``batch_size`` with :func:`rnnkit.decoding.translate` (``method``
+    and ``options``: beam_size, n_best, alpha, max_len, ... go to it); per source its hypotheses, best first."""
     model.eval()
     results: list[list[Hypothesis]] = []
-    with torch.no_grad():
-        for start in range(0, len(sources), batch_size):
-            chunk = sources[start:start + batch_size]
-            src, src_lengths = pad_sequences(chunk)
-            limit = max_len or int(2 * src_lengths.max()) + 10
-            state = model.start(src, src_lengths)
-            if beam_size == 1:
-                results += greedy_decode(model, state, bos_id=model.bos_id, eos_id=model.eos_id,
-                                         pad_id=model.pad_id, max_len=limit).hypotheses()
-            else:
-                results += beam_search(model, state, bos_id=model.bos_id, eos_id=model.eos_id,
-                                       pad_id=model.pad_id, beam_size=beam_size, n_best=n_best,
-                                       max_len=limit, alpha=alpha)
+    for start in range(0, len(sources), batch_size):
+        src, src_lengths = pad_sequences(sources[start:start + batch_size])  # (B, S), (B,)
+        results += decode_batch(model, src, src_lengths, method=method, **options)
     return results
 
 
@@ -193,7 +183,7 @@ class TranslateTask:
             loss, count = self.batch_loss(make_batch(pairs, indices[start:start + 256]))
             total += float(loss) * count
             tokens += count
-        hypotheses = decode_texts(self.model, self.target_vocab, pairs.sources[:n])
+        hypotheses = decode_texts(self.model, pairs.sources[:n], method="greedy")
         texts = [hypothesis_text(self.target_vocab, h[0]) for h in hypotheses]
         return {"loss": total / tokens, **score_texts(texts, pairs.target_text[:n],
                                                       phonemes=self.target_vocab.level == "word")}
@@ -213,17 +203,16 @@ def _model_config(settings: dict[str, Any], source_vocab, target_vocab) -> Seq2S
 
 def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TranslateTask, dict[str, Any]]:
     """Read the pairs, build and save the tokenizers, build the model."""
-    if settings["level"] not in LEVELS:
-        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {settings['level']!r}")
+    check_choice("level", settings["level"], LEVELS)
+    check_choice("teacher_forcing", settings["teacher_forcing"], SCHEDULES)
     source_level = settings["source_level"] or settings["level"]
     target_level = settings["target_level"] or settings["level"]
-    if settings["teacher_forcing"] not in SCHEDULES:
-        raise ValueError(f"teacher_forcing must be one of {', '.join(SCHEDULES)}, got {settings['teacher_forcing']!r}")
     run_dir = Path(run_dir)
+    sources = run_sources(settings)
     cache = settings.get("cache_dir")
     corpus = tokenize_corpus(
-        run_dir, source_file(settings["data"], "translate", "train", cache_dir=cache, quiet=True),
-        source_file(split_source(settings, "valid"), "translate", "valid", cache_dir=cache, quiet=True),
+        run_dir, source_file(sources["train"], "translate", "train", cache_dir=cache, quiet=True),
+        source_file(sources["valid"], "translate", "valid", cache_dir=cache, quiet=True),
         source_level=source_level, target_level=target_level, bpe_vocab_size=int(settings["bpe_vocab_size"]),
         limit=int(settings["max_train_examples"]), progress=settings.get("progress"))
     source_vocab, target_vocab = corpus.source_tokenizer, corpus.target_tokenizer
@@ -231,59 +220,48 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TranslateTas
     config = _model_config(settings, source_vocab, target_vocab)
     model = Seq2Seq.build(config)
     task = TranslateTask(model, source_vocab, target_vocab, corpus.train, corpus.valid, settings)
-    run_config = {"task": "translate", "model": model.config_dict(), "settings": _jsonable(settings),
-                  "data": {"train": str(settings["data"]), "valid": split_source(settings, "valid"),
-                           "train_pairs": len(task.train.sources), "valid_pairs": len(task.valid.sources)},
+    run_config = {"task": "translate", "model": model.config_dict(), "settings": jsonable_settings(settings),
+                  "data": {**sources, "train_pairs": len(task.train.sources), "valid_pairs": len(task.valid.sources)},
                   "vocab": {"source": SOURCE_VOCAB_FILE, "target": TARGET_VOCAB_FILE}}
     return task, run_config
 
 
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
-class TranslateRunner:
+class TranslateRunner(TaskRunner):
     """A trained translation model loaded from its run directory."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.config = read_config(self.run_dir)
-        if self.config.get("task") != "translate":
-            raise ValueError(f"{self.run_dir}: config.json is for task {self.config.get('task')!r}, not translate")
-        try:
-            self.model = Seq2Seq.build(Seq2SeqConfig(**self.config["model"]))
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{self.run_dir / 'config.json'}: the model config does not describe a Seq2Seq "
-                             f"({err})") from None
+    task, model_kind = "translate", "a Seq2Seq"
+
+    def build_model(self, model_config: Any) -> Seq2Seq:
+        return Seq2Seq.build(Seq2SeqConfig(**model_config))
+
+    def load_files(self) -> None:
         try:
             names = self.config["vocab"]["source"], self.config["vocab"]["target"]
         except (KeyError, TypeError) as err:
             raise ValueError(f"{self.run_dir / 'config.json'}: no source and target vocabularies ({err!r})") from None
-        source_path = run_file(self.run_dir, names[0], "source vocabulary")
-        target_path = run_file(self.run_dir, names[1], "target vocabulary")
-        self.source_vocab = load_tokenizer(source_path)
-        self.target_vocab = load_tokenizer(target_path)
-        check_vocabulary_size(source_path, len(self.source_vocab), self.config["model"], "source_vocab_size",
-                              "source vocabulary")
-        check_vocabulary_size(target_path, len(self.target_vocab), self.config["model"], "target_vocab_size",
-                              "target vocabulary")
-        load_weights(self.run_dir, self.model)
-        self.model.eval()
-        self.settings = self.config.get("settings", {})
+        self.source_vocab = self.load_file(names[0], "source vocabulary", load_tokenizer, "source_vocab_size")
+        self.target_vocab = self.load_file(names[1], "target vocabulary", load_tokenizer, "target_vocab_size")
+
+    @property
+    def beam_size(self) -> int:
+        """The run's own beam size (its ``beam_size`` setting): what decoding uses unless told otherwise."""
+        return int(self.settings.get("beam_size", 5))
+
+    def decoding_options(self, beam_size: int | None = None, alpha: float | None = None) -> dict[str, Any]:
+        """The run's decoding settings as options of :func:`rnnkit.decoding.beam_search`, each overridden
+        where given."""
+        return {"beam_size": int(beam_size if beam_size is not None else self.beam_size),
+                "alpha": float(alpha if alpha is not None else self.settings.get("alpha", 0.0))}
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
         return [self.source_vocab.encode(line) or [self.source_vocab.unk_id] for line in lines]
 
     def translate(self, lines: Sequence[str], *, beam_size: int | None = None, n_best: int = 1,
                   alpha: float | None = None) -> list[list[dict[str, Any]]]:
-        """Per line, its n-best translations: {"text", "score", "log_prob", "tokens", "attention"}."""
-        beam = int(beam_size if beam_size is not None else self.settings.get("beam_size", 5))
-        if n_best > beam:
-            raise ValueError(f"n_best must be <= beam size {beam}, got {n_best}")
+        """Per line, its n-best translations by beam search (default: the run's beam_size and alpha):
+        {"text", "score", "log_prob", "source_tokens", "tokens", "attention"}."""
         encoded = self.encode(lines)
-        hypotheses = decode_texts(self.model, self.target_vocab, encoded, beam_size=beam,
-                                  n_best=n_best, alpha=float(alpha if alpha is not None
-                                                            else self.settings.get("alpha", 0.0)))
+        hypotheses = decode_texts(self.model, encoded, n_best=n_best, **self.decoding_options(beam_size, alpha))
         results = []
         for line, ids, options in zip(lines, encoded, hypotheses, strict=True):
             results.append([{
@@ -296,14 +274,12 @@ class TranslateRunner:
             } for h in options])
         return results
 
-    def evaluate(self, source: str | None = None, split: str = "test", *, beam_size: int | None = None,
-                 limit: int = 0) -> dict[str, float]:
-        """Exact match, BLEU and chrF of beam-search translations on ``split`` of ``source`` (default: the
-        training data's own split)."""
-        data = source or self.config["data"]["train"]
-        records = list(load_source(data, "translate", split))
-        if limit:
-            records = records[:limit]
+    def score(self, records: Sequence[Any], name: str, *, beam_size: int | None = None,
+              limit: int = 0) -> dict[str, float]:
+        """Exact match, BLEU and chrF of beam-search translations (of the first ``limit`` pairs; 0: all)."""
+        records = list(records)[:limit] if limit else list(records)
+        if not records:
+            raise ValueError(f"{name} holds no sentence pairs")
         outputs = self.translate([r.source for r in records], beam_size=beam_size)
         texts = [o[0]["text"] for o in outputs]
         metrics = score_texts(texts, [r.target for r in records], phonemes=self.target_vocab.level == "word")
@@ -311,5 +287,4 @@ class TranslateRunner:
         return metrics
 
 
-def load(run_dir: str | Path) -> TranslateRunner:
-    return TranslateRunner(run_dir)
+load = TranslateRunner  # the task module's contract: load(run_dir) -> its runner
