@@ -67,10 +67,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from rnnkit import cancel, plots
+from rnnkit import cancel
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.layers import _RecurrentLayer
 from rnnkit.parameters import FORMULA_NOTE, GATES, count_parameters
+from rnnkit.plots import plot_gates as _draw_gates
+from rnnkit.plots import plot_gradient_norms, plot_state_norms  # the instrument plots keep their names here
 from rnnkit.recurrent import Recurrent
 
 __all__ = [
@@ -671,18 +673,11 @@ def by_distance(trace: LayerTrace) -> list[float]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Plots
+# Plots: drawn in rnnkit.plots (plot_gradient_norms and plot_state_norms are imported from there)
 # ----------------------------------------------------------------------------------------------------------
-
-
-# The figures are drawn in rnnkit.plots; the instrument plots keep their names here for the callers that know them
-# from this module.
-plot_gradient_norms = plots.plot_gradient_norms
-plot_state_norms = plots.plot_state_norms
 
 
 def plot_gates(trace: LayerTrace, out_png: str | Path, *, title: str | None = None, max_units: int = 64) -> Path:
     """:func:`rnnkit.plots.plot_gates` of one layer-direction, naming in its title the thresholds
     (:data:`SATURATION_LOW`, :data:`SATURATION_HIGH`) the saturated fractions were counted with."""
-    return plots.plot_gates(trace, out_png, title=title, max_units=max_units,
-                            saturation=(SATURATION_LOW, SATURATION_HIGH))
+    return _draw_gates(trace, out_png, title=title, max_units=max_units, saturation=(SATURATION_LOW, SATURATION_HIGH))
