@@ -56,6 +56,7 @@ RUNNER = Path(__file__).resolve().parent / "joeynmt_runner.py"
 UNITS = ("text", "symbols")
 # Symbols of a "symbols" side become private-use characters, so that BPE sees each symbol as one letter.
 _PRIVATE = 0xE000
+_UNKNOWN = chr(0xF8FF)  # the last private-use character: a symbol unseen in training (BPE makes it <unk>)
 _JOIN = "_"  # joins the symbols of one piece in the written files: R_IY
 
 
@@ -102,6 +103,8 @@ class Side:
         self.symbols: dict[str, str] = {}
         if units == "symbols":
             names = sorted({symbol for text in texts for symbol in text.split()})
+            if len(names) >= ord(_UNKNOWN) - _PRIVATE:
+                raise ValueError(f"at most {ord(_UNKNOWN) - _PRIVATE - 1} distinct symbols, got {len(names)}")
             self.symbols = {name: chr(_PRIVATE + i) for i, name in enumerate(names)}
             self.names = {char: name for name, char in self.symbols.items()}
         self.bpe = BPETokenizer.train([self._letters(text) for text in texts], vocab_size=vocab_size)
@@ -110,7 +113,7 @@ class Side:
         if self.units == "text":
             return text
         # an unknown symbol becomes a character BPE never saw: the piece <unk>
-        return "".join(self.symbols.get(symbol, chr(_PRIVATE - 1)) for symbol in text.split())
+        return "".join(self.symbols.get(symbol, _UNKNOWN) for symbol in text.split())
 
     def pieces(self, text: str) -> list[str]:
         """``text`` as the pieces written to the files (no spaces inside a piece)."""
@@ -271,10 +274,12 @@ def rnnkit_child(report: Path, argv: list[str]) -> int:
     return code or 0
 
 
-def run_rnnkit(corpus: Corpus, work: Path, sizes: dict, lr: float, beam: int, max_len: int) -> Run:
-    run_dir = work / "rnnkit"
-    train_args = [
-        "train", "translate", "--data", str(corpus.folder / "train.tsv"), "--valid", str(corpus.folder / "dev.tsv"),
+def rnnkit_train_args(folder: Path, run_dir: Path, sizes: dict, lr: float) -> list[str]:
+    """``rnnkit train translate`` arguments for the model and settings that JoeyNMT gets in
+    :func:`joeynmt_config`. Periodic evaluation and checkpoints are off in both (rnnkit still validates on
+    ``sizes["dev"]`` pairs at each epoch end, inside its budget, and once more after it)."""
+    return [
+        "train", "translate", "--data", str(folder / "train.tsv"), "--valid", str(folder / "dev.tsv"),
         "--out", str(run_dir), "--overwrite", "--level", "word", "--cell", "gru",
         "--embedding-size", str(sizes["embedding"]), "--hidden-size", str(sizes["decoder_hidden"]),
         "--decoder", "luong", "--attention", "additive", "--input-feeding", "--dropout", "0",
@@ -283,6 +288,11 @@ def run_rnnkit(corpus: Corpus, work: Path, sizes: dict, lr: float, beam: int, ma
         "--eval-examples", str(sizes["dev"]), "--eval-on-stop", "--log-every", "10", "--seed", "0",
         "--no-progress",
     ]
+
+
+def run_rnnkit(corpus: Corpus, work: Path, sizes: dict, lr: float, beam: int) -> Run:
+    run_dir = work / "rnnkit"
+    train_args = rnnkit_train_args(corpus.folder, run_dir, sizes, lr)
     report = work / "rnnkit.json"
     _run_logged([sys.executable, "-m", "benchmarks.peers.joeynmt", "--child-rnnkit", str(report), "--", *train_args],
                 work / "rnnkit.log", "rnnkit", sizes["budget"])
@@ -407,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     if args.only != "joeynmt":
         print(f"rnnkit: training for {sizes['budget']:.0f} s", file=sys.stderr)
-        runs.append(run_rnnkit(corpus, args.work, sizes, args.lr, args.beam, max_len))
+        runs.append(run_rnnkit(corpus, args.work, sizes, args.lr, args.beam))
     peak.measure()
     if args.only != "rnnkit":
         print(f"JoeyNMT: training for {sizes['budget']:.0f} s", file=sys.stderr)
