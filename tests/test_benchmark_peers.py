@@ -190,3 +190,11 @@ def test_rnnkit_child_reports_peak_rss(tmp_path, capsys):
     assert bench.main(["--child-rnnkit", str(report), "--", "data", "list"]) == 0
     figures = json.loads(report.read_text())
     assert figures["peak_rss_mib"] > 0 and figures["threads"] >= 1
+
+
+def test_joeynmt_environment_pins_rnnkits_torch():
+    """The venv's constraints pin the torch that rnnkit pins (an unpinned torch pulls a multi-GB CUDA build)."""
+    from benchmarks.harness import ROOT
+
+    pins = [line.strip() for line in (ROOT / "constraints.txt").read_text().splitlines()]
+    assert bench.TORCH in pins and bench.JOEYNMT == "joeynmt==2.3.0"

@@ -20,7 +20,7 @@ an 8k vocabulary. Scores compare the de-segmented output with the raw references
 
 JoeyNMT lives in its own virtual environment, created on first use (``--venv``, default
 ``$RNNKIT_CACHE/venvs/joeynmt-2.3.0`` or ``benchmarks/.venvs/joeynmt-2.3.0``, git-ignored): ``pip install
-joeynmt==2.3.0 importlib_metadata`` with the repository's constraints.txt, which pins torch==2.13.0. On torch
+joeynmt==2.3.0 importlib_metadata`` with a constraints file that pins torch==2.13.0, as rnnkit does. On torch
 2.13 the installed copy needs two patches, applied here idempotently (:data:`PATCHES`). Nothing of JoeyNMT is
 committed. benchmarks/peers/joeynmt_runner.py runs inside that environment and gives JoeyNMT a time budget.
 
@@ -51,6 +51,7 @@ from benchmarks.peers.model import Counts, Dims, parameter_count, training_flops
 
 RESULTS = ROOT / "benchmarks" / "results" / "joeynmt.md"
 JOEYNMT = "joeynmt==2.3.0"
+TORCH = "torch==2.13.0"  # rnnkit's pin (pyproject.toml, constraints.txt)
 IMPORTLIB_METADATA = "importlib_metadata==10.2.0"  # JoeyNMT imports it; torch 2.13's Python lacks nothing else
 RUNNER = Path(__file__).resolve().parent / "joeynmt_runner.py"
 UNITS = ("text", "symbols")
@@ -207,13 +208,17 @@ def apply_patches(packages: Path) -> list[str]:
 
 
 def ensure_joeynmt(venv: Path) -> list[str]:
-    """Create ``venv`` with JoeyNMT 2.3.0 if it is missing (torch pinned by constraints.txt), patch it."""
+    """Create ``venv`` with JoeyNMT 2.3.0 if it is missing (torch pinned to rnnkit's version), patch it."""
     python = venv / "bin" / "python"
     if not (python.exists() and (venv / ".installed").exists()):
-        print(f"creating {venv} and installing {JOEYNMT} (torch pinned by constraints.txt)", file=sys.stderr)
+        print(f"creating {venv} and installing {JOEYNMT} (pinned {TORCH})", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        # torch pinned to rnnkit's (never resolved unpinned: that pulls a multi-GB CUDA build); JoeyNMT's other
+        # dependencies resolve freely (rnnkit's constraints.txt pins some of them where JoeyNMT cannot go)
+        constraints = venv / "constraints.txt"
+        constraints.write_text(f"{TORCH}\n")
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "-c", str(ROOT / "constraints.txt"), JOEYNMT, IMPORTLIB_METADATA], check=True)
+                        "-c", str(constraints), JOEYNMT, IMPORTLIB_METADATA], check=True)
         (venv / ".installed").touch()
     done = apply_patches(site_packages(venv))
     subprocess.run([str(python), "-c", "import joeynmt.training, joeynmt.prediction"], check=True)
