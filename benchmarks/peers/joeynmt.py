@@ -290,7 +290,7 @@ def rnnkit_train_args(folder: Path, run_dir: Path, sizes: dict, lr: float) -> li
         "--decoder", "luong", "--attention", "additive", "--input-feeding", "--dropout", "0",
         "--batch-size", "64", "--lr", str(lr), "--clip-grad-norm", "5", "--epochs", "100000",
         "--time-budget", str(sizes["budget"]), "--eval-every", "1000000000", "--checkpoint-every", "1000000000",
-        "--eval-examples", str(sizes["dev"]), "--eval-on-stop", "--log-every", "10", "--seed", "0",
+        "--eval-examples", str(sizes["dev"]), "--eval-on-stop", "--log-every", "1", "--seed", "0",
         "--no-progress",
     ]
 
@@ -304,6 +304,8 @@ def run_rnnkit(corpus: Corpus, work: Path, sizes: dict, lr: float, beam: int) ->
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     trains = [e for e in events if e["event"] == "train"]
     stop = next(e for e in events if e["event"] == "stop")
+    if not trains:
+        raise RuntimeError(f"rnnkit finished no training step within {sizes['budget']} s: see {work / 'rnnkit.log'}")
     figures = json.loads(report.read_text())
     from rnnkit.tasks import translate
 
@@ -319,7 +321,7 @@ def run_rnnkit(corpus: Corpus, work: Path, sizes: dict, lr: float, beam: int) ->
                figures["peak_rss_mib"], sum(p.numel() for p in model.parameters()),
                (model.encoder.embedding.num_embeddings, model.decoder.embedding.num_embeddings),
                hypotheses, decode_seconds,
-               note=f"{stop['step']} steps, epoch {stop['epoch']}; tokens counted to step {trains[-1]['step']}")
+               note=f"{stop['step']} steps, epoch {stop['epoch']}")
 
 
 def joeynmt_config(corpus: Corpus, work: Path, sizes: dict, lr: float, beam: int, max_len: int) -> dict:
