@@ -168,25 +168,26 @@ SAMPLES = 5  # validation examples shown in a run report
 
 
 def write_run_report(run_dir: str | Path) -> Path:
-    """Write ``run_dir/report.html`` for a run trained by ``rnnkit train``: its configuration, the training
-    summary and last validation metrics, the training curves, what happens inside the trained model on one
-    validation example (||dL/dh_t|| through time per layer-direction, gate activity, state norms; the attention
-    heatmap of a translation run) and sample outputs on validation examples. ``rnnkit train`` calls it at the
-    end of every run; it reads only the run directory (and the run's own validation data)."""
-    from rnnkit.checkpoint import read_config
-    from rnnkit.tasks import task_module
+    """Write ``run_dir/report.html`` for a run trained by ``rnnkit train``: its held-out test figures (if
+    ``metrics.jsonl`` holds a test event), its configuration, the training summary and last validation
+    metrics, the training curves, what happens inside the trained model on one validation example
+    (||dL/dh_t|| through time per layer-direction, gate activity, state norms; the attention heatmap of a
+    translation run) and sample outputs on validation examples. ``rnnkit train`` calls it at the end of every
+    run; it reads only the run directory (and the run's own validation data)."""
+    from rnnkit.tasks import load_run
 
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    task = config.get("task")
-    if not isinstance(task, str):
-        raise ValueError(f"{run_dir / 'config.json'} names no task")
-    runner = task_module(task).load(run_dir)
+    runner = load_run(run_dir)
+    task, config = runner.task, runner.config
     events = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     figures: list[Path] = []
     if any(e.get("split") == "train" for e in events):
         figures.append(plot_training_curves(events, run_dir / "training_curves.png", title=f"{task}: training"))
     tables: dict[str, Mapping[str, object]] = {}
+    test = next((e for e in reversed(events) if e.get("event") == "test"), None)
+    if test is not None and isinstance(test.get("metrics"), Mapping):
+        tables[f"held-out test: {test.get('source')} (the run's weights, as rnnkit eval scores them)"] = \
+            test["metrics"]
     stop = next((e for e in reversed(events) if e.get("event") == "stop"), None)
     if stop is not None:
         tables["training"] = {k: stop[k] for k in ("reason", "step", "epoch", "best_metric", "best_step",
@@ -243,8 +244,9 @@ def _run_samples(task: str, runner, config: Mapping, run_dir: Path) -> tuple[dic
         probe_input = " ".join(shown[0].tokens) if shown else None
     elif task == "translate":
         shown = list(records[:SAMPLES])
-        outputs = runner.translate([r.source for r in shown], beam_size=5, n_best=3)
-        samples["validation sources: beam 5, 3-best (score = log p)"] = "\n".join(
+        beam = int(settings.get("beam_size", 5))  # the run's own beam, as `rnnkit translate` uses it
+        outputs = runner.translate([r.source for r in shown], n_best=min(3, beam))
+        samples[f"validation sources: beam {beam}, {min(3, beam)}-best (score = log p)"] = "\n".join(
             f"{r.source}  ->  " + " | ".join(f"{o['text']} ({o['score']:.2f})" for o in options)
             + ("" if options[0]["text"] == r.target else f"   [expected {r.target}]")
             for r, options in zip(shown, outputs, strict=True))
