@@ -167,7 +167,9 @@ def test_prepare_corpus_writes_the_same_tokens_for_both(tmp_path):
     assert corpus.counts.target_tokens == sum(len(t.split()) + 1 for t in (out / "train.trg").read_text().splitlines())
     hypotheses = (out / "test.trg").read_text().splitlines()  # a perfect system's output
     assert bench.scores(corpus, hypotheses)["exact"] == 1.0
-    assert bench.scores(corpus, ["B_EY", "AE_B"])["exact"] == 0.5
+    assert bench.scores(corpus, hypotheses)["per"] == 0.0
+    half = bench.scores(corpus, ["B_EY", "AE_B"])  # the first misses two of its four phonemes
+    assert half["exact"] == 0.5 and half["per"] == pytest.approx(2 / 6)
 
 
 def test_patches_apply_once_and_refuse_another_version(tmp_path):

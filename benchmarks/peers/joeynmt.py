@@ -377,12 +377,17 @@ def run_joeynmt(venv: Path, corpus: Corpus, work: Path, sizes: dict, lr: float, 
 
 
 def scores(corpus: Corpus, hypotheses: list[str]) -> dict[str, float]:
-    from rnnkit.metrics import bleu, chrf, exact_match
+    """BLEU, chrF and exact match of the de-segmented ``hypotheses``; for a side of symbols (phonemes) also the
+    phoneme error rate (edit distance over symbols / reference length)."""
+    from rnnkit.metrics import bleu, chrf, exact_match, phoneme_error_rate
 
     texts = [corpus.target_side.join(line.split()) for line in hypotheses]
-    texts = [t.replace("<unk>", "").strip() for t in texts]
-    return {"bleu": bleu(texts, corpus.references), "chrf": chrf(texts, corpus.references),
-            "exact": exact_match(texts, corpus.references)}
+    texts = [" ".join(t.replace("<unk>", " ").split()) for t in texts]
+    figures = {"bleu": bleu(texts, corpus.references), "chrf": chrf(texts, corpus.references),
+               "exact": exact_match(texts, corpus.references)}
+    if corpus.target_side.units == "symbols":
+        figures["per"] = phoneme_error_rate(texts, corpus.references)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{run.tokens_per_second * flops_per_token / peak.best:.1%} | {run.peak_rss_mib:,.0f} | "
                     f"{run.parameters:,} ({'=' if run.parameters == expected else '!='} analytic) | "
                     f"{score['bleu']:.1f} | {score['chrf']:.1f} | {score['exact']:.1%} | "
+                    f"{format(score['per'], '.1%') if 'per' in score else '-'} | "
                     f"{run.decode_seconds:.0f} | {run.note} |")
     ratio = ""
     if len(runs) == 2:
@@ -472,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         f"waste) over the sgemm peak measured in this process, {peak.best / 1e9:.0f} GFLOP/s (median "
         f"{peak.median / 1e9:.0f}). Peak RSS: the training process's VmHWM.",
         "",
-        "| toolkit | target tokens/s | % peak | peak RSS MiB | parameters | BLEU | chrF | exact | decode s | notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| toolkit | target tokens/s | % peak | peak RSS MiB | parameters | BLEU | chrF | exact | PER | decode s "
+        "| notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *rows,
         "",
         ratio,
