@@ -141,11 +141,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if getattr(trainer, "rank", 0) != 0:
         return 0  # rank 0 writes the report and prints the summary
     from rnnkit.report import write_run_report
+    from rnnkit.tasks import evaluate_test
 
+    tested = evaluate_test(run_dir)  # the best weights on the run's test source, if it has one
     report = write_run_report(run_dir)
     summary = {"run_dir": str(run_dir), "report": str(report), "stop_reason": result.stop_reason, "steps": result.step,
                "best_" + getattr(task, "primary_metric", "metric"): result.best_metric,
-               "last_metrics": result.last_metrics}
+               "last_metrics": result.last_metrics,
+               "test_source": tested[0] if tested else None, "test_metrics": tested[1] if tested else None}
     _print_json(summary)
     return 0
 
@@ -177,18 +180,16 @@ def _launch_processes(nproc: int, argv: list[str]) -> int:
 
 
 def _runner(run_dir: str):
-    from rnnkit.checkpoint import read_config
-    from rnnkit.tasks import task_module
+    from rnnkit.tasks import load_run
 
-    task = read_config(run_dir).get("task")
-    if not isinstance(task, str):
-        raise CommandError(f"{run_dir}/config.json names no task")
-    return task, task_module(task).load(run_dir)
+    runner = load_run(run_dir)
+    return runner.task, runner
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     _, runner = _runner(args.run_dir)
-    _print_json(runner.evaluate(args.data, split=args.split))
+    source, split = runner.evaluation_source(args.data, args.split)
+    _print_json({"source": source, "split": split, **runner.evaluate(args.data, split=args.split)})
     return 0
 
 
@@ -296,9 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="evaluate a run on held-out data; prints metrics as JSON")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
-    evaluate.add_argument("--data", help="a file or catalog name (default: the run's own dataset)")
-    evaluate.add_argument("--split", default="test", choices=("train", "valid", "test"),
-                          help="split of a catalog dataset (default: test)")
+    evaluate.add_argument("--data", help="a file (scored whole) or a catalog name (default: the run's own "
+                                         "sources, as recorded in its config.json)")
+    evaluate.add_argument("--split", default=None, choices=("train", "valid", "test"),
+                          help="the run's own source of this split, or this split of a catalog --data "
+                               "(default: test)")
     evaluate.set_defaults(func=_cmd_eval)
 
     generate = sub.add_parser("generate", help="generate text from a language model run")
@@ -313,9 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     translate = sub.add_parser("translate", help="translate stdin -> stdout, one sentence a line")
     translate.add_argument("run_dir", metavar="RUN_DIR")
-    translate.add_argument("--beam", type=int, default=5, help="beam size (1 = greedy; default 5)")
+    translate.add_argument("--beam", type=int, default=None,
+                           help="beam size (1 = greedy; default: the run's beam_size)")
     translate.add_argument("--n-best", type=int, default=1, help="print the N best, tab-separated with scores")
-    translate.add_argument("--alpha", type=float, default=None, help="length normalisation exponent")
+    translate.add_argument("--alpha", type=float, default=None,
+                           help="length normalisation exponent (default: the run's alpha)")
     translate.set_defaults(func=_cmd_translate)
 
     predict = sub.add_parser("predict", help="classify or tag stdin -> stdout, one input a line")

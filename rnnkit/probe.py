@@ -124,7 +124,7 @@ def _translate(runner, text: str, target: str | None) -> tuple[Diagnostics, dict
         source_tokens = [runner.source_vocab.id_to_token(i) for i in source_ids]
     target_vocab = runner.target_vocab
     if target is None:  # what the model says, greedily: its own token ids (its text may drop special tokens)
-        greedy = decode_texts(runner.model, target_vocab, [source_ids], beam_size=1)[0][0]
+        greedy = decode_texts(runner.model, [source_ids], method="greedy")[0][0]
         target = hypothesis_text(target_vocab, greedy)
         target_ids = [runner.model.bos_id] + greedy.tokens.tolist()  # BOS y_1..y_n (EOS if it ended)
     else:

@@ -8,7 +8,8 @@ to make batches, how to compute a loss and how to evaluate; the trainer does the
 * gradient clipping by global norm (default 5.0, Pascanu et al. 2013), clip events counted and logged;
 * truncated back-propagation through time: the recurrent state (``carry``) returned by one batch is
   detached and handed to the next (Williams & Peng 1990; Zaremba et al. 2014 carry it across chunks);
-* validation after each epoch (and every ``eval_every`` steps), early stopping after ``patience``
+* validation after each epoch, every ``eval_every`` steps and when a time budget or ``max_steps`` stops the
+  run between evaluations; early stopping after ``patience``
   evaluations without improvement, the best weights in ``RUN_DIR/model.safetensors``;
 * checkpoints of everything needed to resume *exactly*: weights, optimiser and schedule state, the RNG
   states of torch / Python / NumPy, the TBPTT carry, counters, early-stopping state and the position in
@@ -90,6 +91,7 @@ from rnnkit.checkpoint import (
     save_checkpoint,
     write_config,
 )
+from rnnkit.state import detach_state  # re-exported: truncated BPTT's cut, for the tasks
 
 __all__ = [
     "TrainTask",
@@ -106,6 +108,7 @@ __all__ = [
     "DECAYS",
     "NAN_POLICIES",
     "METRICS_FILE",
+    "log_event",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -158,8 +161,9 @@ class TrainingConfig:
     ``nan_policy``: "skip" a step whose loss or gradient norm is not finite (and count it), or "stop".
 
     Bookkeeping: ``eval_split``; ``eval_every`` and ``checkpoint_every`` (steps; None: at epoch ends only);
-    ``eval_on_stop`` (evaluate when max_steps/time_budget stops mid-epoch, so the best model includes the
-    last steps); ``log_every`` (steps per train event); ``seed``; ``progress`` (None: only on a terminal);
+    ``eval_on_stop`` (default True: a run stopped by max_steps or time_budget between evaluations evaluates
+    once more, so its last figures are of its final weights and the best model includes the last steps);
+    ``log_every`` (steps per train event); ``seed``; ``progress`` (None: only on a terminal);
     ``tensorboard`` (write ``RUN_DIR/tensorboard`` if torch.utils.tensorboard imports).
     """
 
@@ -184,7 +188,7 @@ class TrainingConfig:
     min_delta: float = 0.0
     eval_split: str = "valid"
     eval_every: int | None = None
-    eval_on_stop: bool = False
+    eval_on_stop: bool = True
     checkpoint_every: int | None = None
     log_every: int = 10
     seed: int = 0
@@ -264,22 +268,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     fixed by the run seed alone, and a resumed run rebuilds any epoch without replaying the earlier ones."""
     digest = hashlib.sha256(f"rnnkit-epoch:{seed}:{epoch}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
-
-
-def detach_state(state: Any) -> Any:
-    """``state`` with every tensor detached, through nested dicts, lists, tuples and named tuples.
-
-    Truncated BPTT: gradients stop at the chunk boundary but the values carry on.
-    """
-    if isinstance(state, Tensor):
-        return state.detach()
-    if isinstance(state, Mapping):
-        return {key: detach_state(value) for key, value in state.items()}
-    if isinstance(state, tuple) and hasattr(state, "_fields"):  # named tuple, e.g. PackedSequence
-        return type(state)(*(detach_state(value) for value in state))
-    if isinstance(state, list | tuple):
-        return type(state)(detach_state(value) for value in state)
-    return state
 
 
 def _capture_rng() -> dict[str, Any]:
@@ -734,7 +722,7 @@ class Trainer:
         s, st = self.settings, self.state
         if reason in ("max_steps", "time_budget"):
             if s.eval_on_stop and self.has_validation and st.last_eval_step != st.step:
-                st.early_stopped = self._evaluate_and_track()
+                self._evaluate_and_track(at_stop=True)
             if self._last_saved_step != st.step or s.eval_on_stop:
                 self._save_last()
         if st.best_step is None:
@@ -746,8 +734,12 @@ class Trainer:
 
     # -- evaluation and early stopping -----------------------------------------------------------------
 
-    def _evaluate_and_track(self) -> bool:
-        """Evaluate, keep the best weights, update plateau and early-stopping state. True: stop now."""
+    def _evaluate_and_track(self, at_stop: bool = False) -> bool:
+        """Evaluate, keep the best weights, update plateau and early-stopping state. True: stop now.
+
+        The evaluation made because the run stops (``at_stop``) takes part in choosing the best weights but
+        not in the plateau schedule or the patience count, so that a resumed run trains exactly as an
+        uninterrupted one would (its log says ``"at_stop": true``)."""
         s, st = self.settings, self.state
         metrics = self.evaluate()
         if not metrics:
@@ -760,16 +752,16 @@ class Trainer:
         st.evaluations += 1
         st.last_eval_step = st.step
         if improved:
-            st.best_metric, st.best_step, st.best_epoch, st.bad_evaluations = value, st.step, st.epoch, 0
+            st.best_metric, st.best_step, st.best_epoch = value, st.step, st.epoch
             self._save_best({"selected": "best", self.primary_metric: repr(value)})
-        else:
-            st.bad_evaluations += 1
-        self.schedule.observe(value)
+        if not at_stop:
+            st.bad_evaluations = 0 if improved else st.bad_evaluations + 1
+            self.schedule.observe(value)
         self.last_metrics = metrics
         self._emit({"event": "eval", "split": s.eval_split, "step": st.step, "epoch": st.epoch,
                     "loss": metrics.get("loss"), "metrics": metrics, "primary_metric": self.primary_metric,
                     "improved": improved, "best_metric": st.best_metric,
-                    "lr": self.optimizer.param_groups[0]["lr"]}, log=True)
+                    "lr": self.optimizer.param_groups[0]["lr"]} | ({"at_stop": True} if at_stop else {}), log=True)
         return s.patience is not None and st.bad_evaluations >= s.patience
 
     # -- checkpoints -----------------------------------------------------------------------------------
@@ -928,6 +920,14 @@ def _finite_or_null(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite_or_null(item) for item in value]
     return value
+
+
+def log_event(run_dir: str | Path, event: Mapping[str, Any]) -> None:
+    """Append one event to ``RUN_DIR/metrics.jsonl`` (with its Unix ``time``), e.g. the test evaluation made
+    after training; non-finite numbers are written as null."""
+    line = json.dumps(_finite_or_null({**event, "time": time.time()}), allow_nan=False)
+    with open(Path(run_dir) / METRICS_FILE, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
 
 
 def train(task: TrainTask, run_dir: str | Path, *, resume: bool = False,

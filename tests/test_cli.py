@@ -116,3 +116,120 @@ def test_nproc_2_trains_through_torchrun(tmp_path):
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     assert summary["steps"] == 2
     assert (run / "model.safetensors").is_file() and (run / "config.json").is_file()
+
+
+# -- issue 18: a run trained on files is scored on the files it was given -----------------------------------
+
+def _split_files(root, task: str) -> dict[str, str]:
+    """Train / valid / test files for ``task`` whose parts differ in size and content, so that scoring the
+    wrong part gives other figures."""
+    parts = {}
+    if task == "lm":
+        texts = {"train": "the cat sat on the mat.\n" * 30, "valid": "the dog sat on the log.\n" * 3,
+                 "test": "a mat sat on the cat.\n" * 5}
+        suffix = "txt"
+    elif task == "classify":
+        texts = {"train": "pos\tgood fun\nneg\tbad dull\npos\tgreat film\n" * 8, "valid": "pos\tgood\nneg\tdull\n",
+                 "test": "neg\tdull fun\nneg\tbad film\nneg\tawful\npos\tgreat fun\nneg\tgood bad\n"}
+        suffix = "tsv"
+    elif task == "tag":
+        texts = {"train": "the\tDET\ndog\tNOUN\nruns\tVERB\n\na\tDET\ncat\tNOUN\n\n" * 6,
+                 "valid": "a\tDET\ndog\tNOUN\n\n", "test": "the\tDET\ncat\tNOUN\nruns\tVERB\n\ndog\tNOUN\n\n" * 2}
+        suffix = "tsv"
+    elif task == "translate":
+        texts = {"train": "ab\tba\nabc\tcba\nbca\tacb\n" * 5, "valid": "ba\tab\ncab\tbac\n",
+                 "test": "aab\tbaa\nc\tc\ncb\tbc\n"}
+        suffix = "tsv"
+    else:
+        values = {"train": [10 + (t % 7) for t in range(60)], "valid": [12 + (t % 7) for t in range(15)],
+                  "test": [9 + 2 * (t % 5) for t in range(18)]}
+        texts = {k: "value\n" + "".join(f"{v}\n" for v in vs) for k, vs in values.items()}
+        suffix = "csv"
+    for split, text in texts.items():
+        path = root / f"{split}.{suffix}"
+        path.write_text(text, encoding="utf-8")
+        parts[split] = str(path)
+    return parts
+
+
+_TINY_MODEL = {"lm": ["--bptt", "5", "--batch-size", "2"], "forecast": ["--input-len", "4"],
+               "classify": ["--min-freq", "1"], "tag": ["--min-freq", "1"], "translate": []}
+
+
+def _train_on_files(task, files, run, capsys, test=True):
+    args = ["train", task, "--data", files["train"], "--valid", files["valid"], "--out", str(run), "--max-steps", "3",
+            "--hidden-size", "8", "--no-progress", *_TINY_MODEL[task]]
+    if test:
+        args += ["--test", files["test"]]
+    assert main(args) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def _printed_metrics(capsys) -> dict:
+    printed = json.loads(capsys.readouterr().out)
+    return {k: v for k, v in printed.items() if k not in ("source", "split")}
+
+
+@pytest.mark.parametrize("task", ["lm", "classify", "tag", "translate", "forecast"])
+def test_a_file_run_is_scored_on_its_own_test_and_validation_files(tmp_path, capsys, task):
+    from rnnkit.tasks import task_module
+
+    files = _split_files(tmp_path, task)
+    run = tmp_path / "run"
+    summary = _train_on_files(task, files, run, capsys)
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["train"] == files["train"]
+    assert config["data"]["valid"] == files["valid"] and config["data"]["test"] == files["test"]
+
+    runner = task_module(task).load(run)
+    if task == "forecast":  # a series is cut in time order: its parts are scored in place
+        expected = {split: runner.evaluate(split=split) for split in ("train", "valid", "test")}
+    else:
+        expected = {split: runner.evaluate(files[split]) for split in ("train", "valid", "test")}
+    assert expected["test"] != expected["train"] and expected["test"] != expected["valid"]
+
+    assert main(["eval", str(run)]) == 0
+    assert _printed_metrics(capsys) == expected["test"]
+    for split in ("valid", "train"):
+        assert main(["eval", str(run), "--split", split]) == 0
+        assert _printed_metrics(capsys) == expected[split]
+    # Training with a test source ends with the test figures, in the output and in the report.
+    assert summary["test_metrics"] == expected["test"]
+    report = (run / "report.html").read_text(encoding="utf-8")
+    assert "held-out test" in report and files["test"] in report
+
+
+def test_a_file_run_without_test_file_says_how_to_give_one(tmp_path, capsys):
+    files = _split_files(tmp_path, "classify")
+    run = tmp_path / "run"
+    summary = _train_on_files("classify", files, run, capsys, test=False)
+    assert json.loads((run / "config.json").read_text())["data"]["test"] is None
+    assert summary["test_metrics"] is None
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "no test" in err and "--data" in err
+    # --split names a part of a catalog dataset or of the run's own sources; a file given with --data is
+    # scored whole, so a --split beside it is refused rather than ignored.
+    assert main(["eval", str(run), "--data", files["test"], "--split", "valid"]) == 2
+    assert "--split" in capsys.readouterr().err
+    assert main(["eval", str(run), "--data", files["test"]]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["examples"] == 5 and printed["source"] == files["test"]
+
+
+def test_translate_uses_the_runs_own_beam_size(tmp_path, capsys, monkeypatch):
+    """`rnnkit translate` without --beam decodes with the run's beam_size, not a fixed 5."""
+    run = tmp_path / "run"
+    assert main(["train", "translate", "--data", TINY, "--out", str(run), "--hidden-size", "8", "--embedding-size",
+                 "4", "--max-steps", "2", "--beam-size", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO("5 mars 2024\n"))
+    assert main(["translate", str(run), "--n-best", "3"]) == 2  # the run's beam holds 2 hypotheses
+    assert "beam_size=2" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("5 mars 2024\n"))
+    assert main(["translate", str(run), "--n-best", "2"]) == 0
+    from rnnkit.tasks import translate
+
+    expected = translate.load(run).translate(["5 mars 2024"], beam_size=2, n_best=2)[0]
+    printed = capsys.readouterr().out.rstrip("\n").split("\t")
+    assert printed[::2] == [o["text"] for o in expected]

@@ -75,6 +75,25 @@ def test_translate_returns_the_runners_n_best_with_attention(client, translate_r
         assert torch.allclose(attention.sum(dim=1), torch.ones(len(h["tokens"])), atol=1e-4)
 
 
+def test_translate_without_beam_size_uses_the_runs_own(translate_run, tmp_path):
+    """Issue 18: a request that names no beam size decodes with the run's beam_size, not a fixed 5."""
+    run = tmp_path / "beam2"
+    run.mkdir()
+    for path in translate_run.iterdir():
+        if path.is_file():
+            (run / path.name).write_bytes(path.read_bytes())
+    config = json.loads((run / "config.json").read_text())
+    config["settings"]["beam_size"] = 2
+    (run / "config.json").write_text(json.dumps(config))
+    client = TestClient(create_app([run], Limits(max_beam=8)), base_url="http://127.0.0.1:8000")
+    refused = client.post("/api/translate", json={"text": "3 May 2020", "n_best": 3})
+    assert refused.status_code == 422 and "beam_size=2" in refused.json()["detail"]
+    response = client.post("/api/translate", json={"text": "3 May 2020", "n_best": 2})
+    assert response.status_code == 200, response.text
+    expected = translate.load(run).translate(["3 May 2020"], beam_size=2, n_best=2)[0]
+    assert [h["text"] for h in response.json()["hypotheses"]] == [h["text"] for h in expected]
+
+
 def test_translate_error_paths(client):
     unknown = client.post("/api/translate", json={"text": "1 May 2020", "model": "nope"})
     assert unknown.status_code == 404 and "unknown model 'nope'" in unknown.json()["detail"]

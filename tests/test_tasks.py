@@ -147,3 +147,40 @@ def test_vocabulary_saves_are_atomic(tmp_path, monkeypatch):
         LabelSet(["x", "y", "z"]).save(tmp_path / "labels.json")
     assert Vocab.load(path) == old and LabelSet.load(tmp_path / "labels.json") == labels
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.json", "vocab.json"]  # no temporary files left
+
+
+class RisingThenFlat:
+    """A regression whose validation score rises for ``rise`` evaluations, then stays flat."""
+
+    primary_metric, higher_is_better = "score", True
+
+    def __init__(self, rise: int) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        self.model = torch.nn.Linear(2, 1)
+        self.x, self.rise, self.evaluations = torch.randn(8, 2), rise, 0
+
+    def train_batches(self, epoch, rng):
+        return [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+    def loss(self, batch, carry):
+        return self.model(self.x[batch]).pow(2).mean(), len(batch), None
+
+    def evaluate(self, split):
+        self.evaluations += 1
+        return {"score": float(min(self.evaluations, self.rise)), "loss": 0.0}
+
+
+@pytest.mark.parametrize("task", ["lm", "classify", "tag", "translate", "forecast"])
+def test_default_settings_train_until_validation_stops_improving(tmp_path, task):
+    """Issue 18: with its default settings a task trains while validation improves (here for 40 evaluations,
+    one an epoch) and stops by patience, not after a fixed number of epochs; --time-budget bounds it."""
+    from rnnkit.tasks import training_settings
+    from rnnkit.training import Trainer
+
+    settings = training_settings(resolve_settings(task, {"progress": False}))
+    scripted = RisingThenFlat(rise=40)
+    result = Trainer(scripted, tmp_path, settings).train()
+    assert result.stop_reason == "early_stopping"
+    assert result.best_metric == 40.0 and scripted.evaluations == 40 + settings.patience

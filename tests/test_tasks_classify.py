@@ -41,7 +41,7 @@ def test_round_trip(tmp_path, pooling):
     runner = classify.load(run)
     assert runner.predict(["good great fun", "awful boring bad"]) == ["pos", "neg"]
     assert runner.predict([]) == []
-    metrics = runner.evaluate(str(tmp_path / "valid.tsv"), split="valid")
+    metrics = runner.evaluate(str(tmp_path / "valid.tsv"))
     assert metrics["accuracy"] == 1.0 and metrics["examples"] == 3
     # The majority label of training ("pos", 30 of 50) is right on 2 of the 3 validation texts.
     assert metrics["majority_accuracy"] == pytest.approx(2 / 3)
@@ -55,7 +55,7 @@ def test_metrics_against_scikit_learn(tmp_path):
     gold = ["pos"] * 5 + ["neg"] * 5
     _write(tmp_path / "test.tsv", list(zip(gold, lines, strict=True)))
     predicted = runner.predict(lines)
-    metrics = runner.evaluate(str(tmp_path / "test.tsv"), split="test")
+    metrics = runner.evaluate(str(tmp_path / "test.tsv"))
     assert metrics["accuracy"] == pytest.approx(sum(p == g for p, g in zip(predicted, gold, strict=True)) / 10)
     expected = f1_score(gold, predicted, average="macro", labels=["neg", "pos"], zero_division=0)
     assert metrics["macro_f1"] == pytest.approx(expected)
@@ -78,8 +78,8 @@ def test_unknown_word_and_empty_text(tmp_path):
     assert len(runner.predict(["", "zzz qqq", "good " * 50])) == 3
 
 
-@pytest.mark.parametrize("bad, message", [({"pooling": "sum"}, "pooling must be one of"),
-                                          ({"level": "bpe"}, "level must be one of"),
+@pytest.mark.parametrize("bad, message", [({"pooling": "sum"}, "unknown pooling .sum.; expected one of"),
+                                          ({"level": "bpe"}, "unknown level .bpe.; expected one of"),
                                           ({"batch_size": 0}, "batch_size must be a positive")])
 def test_bad_settings(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):

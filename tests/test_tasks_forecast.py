@@ -91,7 +91,7 @@ def test_explicit_valid_and_test_files(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [({"input_len": 0}, "input_len must be a positive"),
-                                          ({"season": -1}, "season must be >= 0"),
+                                          ({"season": -1}, "season must be a non-negative integer"),
                                           ({"input_len": 170}, "fewer than input_len")])
 def test_bad_settings(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):

@@ -39,7 +39,7 @@ def test_char_round_trip(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["task"] == "lm" and config["model"]["vocab_size"] == len(Vocab.load(run / "vocab.json"))
     runner = lm.load(run)
-    metrics = runner.evaluate(str(tmp_path / "valid.txt"), split="valid")
+    metrics = runner.evaluate(str(tmp_path / "valid.txt"))
     # The same loss by hand: one row, the state carried, cross-entropy over every next character.
     stream = token_stream(TEXT[:300], runner.vocab)
     batch_size = min(2, stream.numel() // 2)
@@ -72,7 +72,7 @@ def test_word_level_perplexity(tmp_path):
     run = tmp_path / "run"
     _train(_settings(tmp_path, level="word", bptt=5, max_steps=10), run)
     runner = lm.load(run)
-    metrics = runner.evaluate(str(tmp_path / "valid.txt"), split="valid")
+    metrics = runner.evaluate(str(tmp_path / "valid.txt"))
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]), rel=1e-6)
     assert "bits_per_char" not in metrics
     words = runner.generate("the cat", length=4, seed=0).split()
@@ -104,7 +104,7 @@ def test_truncated_bptt_carries_state(tmp_path):
     assert torch.equal(second[0][:, 0], first[1][:, -1])
 
 
-@pytest.mark.parametrize("bad, message", [({"level": "byte"}, "level must be one of"),
+@pytest.mark.parametrize("bad, message", [({"level": "byte"}, "unknown level .byte.; expected one of"),
                                           ({"bptt": 0}, "bptt must be a positive")])
 def test_bad_settings(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):

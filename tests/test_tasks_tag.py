@@ -47,7 +47,7 @@ def test_bio_round_trip(tmp_path, crf):
     _train(_settings(tmp_path, crf=crf), run)
     runner = tag.load(run)
     assert runner.predict(["John lives in Rome .", ""]) == [["B-PER", "O", "O", "B-LOC", "O"], []]
-    metrics = runner.evaluate(str(tmp_path / "valid.tsv"), split="valid")
+    metrics = runner.evaluate(str(tmp_path / "valid.tsv"))
     assert metrics["token_accuracy"] == 1.0 and metrics["entity_f1"] == 1.0
     assert metrics["tokens"] == 14 and metrics["sentences"] == 3
 
@@ -60,7 +60,7 @@ def test_entity_f1_matches_seqeval(tmp_path):
     _write_tagging(tmp_path / "test.tsv", test)
     predicted = runner.predict([words for words, _ in test])
     gold = [tags.split() for _, tags in test]
-    metrics = runner.evaluate(str(tmp_path / "test.tsv"), split="test")
+    metrics = runner.evaluate(str(tmp_path / "test.tsv"))
     assert metrics["entity_f1"] == pytest.approx(f1_score(gold, predicted, zero_division=0))
     flat = [(p, g) for ps, gs in zip(predicted, gold, strict=True) for p, g in zip(ps, gs, strict=True)]
     assert metrics["token_accuracy"] == pytest.approx(sum(p == g for p, g in flat) / 10)
@@ -74,7 +74,7 @@ def test_most_frequent_tag_baseline(tmp_path):
     run = tmp_path / "run"
     _train(_settings(tmp_path, sentences, max_steps=2), run)
     _write_tagging(tmp_path / "test.tsv", [("they run", "PRON VERB"), ("cats sleep", "NOUN VERB")])
-    metrics = tag.load(run).evaluate(str(tmp_path / "test.tsv"), split="test")
+    metrics = tag.load(run).evaluate(str(tmp_path / "test.tsv"))
     # Baseline: they->PRON (right), run->NOUN (wrong), cats->NOUN (right, the commonest tag), sleep->NOUN (wrong)
     assert metrics["baseline_token_accuracy"] == 0.5
     assert "entity_f1" not in metrics  # POS tags are not BIO

@@ -157,8 +157,8 @@ def test_resume_is_exact(tmp_path, name, interruption):
         stop_at = epoch_sizes[0] + 3  # in the middle of the second epoch, between checkpoints
     assert stop_at not in boundaries and stop_at < sum(epoch_sizes)
     task = make_lm_task()
-    if interruption == "max_steps":
-        first = Trainer(task, run_dir, **settings, max_steps=stop_at).train()
+    if interruption == "max_steps":  # without the evaluation at the stop, which an unbroken run does not make
+        first = Trainer(task, run_dir, **settings, max_steps=stop_at, eval_on_stop=False).train()
         assert first.stop_reason == "max_steps" and first.step == stop_at
     else:
         def crash(event):
@@ -189,6 +189,21 @@ def test_resume_is_exact(tmp_path, name, interruption):
     assert result.best_metric == reference.best_metric
     # The log reads as if the run had never stopped.
     assert without_timing(read_events(run_dir)) == without_timing(read_events(tmp_path / "reference"))
+
+
+@pytest.mark.parametrize("name", list(RESUME_SETTINGS))
+def test_the_evaluation_at_a_stop_leaves_the_resumed_trajectory_unchanged(tmp_path, name):
+    """The extra evaluation of a stopped run restores the RNG states and feeds neither the plateau schedule nor
+    the patience count: the resumed run trains the same weights as an unbroken one."""
+    settings = common(**{**RESUME_SETTINGS[name], "eval_every": 4})
+    reference_task = make_lm_task()
+    Trainer(reference_task, tmp_path / "reference", **settings).train()
+    task = make_lm_task()
+    Trainer(task, tmp_path / "run", **settings, max_steps=11).train()
+    assert [e["step"] for e in read_events(tmp_path / "run") if e.get("at_stop")] == [11]
+    resumed = make_lm_task(seed=5)
+    Trainer(resumed, tmp_path / "run", **settings).resume()
+    assert_same_weights(weights(resumed.model), weights(reference_task.model))
 
 
 def test_resume_matters(tmp_path):
@@ -509,6 +524,34 @@ def test_eval_on_stop_updates_the_best_model(tmp_path):
     fresh = nn.Linear(2, 1)
     load_weights(tmp_path, fresh)
     assert_same_weights(weights(fresh), task.snapshots[1])
+
+
+class LongScripted(ScriptedValidation):
+    """One long epoch of slow steps: a stop by max_steps or time budget always falls inside it."""
+
+    def train_batches(self, epoch, rng):
+        return super().train_batches(epoch, rng) * 500
+
+    def loss(self, batch, carry):
+        time.sleep(0.02)
+        return super().loss(batch, carry)
+
+
+@pytest.mark.parametrize("stop, limit", [("max_steps", {"max_steps": 13, "eval_every": 10}),
+                                         ("time_budget", {"time_budget": 0.3, "eval_every": 500})])
+def test_every_run_evaluates_when_it_stops_and_that_evaluation_can_be_the_best(tmp_path, stop, limit):
+    """Issue 18: a run stopped between evaluations evaluates once more (the time-budgeted one stops long before
+    its first periodic evaluation), and that evaluation takes part in choosing the best weights."""
+    task = LongScripted([0.1 * (i + 1) for i in range(100)], higher_is_better=True)
+    result = Trainer(task, tmp_path, epochs=10, progress=False, **limit).train()
+    assert result.stop_reason == stop and result.step % limit["eval_every"] != 0
+    evals = [e for e in read_events(tmp_path) if e["event"] == "eval"]
+    assert evals[-1]["step"] == result.step  # the last evaluation is of the final weights
+    assert result.last_metrics == evals[-1]["metrics"]
+    assert result.best_step == result.step  # the script improves at every evaluation: the final one is best
+    fresh = nn.Linear(2, 1)
+    load_weights(tmp_path, fresh)
+    assert_same_weights(weights(fresh), task.snapshots[-1])
 
 
 def test_learning_rate_schedule_formulas():

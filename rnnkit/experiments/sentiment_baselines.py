@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from rnnkit.checks import check_choice
 from rnnkit.data import Vocab, load, pad_sequences
 from rnnkit.experiments.harness import accuracy, finish, fit, plot_curves, threads
 from rnnkit.models import SequenceClassifier, SequenceClassifierConfig
@@ -143,11 +144,10 @@ def _accuracy(model, split: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> 
 
 def run_config(config: SentimentConfig, out: Path) -> dict[str, Any]:
     """Train every model, write the report into ``out`` and return its figures."""
+    for name in config.models:
+        check_choice("model", name, RECURRENT_MODELS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    unknown = [m for m in config.models if m not in RECURRENT_MODELS]
-    if unknown:
-        raise ValueError(f"unknown models {unknown}; known: {list(RECURRENT_MODELS)}")
     splits = {split: load("rotten-tomatoes", split=split, quiet=True) for split in ("train", "valid", "test")}
     if config.train_limit is not None:
         splits["train"] = splits["train"][: config.train_limit]

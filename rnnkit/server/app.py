@@ -96,7 +96,7 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit integers; a larger seed i
 class TranslateRequest(BaseModel):
     text: str = Field(min_length=1, max_length=100_000, description="one source sentence")
     model: str | None = Field(None, description="run name from /api/models; default: the first translate run")
-    beam_size: int = Field(5, ge=1, le=1000)
+    beam_size: int | None = Field(None, ge=1, le=1000, description="default: the run's own beam_size")
     n_best: int = Field(3, ge=1, le=1000)
     alpha: float | None = Field(None, ge=0.0, le=5.0, description="length normalisation exponent")
 
@@ -494,12 +494,11 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits(), host:
     @app.post("/api/translate")
     async def translate(request: TranslateRequest, http: Request) -> dict[str, Any]:
         _check("max_input_chars", len(request.text), limits.max_input_chars)
-        _check("max_beam", request.beam_size, limits.max_beam, 422)
-        if request.n_best > request.beam_size:
-            raise HTTPException(422, f"n_best must be <= beam_size {request.beam_size}, got {request.n_best}")
         run = pick(request.model, ("translate",), "translate")
         runner = await timed(http, run.runner)
-        results = await timed(http, runner.translate, [request.text], beam_size=request.beam_size,
+        beam_size = request.beam_size or runner.beam_size
+        _check("max_beam", beam_size, limits.max_beam, 422)
+        results = await timed(http, runner.translate, [request.text], beam_size=beam_size,
                               n_best=request.n_best, alpha=request.alpha)
         return {"model": run.name, "hypotheses": results[0]}
 

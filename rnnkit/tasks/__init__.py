@@ -13,11 +13,15 @@ the same four things, which the command line and the web server call:
 ``prepare(settings, run_dir) -> (task, run_config)``
     reads the data, builds vocabularies (saved into ``run_dir`` as JSON) and the model, and returns a
     :class:`rnnkit.training.TrainTask` plus what ``config.json`` must hold to rebuild the model.
-``load(run_dir) -> Runner``
+``load(run_dir) -> TaskRunner``
     rebuilds the trained model from ``config.json`` + ``model.safetensors`` (no code executed from the run
-    directory). The runner has ``evaluate(source=None, split="test") -> dict[str, float]`` and the task's
-    own verb: ``generate(prompt, ...)`` (lm), ``predict(lines) -> list[str]`` (classify, tag),
-    ``translate(lines, beam_size=..., n_best=...)`` (translate), ``forecast(...)`` (forecast).
+    directory). Every runner is a :class:`rnnkit.tasks.runner.TaskRunner`: ``evaluate(source=None,
+    split=None) -> dict[str, float]`` scores the run's own test source (or ``split``'s, or a file, or a
+    catalog dataset's split), and the task adds its own verb: ``generate(prompt, ...)`` (lm),
+    ``predict(lines) -> list[str]`` (classify, tag), ``translate(lines, beam_size=..., n_best=...)``
+    (translate), ``forecast(...)`` (forecast). :func:`load_run` loads any run by the task its config names.
+
+A run records where each split comes from (:func:`run_sources`): evaluation reads exactly those.
 """
 
 from __future__ import annotations
@@ -30,8 +34,24 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rnnkit.checkpoint import CONFIG_FILE, CheckpointError
+from rnnkit.tasks.runner import (
+    SPLITS,
+    NoSourceError,
+    TaskRunner,
+    check_vocabulary_size,
+    evaluate_test,
+    evaluation_source,
+    is_catalog_source,
+    load_run,
+    recorded_source,
+    run_file,
+)
 from rnnkit.training import TrainingConfig
+
+__all__ = ["TASK_NAMES", "SPLITS", "TRAINING_KEYS", "TaskRunner", "NoSourceError", "task_module", "load_run",
+           "read_config_file", "resolve_settings", "training_settings", "common_defaults", "jsonable_settings",
+           "split_source", "run_sources", "recorded_source", "evaluation_source", "evaluate_test", "run_file",
+           "check_vocabulary_size", "is_catalog_source"]
 
 TASK_NAMES = ("lm", "classify", "tag", "translate", "forecast")
 TRAINING_KEYS = tuple(f.name for f in fields(TrainingConfig))
@@ -108,15 +128,29 @@ def training_settings(settings: Mapping[str, Any]) -> TrainingConfig:
     return TrainingConfig(**{k: v for k, v in settings.items() if k in TRAINING_KEYS})
 
 
+# A task trains until validation stops improving: ``patience`` evaluations without a gain end it, and
+# ``--time-budget`` bounds it. ``epochs`` is only a cap, high enough never to be the reason a run stops
+# while validation still improves.
+EPOCHS_CAP = 100
+PATIENCE = 5
+
+
 def common_defaults(**overrides: Any) -> dict[str, Any]:
-    """Defaults every task shares: data sources and the training settings, with per-task overrides."""
+    """Defaults every task shares: data sources and the training settings (trained until validation stops
+    improving: ``patience`` evaluations, ``epochs`` a high cap), with per-task overrides."""
     base: dict[str, Any] = {"data": "", "valid": None, "test": None, "cache_dir": None}
     base.update({f.name: f.default for f in fields(TrainingConfig)
                  if not callable(f.default) and f.name not in ("betas",)})
     base["betas"] = (0.9, 0.999)
     base["progress"] = None
+    base["epochs"], base["patience"] = EPOCHS_CAP, PATIENCE
     base.update(overrides)
     return base
+
+
+def jsonable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings as ``config.json`` holds them (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
 def split_source(settings: Mapping[str, Any], split: str) -> str:
@@ -126,43 +160,22 @@ def split_source(settings: Mapping[str, Any], split: str) -> str:
     if explicit:
         return str(explicit)
     data = str(settings["data"])
-    from rnnkit.data import is_catalog_name
-
-    if is_catalog_name(data) and not Path(data).is_file():
+    if is_catalog_source(data):
         return data
     raise ValueError(f"--{split} FILE is needed when --data is a file ({data}); a catalog dataset brings its own "
                      f"{split} split")
 
 
-def run_file(run_dir: str | Path, name: Any, what: str) -> Path:
-    """``RUN_DIR/name`` for a file that ``config.json`` names (a vocabulary, a label set).
-
-    The name comes from a file that may not be trustworthy, so it must stay inside the run directory: an
-    absolute path, ``..`` or a symlink that leads outside is a :class:`CheckpointError`.
-    """
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not isinstance(name, str) or not name:
-        raise CheckpointError(f"{config_path}: the {what} file must be a file name, got {name!r}")
-    root = run_dir.resolve()
-    try:
-        path = (run_dir / name).resolve()
-    except (OSError, RuntimeError, ValueError) as err:  # symlink loops, NUL bytes
-        raise CheckpointError(f"{config_path}: bad {what} file name {name!r} ({err})") from None
-    if Path(name).is_absolute() or not path.is_relative_to(root):
-        raise CheckpointError(f"{config_path}: the {what} file {name!r} is outside the run directory {run_dir}; "
-                              f"a run directory must hold its own files")
-    return run_dir / name
+def run_sources(settings: Mapping[str, Any]) -> dict[str, str | None]:
+    """Where each split of a run comes from, as ``config.json`` records it under ``"data"``: the training
+    source, the validation source (required), and the test source (``--test``, a catalog dataset's own test
+    split, or None for a user's file without ``--test``). A ``--test`` that names nothing readable is refused
+    now, not after training."""
+    test = settings.get("test")
+    if test and not (is_catalog_source(str(test)) or Path(str(test)).is_file()):
+        raise ValueError(f"--test {test}: no such file, and not a catalog dataset (rnnkit data list)")
+    data = str(settings["data"])
+    return {"train": data, "valid": split_source(settings, "valid"),
+            "test": str(test) if test else (data if is_catalog_source(data) else None)}
 
 
-def check_vocabulary_size(path: str | Path, found: int, model_config: Mapping[str, Any], key: str,
-                          what: str = "vocabulary") -> None:
-    """Refuse a vocabulary (or label set) whose size is not the one the model's weights were built for.
-
-    Such a pair loads, but encodes ids the embedding does not have or decodes ids the vocabulary lacks; the
-    usual cause is a file copied from another run. :class:`CheckpointError` names the file and both sizes.
-    """
-    expected = model_config.get(key) if isinstance(model_config, Mapping) else None
-    if expected != found:
-        raise CheckpointError(f"{path}: the {what} has {found} entries but the model in {CONFIG_FILE} was built for "
-                              f"{key}={expected!r}; it belongs to another run, or one of the two files was edited")

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.checkpoint import load_weights, read_config
+from rnnkit.checks import check_choice, check_size
 from rnnkit.data import LabelSet, Vocab, bucketed_batches, load_source, pad_sequences
 from rnnkit.metrics import accuracy, macro_f1
 from rnnkit.models import POOLINGS, SequenceClassifier, SequenceClassifierConfig
-from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
+from rnnkit.tasks import TaskRunner, common_defaults, jsonable_settings, run_sources
 
 LEVELS = ("char", "word")
 
@@ -47,9 +47,7 @@ DEFAULTS: dict[str, Any] = common_defaults(
     pooling="max",
     dropout=0.5,
     batch_size=32,
-    epochs=8,
     lr=2e-3,
-    patience=3,
 )
 
 HELP: dict[str, str] = {
@@ -70,16 +68,12 @@ HELP: dict[str, str] = {
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    if settings["level"] not in LEVELS:
-        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {settings['level']!r}")
-    if settings["pooling"] not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {settings['pooling']!r}")
+    check_choice("level", settings["level"], LEVELS)
+    check_choice("pooling", settings["pooling"], POOLINGS)
     for key in ("batch_size", "min_freq"):
-        if int(settings[key]) < 1:
-            raise ValueError(f"{key} must be a positive integer, got {settings[key]!r}")
-    for key in ("max_vocab", "max_length"):
-        if int(settings[key]) < 0:
-            raise ValueError(f"{key} must be >= 0 (0 = no limit), got {settings[key]!r}")
+        check_size(key, settings[key])
+    for key in ("max_vocab", "max_length"):  # 0 = no limit
+        check_size(key, settings[key], allow_zero=True)
 
 
 class TextEncoder:
@@ -143,10 +137,6 @@ class ClassifyTask:
         return scores(predicted, self.valid_labels, self.majority, self.model.config.num_classes)
 
 
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
 def _majority(labels: Sequence[int]) -> int:
     counts = Counter(labels)
     return min(counts, key=lambda label: (-counts[label], label))  # ties: the first label
@@ -158,8 +148,8 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[ClassifyTask
     run_dir = Path(run_dir)
     cache = settings.get("cache_dir")
     train_records = load_source(settings["data"], "classify", "train", cache_dir=cache, quiet=True)
-    valid_source = split_source(settings, "valid")
-    valid_records = load_source(valid_source, "classify", "valid", cache_dir=cache, quiet=True)
+    sources = run_sources(settings)
+    valid_records = load_source(sources["valid"], "classify", "valid", cache_dir=cache, quiet=True)
     if not train_records or not valid_records:
         raise ValueError("classification needs at least one training and one validation example")
     lowercase = bool(settings["lowercase"])
@@ -186,34 +176,25 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[ClassifyTask
     model = SequenceClassifier(config)
     majority = _majority(train[1])
     task = ClassifyTask(model, train, valid, majority, int(settings["batch_size"]))
-    run_config = {"task": "classify", "model": config.to_dict(), "settings": _jsonable(settings),
-                  "data": {"train": str(settings["data"]), "valid": valid_source, "train_examples": len(train[0]),
+    run_config = {"task": "classify", "model": config.to_dict(), "settings": jsonable_settings(settings),
+                  "data": {**sources, "train_examples": len(train[0]),
                            "valid_examples": len(valid[0]), "majority_label": labels.decode(majority)},
                   "vocab": "vocab.json", "labels": "labels.json"}
     return task, run_config
 
 
-class ClassifyRunner:
+class ClassifyRunner(TaskRunner):
     """A trained classifier loaded from its run directory."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.config = read_config(self.run_dir)
-        if self.config.get("task") != "classify":
-            raise ValueError(f"{self.run_dir}: config.json is for task {self.config.get('task')!r}, not classify")
-        try:
-            self.model = SequenceClassifier(self.config["model"])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{self.run_dir / 'config.json'}: no classifier config ({err})") from None
-        vocab_path = run_file(self.run_dir, self.config.get("vocab", "vocab.json"), "vocabulary")
-        labels_path = run_file(self.run_dir, self.config.get("labels", "labels.json"), "label set")
-        self.vocab = Vocab.load(vocab_path)
-        self.labels = LabelSet.load(labels_path)
-        check_vocabulary_size(vocab_path, len(self.vocab), self.config["model"], "vocab_size")
-        check_vocabulary_size(labels_path, len(self.labels), self.config["model"], "num_classes", "label set")
-        load_weights(self.run_dir, self.model)
-        self.model.eval()
-        self.settings = self.config.get("settings", {})
+    task, model_kind = "classify", "a classifier"
+
+    def build_model(self, model_config: Any) -> SequenceClassifier:
+        return SequenceClassifier(model_config)
+
+    def load_files(self) -> None:
+        self.vocab = self.load_file(self.config.get("vocab", "vocab.json"), "vocabulary", Vocab.load, "vocab_size")
+        self.labels = self.load_file(self.config.get("labels", "labels.json"), "label set", LabelSet.load,
+                                     "num_classes")
         self.encoder = TextEncoder(self.vocab, bool(self.settings.get("lowercase", False)),
                                    int(self.settings.get("max_length", 0)))
 
@@ -224,21 +205,17 @@ class ClassifyRunner:
             return []
         return [self.labels.decode(i) for i in predict_ids(self.model, self.encoder(lines))]
 
-    def evaluate(self, source: str | None = None, split: str = "test") -> dict[str, float]:
-        """Accuracy, macro-F1 and the majority-class accuracy on ``split`` of ``source`` (default: the
-        training data's own split). The majority class is the training set's most frequent label."""
-        data = source or self.config["data"]["train"]
-        records = load_source(data, "classify", split, cache_dir=self.settings.get("cache_dir"), quiet=True)
+    def score(self, records: Sequence[Any], name: str) -> dict[str, float]:
+        """Accuracy, macro-F1 and the majority-class accuracy (the training set's most frequent label)."""
         if not records:
-            raise ValueError(f"{data} ({split}) holds no examples")
+            raise ValueError(f"{name} holds no examples")
         unknown = sorted({r.label for r in records} - set(self.labels.labels))
         if unknown:
-            raise ValueError(f"labels {unknown} in {data} were not seen in training; known: {self.labels.labels}")
+            raise ValueError(f"labels {unknown} in {name} were not seen in training; known: {self.labels.labels}")
         gold = self.labels.encode_all(r.label for r in records)
         predicted = predict_ids(self.model, self.encoder([r.text for r in records]))
         majority = self.labels.encode(self.config["data"]["majority_label"])
         return {**scores(predicted, gold, majority, len(self.labels)), "examples": float(len(records))}
 
 
-def load(run_dir: str | Path) -> ClassifyRunner:
-    return ClassifyRunner(run_dir)
+load = ClassifyRunner  # the task module's contract: load(run_dir) -> its runner

@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.checkpoint import load_weights, read_config
-from rnnkit.data import is_catalog_name, load_source
+from rnnkit.checks import check_size
+from rnnkit.data import load_source
 from rnnkit.metrics import mae, mase, naive_forecast, rmse, seasonal_naive_forecast
 from rnnkit.models import Forecaster, ForecasterConfig, StandardScaler, make_windows
-from rnnkit.tasks import common_defaults
+from rnnkit.tasks import SPLITS, TaskRunner, common_defaults, is_catalog_source, jsonable_settings
 
 # The seasonal period of each catalog series (yearly sunspots: the ~11-year solar cycle; weekly CO2: a year;
 # monthly El Nino: a year); used when --season is 0.
@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = common_defaults(
     num_layers=1,
     dropout=0.0,
     batch_size=16,
-    epochs=60,
+    epochs=1000,  # an epoch of a yearly series is a few steps: the cap sits higher
     lr=3e-3,
     patience=15,
 )
@@ -73,10 +73,8 @@ HELP: dict[str, str] = {
 
 def _check_settings(settings: dict[str, Any]) -> None:
     for key in ("input_len", "horizon", "batch_size"):
-        if int(settings[key]) < 1:
-            raise ValueError(f"{key} must be a positive integer, got {settings[key]!r}")
-    if int(settings["season"]) < 0:
-        raise ValueError(f"season must be >= 0 (0 = the dataset's own period), got {settings['season']!r}")
+        check_size(key, settings[key])
+    check_size("season", settings["season"], allow_zero=True)  # 0 = the dataset's own period
 
 
 def _season(settings: dict[str, Any]) -> int:
@@ -93,15 +91,11 @@ def _values(source: str, split: str, settings: dict[str, Any]) -> np.ndarray:
     return values
 
 
-def _is_catalog(source: str) -> bool:
-    return is_catalog_name(source) and not Path(source).is_file()
-
-
 def series_parts(settings: dict[str, Any]) -> dict[str, np.ndarray]:
     """The train / valid / test parts of the series, in time order."""
     data = str(settings["data"])
     explicit = bool(settings.get("valid") or settings.get("test"))
-    if _is_catalog(data) and not explicit:
+    if is_catalog_source(data) and not explicit:
         return {split: _values(data, split, settings) for split in ("train", "valid", "test")}
     if explicit:
         if not (settings.get("valid") and settings.get("test")):
@@ -179,10 +173,6 @@ class ForecastTask:
         return forecast_scores(self.model, *self.valid, self.parts["train"], self.season)
 
 
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
 def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[ForecastTask, dict[str, Any]]:
     """Read and split the series, fit the scaler on the training part, build the model."""
     _check_settings(settings)
@@ -203,29 +193,28 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[ForecastTask
     task = ForecastTask(model, parts, int(settings["batch_size"]), season)
     run_dir.mkdir(parents=True, exist_ok=True)
     # The held-out parts are saved as data (JSON numbers) so evaluation reads exactly the same split.
-    run_config = {"task": "forecast", "model": config.to_dict(), "settings": _jsonable(settings),
-                  "data": {"train": str(settings["data"]), "season": season,
+    data = str(settings["data"])
+    sources = {"train": data, "valid": str(settings.get("valid") or data), "test": str(settings.get("test") or data)}
+    run_config = {"task": "forecast", "model": config.to_dict(), "settings": jsonable_settings(settings),
+                  "data": {**sources, "season": season,
                            "parts": {name: values.tolist() for name, values in parts.items()}}}
     return task, run_config
 
 
-class ForecastRunner:
-    """A trained forecaster loaded from its run directory."""
+class ForecastRunner(TaskRunner):
+    """A trained forecaster loaded from its run directory (the series' parts are in its config.json)."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.config = read_config(self.run_dir)
-        if self.config.get("task") != "forecast":
-            raise ValueError(f"{self.run_dir}: config.json is for task {self.config.get('task')!r}, not forecast")
+    task, model_kind = "forecast", "a forecaster"
+
+    def build_model(self, model_config: Any) -> Forecaster:
+        return Forecaster(model_config)
+
+    def load_files(self) -> None:
         try:
-            self.model = Forecaster(self.config["model"])
             self.parts = {k: np.asarray(v, dtype=np.float64) for k, v in self.config["data"]["parts"].items()}
             self.season = int(self.config["data"]["season"])
         except (KeyError, TypeError) as err:
-            raise ValueError(f"{self.run_dir / 'config.json'}: no forecaster config ({err})") from None
-        load_weights(self.run_dir, self.model)
-        self.model.eval()
-        self.settings = self.config.get("settings", {})
+            raise ValueError(f"{self.run_dir / 'config.json'}: no series parts and season ({err})") from None
 
     def forecast(self, history: Any = None) -> list[float]:
         """The next ``horizon`` values after ``history`` (default: the whole series of the run)."""
@@ -237,11 +226,17 @@ class ForecastRunner:
             raise ValueError(f"forecasting needs at least input_len={n} past values, got {len(values)}")
         return self.model.predict(torch.as_tensor(values[-n:], dtype=torch.float32)).double().tolist()
 
-    def evaluate(self, source: str | None = None, split: str = "test") -> dict[str, float]:
-        """Scores on ``split`` of the run's series, or of another series ``source`` (its own final 10% as test
-        and the 10% before it as validation, or a catalog series' own splits)."""
-        if split not in ("train", "valid", "test"):
-            raise ValueError(f"split must be train, valid or test, got {split!r}")
+    def evaluation_source(self, source: str | None = None, split: str | None = None) -> tuple[str, str]:
+        """What :meth:`evaluate` reads: ``(series, split)``; a series is always cut into its parts."""
+        split = split or "test"
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        return source or str(self.config["data"]["train"]), split
+
+    def evaluate(self, source: str | None = None, split: str | None = None) -> dict[str, float]:
+        """Scores on ``split`` (default: test) of the run's series, or of another series ``source`` (its own
+        final 10% as test and the 10% before it as validation, or a catalog series' own splits)."""
+        _, split = self.evaluation_source(source, split)
         parts = self.parts
         if source is not None:
             parts = series_parts({**self.settings, "data": source, "valid": None, "test": None})
@@ -253,5 +248,4 @@ class ForecastRunner:
         return forecast_scores(self.model, inputs, targets, parts["train"], self.season)
 
 
-def load(run_dir: str | Path) -> ForecastRunner:
-    return ForecastRunner(run_dir)
+load = ForecastRunner  # the task module's contract: load(run_dir) -> its runner

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.checkpoint import load_weights, read_config
+from rnnkit.checks import check_choice, check_size
 from rnnkit.data import PAD_ID, Vocab, batchify, bptt_chunks, load_source, token_stream
 from rnnkit.metrics import bits_per_char, perplexity
 from rnnkit.models import LanguageModel, LanguageModelConfig
-from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
+from rnnkit.tasks import TaskRunner, common_defaults, jsonable_settings, run_sources
 
 LEVELS = ("char", "word")
 
@@ -47,7 +47,6 @@ DEFAULTS: dict[str, Any] = common_defaults(
     bptt=64,
     eval_batch_size=64,
     eval_tokens=100_000,
-    epochs=5,
     lr=3e-3,
     eval_every=500,
     checkpoint_every=500,
@@ -71,14 +70,11 @@ HELP: dict[str, str] = {
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    if settings["level"] not in LEVELS:
-        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {settings['level']!r}")
+    check_choice("level", settings["level"], LEVELS)
     for key in ("batch_size", "bptt", "eval_batch_size", "min_freq"):
-        if int(settings[key]) < 1:
-            raise ValueError(f"{key} must be a positive integer, got {settings[key]!r}")
-    for key in ("eval_tokens", "max_vocab"):
-        if int(settings[key]) < 0:
-            raise ValueError(f"{key} must be >= 0 (0 = no limit), got {settings[key]!r}")
+        check_size(key, settings[key])
+    for key in ("eval_tokens", "max_vocab"):  # 0 = no limit
+        check_size(key, settings[key], allow_zero=True)
 
 
 @torch.no_grad()
@@ -132,18 +128,14 @@ class LanguageModelTask:
         return _metrics(loss, self.level)
 
 
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
 def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[LanguageModelTask, dict[str, Any]]:
     """Read the text, build and save the vocabulary, build the model."""
     _check_settings(settings)
     run_dir = Path(run_dir)
     cache = settings.get("cache_dir")
     train_text = load_source(settings["data"], "lm", "train", cache_dir=cache, quiet=True)
-    valid_source = split_source(settings, "valid")
-    valid_text = load_source(valid_source, "lm", "valid", cache_dir=cache, quiet=True)
+    sources = run_sources(settings)
+    valid_text = load_source(sources["valid"], "lm", "valid", cache_dir=cache, quiet=True)
     vocab = Vocab.build([train_text] if settings["level"] == "char" else train_text.split("\n"),
                         level=settings["level"], min_freq=int(settings["min_freq"]),
                         max_size=int(settings["max_vocab"]) or None)
@@ -151,7 +143,7 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[LanguageMode
     vocab.save(run_dir / "vocab.json")
     train, valid = token_stream(train_text, vocab), token_stream(valid_text, vocab)  # (N,), (M,)
     if valid.numel() < 2:
-        raise ValueError(f"the validation text {valid_source} has fewer than 2 tokens")
+        raise ValueError(f"the validation text {sources['valid']} has fewer than 2 tokens")
     torch.manual_seed(int(settings["seed"]))
     config = LanguageModelConfig(
         vocab_size=len(vocab), cell=settings["cell"], hidden_size=int(settings["hidden_size"]),
@@ -161,41 +153,30 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[LanguageMode
     )
     model = LanguageModel(config)
     task = LanguageModelTask(model, train, valid, settings)
-    run_config = {"task": "lm", "model": config.to_dict(), "settings": _jsonable(settings),
-                  "data": {"train": str(settings["data"]), "valid": valid_source, "level": settings["level"],
+    run_config = {"task": "lm", "model": config.to_dict(), "settings": jsonable_settings(settings),
+                  "data": {**sources, "level": settings["level"],
                            "train_tokens": int(train.numel()), "valid_tokens": int(valid.numel())},
                   "vocab": "vocab.json"}
     return task, run_config
 
 
-class LanguageModelRunner:
+class LanguageModelRunner(TaskRunner):
     """A trained language model loaded from its run directory."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.config = read_config(self.run_dir)
-        if self.config.get("task") != "lm":
-            raise ValueError(f"{self.run_dir}: config.json is for task {self.config.get('task')!r}, not lm")
-        try:
-            self.model = LanguageModel(self.config["model"])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{self.run_dir / 'config.json'}: no language model config ({err})") from None
-        vocab_path = run_file(self.run_dir, self.config.get("vocab", "vocab.json"), "vocabulary")
-        self.vocab = Vocab.load(vocab_path)
-        check_vocabulary_size(vocab_path, len(self.vocab), self.config["model"], "vocab_size")
-        load_weights(self.run_dir, self.model)
-        self.model.eval()
-        self.settings = self.config.get("settings", {})
+    task, model_kind = "lm", "a language model"
+
+    def build_model(self, model_config: Any) -> LanguageModel:
+        return LanguageModel(model_config)
+
+    def load_files(self) -> None:
+        self.vocab = self.load_file(self.config.get("vocab", "vocab.json"), "vocabulary", Vocab.load, "vocab_size")
         self.level = self.vocab.level
 
-    def evaluate(self, source: str | None = None, split: str = "test") -> dict[str, float]:
-        """Cross-entropy (nats/token) and bits per character or perplexity on ``split`` of ``source``
-        (default: the training data's own split), over the whole text."""
-        data = source or self.config["data"]["train"]
-        text = load_source(data, "lm", split, cache_dir=self.settings.get("cache_dir"), quiet=True)
+    def score(self, text: str, name: str) -> dict[str, float]:
+        """Cross-entropy (nats/token) and bits per character or perplexity over the whole text."""
         stream = token_stream(text, self.vocab)  # (N,)
         if stream.numel() < 2:
-            raise ValueError(f"{data} ({split}) has fewer than 2 tokens to score")
+            raise ValueError(f"{name} has fewer than 2 tokens to score")
         loss, count = stream_loss(self.model, stream, int(self.settings.get("eval_batch_size", 64)),
                                   int(self.settings.get("bptt", 64)))
         return {**_metrics(loss, self.level), "tokens": float(count)}
@@ -236,5 +217,4 @@ class LanguageModelRunner:
             yield {"id": token_id, "token": token, "text": text}
 
 
-def load(run_dir: str | Path) -> LanguageModelRunner:
-    return LanguageModelRunner(run_dir)
+load = LanguageModelRunner  # the task module's contract: load(run_dir) -> its runner

@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.checkpoint import atomic_write_json, load_weights, read_config
+from rnnkit.checkpoint import atomic_write_json
+from rnnkit.checks import check_size
 from rnnkit.data import LabelSet, Vocab, bucketed_batches, load_source, pad_sequences
 from rnnkit.metrics import entity_scores
 from rnnkit.models import SequenceTagger, SequenceTaggerConfig
-from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
+from rnnkit.tasks import TaskRunner, common_defaults, jsonable_settings, run_file, run_sources
 
 DEFAULTS: dict[str, Any] = common_defaults(
     data="turkish-pos",
@@ -45,7 +46,6 @@ DEFAULTS: dict[str, Any] = common_defaults(
     crf=False,
     dropout=0.3,
     batch_size=16,
-    epochs=20,
     lr=2e-3,
     patience=4,
 )
@@ -169,10 +169,6 @@ class TagTask:
         return scores(predicted, [s.tags for s in self.valid], self.bio)
 
 
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
 def _non_empty(records, what: str) -> list:
     sentences = [r for r in records if len(r.tokens) > 0]
     if not sentences:
@@ -183,15 +179,13 @@ def _non_empty(records, what: str) -> list:
 def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TagTask, dict[str, Any]]:
     """Read the tagged sentences, build and save the vocabulary and tag set, build the model."""
     for key in ("batch_size", "min_freq"):
-        if int(settings[key]) < 1:
-            raise ValueError(f"{key} must be a positive integer, got {settings[key]!r}")
-    if int(settings["max_vocab"]) < 0:
-        raise ValueError(f"max_vocab must be >= 0 (0 = no limit), got {settings['max_vocab']!r}")
+        check_size(key, settings[key])
+    check_size("max_vocab", settings["max_vocab"], allow_zero=True)  # 0 = no limit
     run_dir = Path(run_dir)
     cache = settings.get("cache_dir")
     train = _non_empty(load_source(settings["data"], "tag", "train", cache_dir=cache, quiet=True), "training")
-    valid_source = split_source(settings, "valid")
-    valid = _non_empty(load_source(valid_source, "tag", "valid", cache_dir=cache, quiet=True), "validation")
+    sources = run_sources(settings)
+    valid = _non_empty(load_source(sources["valid"], "tag", "valid", cache_dir=cache, quiet=True), "validation")
     lowercase = bool(settings["lowercase"])
     vocab = Vocab.build([[t.lower() if lowercase else t for t in s.tokens] for s in train], level="word",
                         min_freq=int(settings["min_freq"]), max_size=int(settings["max_vocab"]) or None)
@@ -212,8 +206,8 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TagTask, dic
     )
     model = SequenceTagger(config)
     task = TagTask(model, Tagging(vocab, tags, lowercase), train, valid, int(settings["batch_size"]), bio)
-    run_config = {"task": "tag", "model": config.to_dict(), "settings": _jsonable(settings),
-                  "data": {"train": str(settings["data"]), "valid": valid_source, "train_sentences": len(train),
+    run_config = {"task": "tag", "model": config.to_dict(), "settings": jsonable_settings(settings),
+                  "data": {**sources, "train_sentences": len(train),
                            "valid_sentences": len(valid), "bio": bio,
                            "baseline": "baseline.json"},
                   "vocab": "vocab.json", "tags": "tags.json"}
@@ -223,28 +217,18 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TagTask, dic
     return task, run_config
 
 
-class TagRunner:
+class TagRunner(TaskRunner):
     """A trained tagger loaded from its run directory."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.config = read_config(self.run_dir)
-        if self.config.get("task") != "tag":
-            raise ValueError(f"{self.run_dir}: config.json is for task {self.config.get('task')!r}, not tag")
-        try:
-            self.model = SequenceTagger(self.config["model"])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{self.run_dir / 'config.json'}: no tagger config ({err})") from None
-        self.settings = self.config.get("settings", {})
-        vocab_path = run_file(self.run_dir, self.config.get("vocab", "vocab.json"), "vocabulary")
-        tags_path = run_file(self.run_dir, self.config.get("tags", "tags.json"), "tag set")
-        vocab = Vocab.load(vocab_path)
-        tags = LabelSet.load(tags_path)
-        check_vocabulary_size(vocab_path, len(vocab), self.config["model"], "vocab_size")
-        check_vocabulary_size(tags_path, len(tags), self.config["model"], "num_tags", "tag set")
+    task, model_kind = "tag", "a tagger"
+
+    def build_model(self, model_config: Any) -> SequenceTagger:
+        return SequenceTagger(model_config)
+
+    def load_files(self) -> None:
+        vocab = self.load_file(self.config.get("vocab", "vocab.json"), "vocabulary", Vocab.load, "vocab_size")
+        tags = self.load_file(self.config.get("tags", "tags.json"), "tag set", LabelSet.load, "num_tags")
         self.tagging = Tagging(vocab, tags, bool(self.settings.get("lowercase", False)))
-        load_weights(self.run_dir, self.model)
-        self.model.eval()
         self.baseline = self._load_baseline()
 
     def _load_baseline(self) -> MostFrequentTag | None:
@@ -263,12 +247,9 @@ class TagRunner:
         """The tags of each whitespace-tokenized line (an empty line gets no tags)."""
         return self.tagging.predict(self.model, [line.split() for line in lines])
 
-    def evaluate(self, source: str | None = None, split: str = "test") -> dict[str, float]:
-        """Token accuracy (and entity scores for BIO tags) on ``split`` of ``source`` (default: the training
-        data's own split), next to the most-frequent-tag baseline's token accuracy."""
-        data = source or self.config["data"]["train"]
-        records = _non_empty(load_source(data, "tag", split, cache_dir=self.settings.get("cache_dir"), quiet=True),
-                             f"{data} ({split})")
+    def score(self, records: Sequence[Any], name: str) -> dict[str, float]:
+        """Token accuracy (and entity scores for BIO tags), next to the most-frequent-tag baseline's."""
+        records = _non_empty(records, name)
         gold = [s.tags for s in records]
         predicted = self.tagging.predict(self.model, [s.tokens for s in records])
         bio = bool(self.config["data"].get("bio", False))
@@ -281,5 +262,4 @@ class TagRunner:
         return metrics
 
 
-def load(run_dir: str | Path) -> TagRunner:
-    return TagRunner(run_dir)
+load = TagRunner  # the task module's contract: load(run_dir) -> its runner

@@ -1,21 +1,23 @@
 """Translation: an attention encoder-decoder (:class:`rnnkit.seq2seq.Seq2Seq`) on ``source<TAB>target`` pairs.
 
 Training is teacher-forced (or scheduled sampling, Bengio et al. 2015) cross-entropy; validation decodes
-greedily and reports exact match, BLEU and chrF (sacrebleu); :meth:`TranslateRunner.evaluate` decodes with
-beam search. Tokens are characters by default (the ``dates`` and ``numbers`` datasets), or words, or BPE
-subwords (``--level bpe``, the ``tokenizers`` library).
+greedily and reports exact match, BLEU and chrF (sacrebleu), and with word-level targets the G2P word and phoneme
+error rates; :meth:`TranslateRunner.evaluate` decodes with beam search. Tokens are characters by default (the
+``dates`` and ``numbers`` datasets), or words, or BPE subwords (``--level bpe``, the ``tokenizers`` library); each
+side can have its own (``--source-level char --target-level word``: letters in, phoneme symbols out). Token ids
+are memory-mapped from the run directory (:mod:`rnnkit.data.tokenized`), so a million pairs fit in memory.
 
 Example::
 
     rnnkit train translate --data dates --out runs/dates --time-budget 240
     echo "mardi 5 mars 2024" | rnnkit translate runs/dates --beam 5
+    rnnkit train translate --data cmudict --source-level char --target-level word --out runs/g2p
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.checkpoint import load_weights, read_config
-from rnnkit.data import BPETokenizer, Vocab, bucketed_batches, load_source, load_tokenizer, pad_sequences
-from rnnkit.decoding import Hypothesis, beam_search, greedy_decode
-from rnnkit.metrics import bleu, chrf, exact_match
+from rnnkit.checks import check_choice
+from rnnkit.data import (
+    SOURCE_VOCAB_FILE,
+    TARGET_VOCAB_FILE,
+    TOKEN_LEVELS,
+    TokenizedPairs,
+    bucketed_batches,
+    load_tokenizer,
+    pad_sequences,
+    source_file,
+    tokenize_corpus,
+)
+from rnnkit.decoding import Hypothesis
+from rnnkit.decoding import translate as decode_batch
+from rnnkit.metrics import bleu, chrf, exact_match, phoneme_error_rate, word_error_rate
 from rnnkit.seq2seq import Seq2Seq, Seq2SeqConfig, make_schedule
-from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
+from rnnkit.tasks import TaskRunner, common_defaults, jsonable_settings, run_sources
 
-LEVELS = ("char", "word", "bpe")
+LEVELS = TOKEN_LEVELS
 SCHEDULES = ("constant", "linear", "exponential", "inverse-sigmoid")
 # Defaults of each schedule's constant (Bengio et al. 2015, section 2.4): the ratio falls from 1 towards 0
 # over roughly 10,000 steps.
@@ -40,6 +53,8 @@ _SCHEDULE_ARG = {"linear": "slope", "exponential": "k", "inverse-sigmoid": "k"}
 DEFAULTS: dict[str, Any] = common_defaults(
     data="dates",
     level="char",
+    source_level="",
+    target_level="",
     bpe_vocab_size=4000,
     cell="gru",
     embedding_size=32,
@@ -57,14 +72,17 @@ DEFAULTS: dict[str, Any] = common_defaults(
     eval_examples=1000,
     beam_size=5,
     alpha=0.0,
-    epochs=20,
     lr=3e-3,
+    patience=10,
     eval_every=200,
     checkpoint_every=200,
 )
 
 HELP: dict[str, str] = {
     "level": "tokens: char | word | bpe (subwords trained on the training targets and sources)",
+    "source_level": "tokens of the source side: char | word | bpe (default: --level)",
+    "target_level": "tokens of the target side: char | word | bpe (default: --level); word also reports the G2P "
+                    "word error rate (wer) and phoneme error rate (per)",
     "bpe_vocab_size": "vocabulary size of each BPE tokenizer (level bpe)",
     "cell": "recurrent cell of encoder and decoder: gru | lstm",
     "embedding_size": "size of the token embeddings",
@@ -85,60 +103,22 @@ HELP: dict[str, str] = {
 }
 
 
-def _tokenizer(level: str, texts: Sequence[str], bpe_vocab_size: int):
-    if level == "bpe":
-        return BPETokenizer.train(texts, vocab_size=bpe_vocab_size)
-    return Vocab.build(texts, level=level)
-
-
-@dataclass
-class Pairs:
-    """Encoded sentence pairs: source ids, target ids with BOS and EOS, and the raw target text."""
-
-    sources: list[list[int]]
-    targets: list[list[int]]
-    source_text: list[str]
-    target_text: list[str]
-
-
-def encode_pairs(records, source_vocab, target_vocab, limit: int = 0) -> Pairs:
-    records = list(records)[:limit] if limit else list(records)
-    if not records:
-        raise ValueError("no sentence pairs to train or evaluate on")
-    return Pairs(
-        [source_vocab.encode(r.source) or [source_vocab.unk_id] for r in records],
-        [target_vocab.encode(r.target, add_bos=True, add_eos=True) for r in records],
-        [r.source for r in records],
-        [r.target for r in records],
-    )
-
-
-def make_batch(pairs: Pairs, indices: Sequence[int]) -> dict[str, Tensor]:
+def make_batch(pairs: TokenizedPairs, indices: Sequence[int]) -> dict[str, Tensor]:
     """Pad one batch: src (B, S), src_lengths (B,), tgt_in (B, T) = BOS y_1..y_n, tgt_out (B, T) = y_1..EOS."""
     src, src_lengths = pad_sequences([pairs.sources[i] for i in indices])  # (B, S), (B,)
     tgt, _ = pad_sequences([pairs.targets[i] for i in indices])  # (B, T + 1)
     return {"src": src, "src_lengths": src_lengths, "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:]}
 
 
-def decode_texts(model: Seq2Seq, target_vocab, sources: Sequence[list[int]], *, beam_size: int = 1,
-                 alpha: float = 0.0, n_best: int = 1, max_len: int | None = None,
-                 batch_size: int = 128) -> list[list[Hypothesis]]:
-    """Decode encoded sources in batches (greedy for beam_size 1, else beam search), best first."""
+def decode_texts(model: Seq2Seq, sources: Sequence[list[int]], *, method: str = "beam", batch_size: int = 128,
+                 **options: Any) -> list[list[Hypothesis]]:
+    """Decode encoded sources in batches of ``batch_size`` with :func:`rnnkit.decoding.translate` (``method``
+    and ``options``: beam_size, n_best, alpha, max_len, ... go to it); per source its hypotheses, best first."""
     model.eval()
     results: list[list[Hypothesis]] = []
-    with torch.no_grad():
-        for start in range(0, len(sources), batch_size):
-            chunk = sources[start:start + batch_size]
-            src, src_lengths = pad_sequences(chunk)
-            limit = max_len or int(2 * src_lengths.max()) + 10
-            state = model.start(src, src_lengths)
-            if beam_size == 1:
-                results += greedy_decode(model, state, bos_id=model.bos_id, eos_id=model.eos_id,
-                                         pad_id=model.pad_id, max_len=limit).hypotheses()
-            else:
-                results += beam_search(model, state, bos_id=model.bos_id, eos_id=model.eos_id,
-                                       pad_id=model.pad_id, beam_size=beam_size, n_best=n_best,
-                                       max_len=limit, alpha=alpha)
+    for start in range(0, len(sources), batch_size):
+        src, src_lengths = pad_sequences(sources[start:start + batch_size])  # (B, S), (B,)
+        results += decode_batch(model, src, src_lengths, method=method, **options)
     return results
 
 
@@ -146,9 +126,14 @@ def hypothesis_text(target_vocab, hypothesis: Hypothesis) -> str:
     return target_vocab.decode(hypothesis.tokens.tolist())  # specials (the EOS) are skipped
 
 
-def score_texts(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    return {"exact_match": exact_match(hypotheses, references), "bleu": bleu(hypotheses, references),
-            "chrf": chrf(hypotheses, references)}
+def score_texts(hypotheses: Sequence[str], references: Sequence[str], phonemes: bool = False) -> dict[str, float]:
+    """Exact match, BLEU, chrF; with ``phonemes`` (word-level targets) also the G2P ``wer`` and ``per``."""
+    scores = {"exact_match": exact_match(hypotheses, references), "bleu": bleu(hypotheses, references),
+              "chrf": chrf(hypotheses, references)}
+    if phonemes:
+        scores["wer"] = word_error_rate(hypotheses, references)
+        scores["per"] = phoneme_error_rate(hypotheses, references)
+    return scores
 
 
 class TranslateTask:
@@ -157,7 +142,7 @@ class TranslateTask:
     primary_metric = "exact_match"
     higher_is_better = True
 
-    def __init__(self, model: Seq2Seq, source_vocab, target_vocab, train: Pairs, valid: Pairs,
+    def __init__(self, model: Seq2Seq, source_vocab, target_vocab, train: TokenizedPairs, valid: TokenizedPairs,
                  settings: dict[str, Any]) -> None:
         self.model = model
         self.source_vocab, self.target_vocab = source_vocab, target_vocab
@@ -169,7 +154,7 @@ class TranslateTask:
         self.schedule = (make_schedule("constant", value=float(settings["teacher_forcing_ratio"]))
                          if name == "constant" else make_schedule(name, **{_SCHEDULE_ARG[name]: k}))
         self.teacher_forcing_ratio = 1.0
-        self._lengths = [len(s) + len(t) for s, t in zip(train.sources, train.targets, strict=True)]
+        self._lengths = train.lengths().tolist()
 
     def begin_step(self, step: int) -> None:
         self.teacher_forcing_ratio = self.schedule(step)
@@ -198,9 +183,10 @@ class TranslateTask:
             loss, count = self.batch_loss(make_batch(pairs, indices[start:start + 256]))
             total += float(loss) * count
             tokens += count
-        hypotheses = decode_texts(self.model, self.target_vocab, pairs.sources[:n])
+        hypotheses = decode_texts(self.model, pairs.sources[:n], method="greedy")
         texts = [hypothesis_text(self.target_vocab, h[0]) for h in hypotheses]
-        return {"loss": total / tokens, **score_texts(texts, pairs.target_text[:n])}
+        return {"loss": total / tokens, **score_texts(texts, pairs.target_text[:n],
+                                                      phonemes=self.target_vocab.level == "word")}
 
 
 def _model_config(settings: dict[str, Any], source_vocab, target_vocab) -> Seq2SeqConfig:
@@ -217,79 +203,65 @@ def _model_config(settings: dict[str, Any], source_vocab, target_vocab) -> Seq2S
 
 def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TranslateTask, dict[str, Any]]:
     """Read the pairs, build and save the tokenizers, build the model."""
-    if settings["level"] not in LEVELS:
-        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {settings['level']!r}")
-    if settings["teacher_forcing"] not in SCHEDULES:
-        raise ValueError(f"teacher_forcing must be one of {', '.join(SCHEDULES)}, got {settings['teacher_forcing']!r}")
+    check_choice("level", settings["level"], LEVELS)
+    check_choice("teacher_forcing", settings["teacher_forcing"], SCHEDULES)
+    source_level = settings["source_level"] or settings["level"]
+    target_level = settings["target_level"] or settings["level"]
     run_dir = Path(run_dir)
-    train_records = load_source(settings["data"], "translate", "train")
-    valid_records = load_source(split_source(settings, "valid"), "translate", "valid")
-    limit = int(settings["max_train_examples"])
-    texts = list(train_records)[:limit] if limit else list(train_records)
-    source_vocab = _tokenizer(settings["level"], [r.source for r in texts], int(settings["bpe_vocab_size"]))
-    target_vocab = _tokenizer(settings["level"], [r.target for r in texts], int(settings["bpe_vocab_size"]))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    source_vocab.save(run_dir / "source_vocab.json")
-    target_vocab.save(run_dir / "target_vocab.json")
+    sources = run_sources(settings)
+    cache = settings.get("cache_dir")
+    corpus = tokenize_corpus(
+        run_dir, source_file(sources["train"], "translate", "train", cache_dir=cache, quiet=True),
+        source_file(sources["valid"], "translate", "valid", cache_dir=cache, quiet=True),
+        source_level=source_level, target_level=target_level, bpe_vocab_size=int(settings["bpe_vocab_size"]),
+        limit=int(settings["max_train_examples"]), progress=settings.get("progress"))
+    source_vocab, target_vocab = corpus.source_tokenizer, corpus.target_tokenizer
     torch.manual_seed(int(settings["seed"]))
     config = _model_config(settings, source_vocab, target_vocab)
     model = Seq2Seq.build(config)
-    task = TranslateTask(model, source_vocab, target_vocab, encode_pairs(train_records, source_vocab, target_vocab,
-                                                                          limit),
-                         encode_pairs(valid_records, source_vocab, target_vocab), settings)
-    run_config = {"task": "translate", "model": model.config_dict(), "settings": _jsonable(settings),
-                  "data": {"train": str(settings["data"]), "valid": split_source(settings, "valid"),
-                           "train_pairs": len(task.train.sources), "valid_pairs": len(task.valid.sources)},
-                  "vocab": {"source": "source_vocab.json", "target": "target_vocab.json"}}
+    task = TranslateTask(model, source_vocab, target_vocab, corpus.train, corpus.valid, settings)
+    run_config = {"task": "translate", "model": model.config_dict(), "settings": jsonable_settings(settings),
+                  "data": {**sources, "train_pairs": len(task.train.sources), "valid_pairs": len(task.valid.sources)},
+                  "vocab": {"source": SOURCE_VOCAB_FILE, "target": TARGET_VOCAB_FILE}}
     return task, run_config
 
 
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
-class TranslateRunner:
+class TranslateRunner(TaskRunner):
     """A trained translation model loaded from its run directory."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.config = read_config(self.run_dir)
-        if self.config.get("task") != "translate":
-            raise ValueError(f"{self.run_dir}: config.json is for task {self.config.get('task')!r}, not translate")
-        try:
-            self.model = Seq2Seq.build(Seq2SeqConfig(**self.config["model"]))
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{self.run_dir / 'config.json'}: the model config does not describe a Seq2Seq "
-                             f"({err})") from None
+    task, model_kind = "translate", "a Seq2Seq"
+
+    def build_model(self, model_config: Any) -> Seq2Seq:
+        return Seq2Seq.build(Seq2SeqConfig(**model_config))
+
+    def load_files(self) -> None:
         try:
             names = self.config["vocab"]["source"], self.config["vocab"]["target"]
         except (KeyError, TypeError) as err:
             raise ValueError(f"{self.run_dir / 'config.json'}: no source and target vocabularies ({err!r})") from None
-        source_path = run_file(self.run_dir, names[0], "source vocabulary")
-        target_path = run_file(self.run_dir, names[1], "target vocabulary")
-        self.source_vocab = load_tokenizer(source_path)
-        self.target_vocab = load_tokenizer(target_path)
-        check_vocabulary_size(source_path, len(self.source_vocab), self.config["model"], "source_vocab_size",
-                              "source vocabulary")
-        check_vocabulary_size(target_path, len(self.target_vocab), self.config["model"], "target_vocab_size",
-                              "target vocabulary")
-        load_weights(self.run_dir, self.model)
-        self.model.eval()
-        self.settings = self.config.get("settings", {})
+        self.source_vocab = self.load_file(names[0], "source vocabulary", load_tokenizer, "source_vocab_size")
+        self.target_vocab = self.load_file(names[1], "target vocabulary", load_tokenizer, "target_vocab_size")
+
+    @property
+    def beam_size(self) -> int:
+        """The run's own beam size (its ``beam_size`` setting): what decoding uses unless told otherwise."""
+        return int(self.settings.get("beam_size", 5))
+
+    def decoding_options(self, beam_size: int | None = None, alpha: float | None = None) -> dict[str, Any]:
+        """The run's decoding settings as options of :func:`rnnkit.decoding.beam_search`, each overridden
+        where given."""
+        return {"beam_size": int(beam_size if beam_size is not None else self.beam_size),
+                "alpha": float(alpha if alpha is not None else self.settings.get("alpha", 0.0))}
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
         return [self.source_vocab.encode(line) or [self.source_vocab.unk_id] for line in lines]
 
     def translate(self, lines: Sequence[str], *, beam_size: int | None = None, n_best: int = 1,
                   alpha: float | None = None) -> list[list[dict[str, Any]]]:
-        """Per line, its n-best translations: {"text", "score", "log_prob", "tokens", "attention"}."""
-        beam = int(beam_size if beam_size is not None else self.settings.get("beam_size", 5))
-        if n_best > beam:
-            raise ValueError(f"n_best must be <= beam size {beam}, got {n_best}")
+        """Per line, its n-best translations by beam search (default: the run's beam_size and alpha):
+        {"text", "score", "log_prob", "source_tokens", "tokens", "attention"}."""
         encoded = self.encode(lines)
-        hypotheses = decode_texts(self.model, self.target_vocab, encoded, beam_size=beam,
-                                  n_best=n_best, alpha=float(alpha if alpha is not None
-                                                            else self.settings.get("alpha", 0.0)))
+        hypotheses = decode_texts(self.model, encoded, n_best=n_best, **self.decoding_options(beam_size, alpha))
         results = []
         for line, ids, options in zip(lines, encoded, hypotheses, strict=True):
             results.append([{
@@ -302,20 +274,17 @@ class TranslateRunner:
             } for h in options])
         return results
 
-    def evaluate(self, source: str | None = None, split: str = "test", *, beam_size: int | None = None,
-                 limit: int = 0) -> dict[str, float]:
-        """Exact match, BLEU and chrF of beam-search translations on ``split`` of ``source`` (default: the
-        training data's own split)."""
-        data = source or self.config["data"]["train"]
-        records = list(load_source(data, "translate", split))
-        if limit:
-            records = records[:limit]
+    def score(self, records: Sequence[Any], name: str, *, beam_size: int | None = None,
+              limit: int = 0) -> dict[str, float]:
+        """Exact match, BLEU and chrF of beam-search translations (of the first ``limit`` pairs; 0: all)."""
+        records = list(records)[:limit] if limit else list(records)
+        if not records:
+            raise ValueError(f"{name} holds no sentence pairs")
         outputs = self.translate([r.source for r in records], beam_size=beam_size)
         texts = [o[0]["text"] for o in outputs]
-        metrics = score_texts(texts, [r.target for r in records])
+        metrics = score_texts(texts, [r.target for r in records], phonemes=self.target_vocab.level == "word")
         metrics["examples"] = float(len(records))
         return metrics
 
 
-def load(run_dir: str | Path) -> TranslateRunner:
-    return TranslateRunner(run_dir)
+load = TranslateRunner  # the task module's contract: load(run_dir) -> its runner
