@@ -117,7 +117,7 @@ def test_every_cited_test_command_selects_tests():
 
 def test_every_file_the_readme_names_exists():
     layout = re.search(r"## Layout\n\n```\n(.*?)```", README, flags=re.S).group(1)
-    named = [line.split()[0] for line in layout.splitlines() if line.strip()]
+    named = [word.strip("():,") for line in layout.splitlines() for word in line.split()[:1] if "/" in word]
     named += [m for m in re.findall(r"`((?:rnnkit|tests|benchmarks|scripts|docs)/[\w./-]+)`", README)]
     named += re.findall(r"\(((?:docs)/[\w./-]+\.png)\)", README)  # the figures shown
     missing = [name for name in dict.fromkeys(named) if not (ROOT / name).exists()]
