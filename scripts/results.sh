@@ -21,7 +21,6 @@ train lm shakespeare --data shakespeare --time-budget 300
 $RNNKIT generate "$OUT/shakespeare" --prompt "ROMEO:" --temperature 0.8 --length 300 --seed 0 | tee "$OUT/shakespeare.sample.txt"
 train classify rotten-tomatoes --data rotten-tomatoes --time-budget 180
 train tag turkish-pos --data turkish-pos --time-budget 180
-train translate numbers-en-fr --data numbers:en-fr --time-budget 240
 train forecast sunspots --data sunspots --time-budget 60
 # Penn Treebank, Zaremba et al. (2014) "small": 13 epochs with the paper's settings (about 23 minutes on 2 cores)
 train lm ptb-small --config configs/ptb-small.toml
