@@ -321,7 +321,8 @@ def run_rnnkit(corpus: Corpus, work: Path, sizes: dict, lr: float, beam: int) ->
                figures["peak_rss_mib"], sum(p.numel() for p in model.parameters()),
                (model.encoder.embedding.num_embeddings, model.decoder.embedding.num_embeddings),
                hypotheses, decode_seconds,
-               note=f"{stop['step']} steps, epoch {stop['epoch']}")
+               note=f"{stop['step']} steps, epoch {stop['epoch']}; tested: the model the run selected (step "
+                    f"{stop['best_step'] or stop['step']})")
 
 
 def joeynmt_config(corpus: Corpus, work: Path, sizes: dict, lr: float, beam: int, max_len: int) -> dict:
@@ -367,8 +368,8 @@ def run_joeynmt(venv: Path, corpus: Corpus, work: Path, sizes: dict, lr: float, 
     return Run("JoeyNMT 2.3.0", figures["seconds"], figures["steps"], figures["target_tokens"],
                figures["peak_rss_mib"], figures["parameters"]["total"],
                (figures["vocab"]["source"], figures["vocab"]["target"]), hypotheses, decode_seconds,
-               note=f"{figures['steps']} steps, epoch {figures['epochs']}; its FLOPs counted by torch "
-                    f"{flops['counted']:.0f} vs analytic {flops['analytic']:.0f}")
+               note=f"{figures['steps']} steps, epoch {figures['epochs']}; tested: the weights at the budget's end; "
+                    f"its FLOPs counted by torch {flops['counted']:.0f} vs analytic {flops['analytic']:.0f}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -440,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     flops_per_token = training_flops(dims, corpus.counts) / corpus.counts.target_tokens
     mean_source = corpus.counts.source_tokens / corpus.counts.sentences
     mean_target = corpus.counts.target_tokens / corpus.counts.sentences
+    # JoeyNMT appends EOS to every source sentence: one more source token per pair for its encoder and attention
+    counts = corpus.counts
+    with_source_eos = Counts(counts.sentences, counts.source_tokens + counts.sentences, counts.target_tokens,
+                             counts.attention_pairs + counts.target_tokens)
+    source_eos = training_flops(dims, with_source_eos) / training_flops(dims, counts) - 1
     rows = []
     for run in runs:
         layout = "rnnkit" if run.name == "rnnkit" else "joeynmt"
@@ -485,8 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         ratio,
         "",
-        "Parameters: the two layouts differ by three bias vectors only (rnnkit: key projection and output "
-        "layer; JoeyNMT: attentional layer), see benchmarks/peers/model.py. JoeyNMT patches (installed copy, "
+        "JoeyNMT appends EOS to every source sentence, so its encoder and attention do more than the FLOPs "
+        f"counted here (+{source_eos:.1%} per target token on this data). Parameters: the two layouts differ by "
+        "three bias vectors only (rnnkit: key projection and output layer; JoeyNMT: attentional layer), see "
+        "benchmarks/peers/model.py. JoeyNMT patches (installed copy, "
         f"idempotent): {'; '.join(f'{p.why} [{d}]' for p, d in zip(PATCHES, patches, strict=False)) or 'not run'}.",
         "",
     ]
