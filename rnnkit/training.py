@@ -91,6 +91,7 @@ from rnnkit.checkpoint import (
     save_checkpoint,
     write_config,
 )
+from rnnkit.state import detach_state  # re-exported: truncated BPTT's cut, for the tasks
 
 __all__ = [
     "TrainTask",
@@ -267,22 +268,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     fixed by the run seed alone, and a resumed run rebuilds any epoch without replaying the earlier ones."""
     digest = hashlib.sha256(f"rnnkit-epoch:{seed}:{epoch}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
-
-
-def detach_state(state: Any) -> Any:
-    """``state`` with every tensor detached, through nested dicts, lists, tuples and named tuples.
-
-    Truncated BPTT: gradients stop at the chunk boundary but the values carry on.
-    """
-    if isinstance(state, Tensor):
-        return state.detach()
-    if isinstance(state, Mapping):
-        return {key: detach_state(value) for key, value in state.items()}
-    if isinstance(state, tuple) and hasattr(state, "_fields"):  # named tuple, e.g. PackedSequence
-        return type(state)(*(detach_state(value) for value in state))
-    if isinstance(state, list | tuple):
-        return type(state)(detach_state(value) for value in state)
-    return state
 
 
 def _capture_rng() -> dict[str, Any]:
