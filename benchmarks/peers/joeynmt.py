@@ -25,7 +25,8 @@ joeynmt==2.3.0 importlib_metadata`` with a constraints file that pins torch==2.1
 committed. benchmarks/peers/joeynmt_runner.py runs inside that environment and gives JoeyNMT a time budget.
 
 Usage: ``python -m benchmarks.peers.joeynmt [--budget 600] [--data cmudict] [--quick] [--output PATH]``.
-Writes benchmarks/results/joeynmt.md (``--quick``: joeynmt.quick.md; tiny model, 20 s each).
+Writes benchmarks/results/joeynmt-DATA.md (``--quick``: joeynmt-DATA.quick.md; tiny model, 3,000 pairs, 20 s
+each).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from benchmarks.harness import ROOT, Peak, load_average, machine, rate, write_re
 from benchmarks.peers.joeynmt_runner import peak_rss_mib
 from benchmarks.peers.model import Counts, Dims, parameter_count, training_flops
 
-RESULTS = ROOT / "benchmarks" / "results" / "joeynmt.md"
+RESULTS = ROOT / "benchmarks" / "results"  # joeynmt-<dataset>.md
 JOEYNMT = "joeynmt==2.3.0"
 TORCH = "torch==2.13.0"  # rnnkit's pin (pyproject.toml, constraints.txt)
 IMPORTLIB_METADATA = "importlib_metadata==10.2.0"  # JoeyNMT imports it; torch 2.13's Python lacks nothing else
@@ -407,14 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny model, 3,000 pairs, 20 s each")
     parser.add_argument("--venv", type=Path, default=None, help=f"JoeyNMT's environment ({default_venv()})")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-joeynmt")
-    parser.add_argument("--output", type=Path, default=None, help=f"markdown file (default {RESULTS})")
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"markdown file (default {RESULTS}/joeynmt-DATA.md)")
     args = parser.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
     if args.budget is not None:
         if not args.budget > 0:
             parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
         sizes["budget"] = args.budget
-    output = args.output or (RESULTS.with_suffix(".quick.md") if args.quick else RESULTS)
+    output = args.output or RESULTS / f"joeynmt-{Path(args.data).name}{'.quick' if args.quick else ''}.md"
     target_units = args.target_units or ("symbols" if args.data == "cmudict" else "text")
     load_before = load_average()
     venv = args.venv or default_venv()
