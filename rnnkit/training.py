@@ -150,7 +150,10 @@ class TrainingConfig:
     Learning rate at step s (1-based): lr_s = w(s) * d(s), where w(s) = min(1, s / warmup_steps) is the
     linear warm-up and d(s) the decay named by ``decay``:
       none:    lr
-      step:    max(min_lr, lr * decay_gamma ** (epoch // decay_every))        (epoch 0-based)
+      step:    max(min_lr, lr * decay_gamma ** k), k = 0 before epoch ``decay_start`` (0-based; None:
+               ``decay_every``), then 1 + (epoch - decay_start) // decay_every: the rate is multiplied by
+               gamma at epoch decay_start and every decay_every epochs after (Zaremba et al. 2014: lr 1,
+               halved from the fifth epoch on: decay_gamma 0.5, decay_start 4, decay_every 1)
       plateau: max(min_lr, lr * decay_gamma ** k), k = times ``plateau_patience`` evaluations in a row
                did not improve the primary metric
       cosine:  min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2, p = (s - warmup) / (T - warmup) in [0, 1],
@@ -160,7 +163,8 @@ class TrainingConfig:
     Gradients: ``clip_grad_norm`` rescales g to g * c / ||g|| when the global norm ||g|| > c (None: off).
     ``nan_policy``: "skip" a step whose loss or gradient norm is not finite (and count it), or "stop".
 
-    Bookkeeping: ``eval_split``; ``eval_every`` and ``checkpoint_every`` (steps; None: at epoch ends only);
+    Bookkeeping: ``eval_split``; ``eval_every`` and ``checkpoint_every`` (steps; None, or 0 where None cannot be
+    written as in a TOML file: at epoch ends only);
     ``eval_on_stop`` (default True: a run stopped by max_steps or time_budget between evaluations evaluates
     once more, so its last figures are of its final weights and the best model includes the last steps);
     ``log_every`` (steps per train event); ``seed``; ``progress`` (None: only on a terminal);
@@ -179,6 +183,7 @@ class TrainingConfig:
     decay: str = "none"
     decay_gamma: float = 0.5
     decay_every: int = 1
+    decay_start: int | None = None
     plateau_patience: int = 1
     cosine_steps: int | None = None
     min_lr: float = 0.0
@@ -206,6 +211,11 @@ class TrainingConfig:
             _check_int(name, getattr(self, name), minimum=0)
         for name in ("decay_every", "plateau_patience", "log_every"):
             _check_int(name, getattr(self, name), minimum=1)
+        if self.decay_start is not None:
+            _check_int("decay_start", self.decay_start, minimum=0)
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) == 0 and not isinstance(getattr(self, name), bool):
+                setattr(self, name, None)  # 0: at epoch ends only (a config file cannot write None)
         for name in ("max_steps", "cosine_steps", "patience", "eval_every", "checkpoint_every"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
@@ -247,7 +257,7 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 # Settings that change the trajectory: a resumed run with different values cannot continue exactly.
 _TRAJECTORY_SETTINGS = ("optimizer", "lr", "weight_decay", "momentum", "betas", "warmup_steps", "decay",
-                        "decay_gamma", "decay_every", "plateau_patience", "cosine_steps", "min_lr",
+                        "decay_gamma", "decay_every", "decay_start", "plateau_patience", "cosine_steps", "min_lr",
                         "clip_grad_norm", "nan_policy", "seed", "eval_every", "min_delta")
 
 
@@ -307,7 +317,9 @@ class LearningRateSchedule:
         s = self.settings
         warmup = min(1.0, step / s.warmup_steps) if s.warmup_steps > 0 else 1.0
         if s.decay == "step":
-            decayed = max(s.min_lr, s.lr * s.decay_gamma ** (epoch // s.decay_every))
+            start = s.decay_every if s.decay_start is None else s.decay_start
+            times = 0 if epoch < start else 1 + (epoch - start) // s.decay_every
+            decayed = max(s.min_lr, s.lr * s.decay_gamma ** times)
         elif s.decay == "plateau":
             decayed = max(s.min_lr, s.lr * s.decay_gamma ** self.plateau_reductions)
         elif s.decay == "cosine":

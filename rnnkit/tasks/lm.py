@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = common_defaults(
     num_layers=1,
     dropout=0.0,
     tie_weights=False,
+    init_scale=0.0,
     batch_size=32,
     bptt=64,
     eval_batch_size=64,
@@ -62,6 +63,7 @@ HELP: dict[str, str] = {
     "num_layers": "stacked recurrent layers",
     "dropout": "dropout on embeddings, between layers and before the output (Zaremba et al. 2014)",
     "tie_weights": "share the embedding and output matrices (needs embedding_size == hidden_size)",
+    "init_scale": "draw every parameter uniform in [-s, s] (Zaremba et al. 2014: 0.1); 0 = each layer's default",
     "batch_size": "contiguous rows the training stream is cut into",
     "bptt": "steps per truncated-BPTT chunk (the state is carried across chunks, gradients are not)",
     "eval_batch_size": "rows of the validation stream",
@@ -149,6 +151,7 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[LanguageMode
         vocab_size=len(vocab), cell=settings["cell"], hidden_size=int(settings["hidden_size"]),
         num_layers=int(settings["num_layers"]), dropout=float(settings["dropout"]),
         embedding_size=int(settings["embedding_size"]), tie_weights=bool(settings["tie_weights"]),
+        init_scale=float(settings["init_scale"]),
         pad_id=PAD_ID,
     )
     model = LanguageModel(config)

@@ -1,0 +1,89 @@
+"""Published figures reproduced: the shipped configuration files say what the papers say, and a shortened run
+of each learns (the full runs are in scripts/results.sh; their figures are in the README).
+
+Penn Treebank, Zaremba et al. (2014) "small": configs/ptb-small.toml.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnkit.models import LanguageModel, LanguageModelConfig
+from rnnkit.tasks import read_config_file, resolve_settings, training_settings
+from rnnkit.training import LearningRateSchedule, TrainingConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+PTB_SMALL = ROOT / "configs" / "ptb-small.toml"
+
+
+def test_step_decay_can_start_late():
+    """Zaremba et al.: lr 1 for four epochs, then halved every epoch (0.5 in the fifth, 0.25 in the sixth)."""
+    schedule = LearningRateSchedule(TrainingConfig(lr=1.0, decay="step", decay_gamma=0.5, decay_start=4), False)
+    assert [schedule.lr(1, epoch) for epoch in range(7)] == [1.0, 1.0, 1.0, 1.0, 0.5, 0.25, 0.125]
+    # Without decay_start the first decay is at epoch decay_every, as before.
+    default = LearningRateSchedule(TrainingConfig(lr=1.0, decay="step", decay_gamma=0.5, decay_every=2), False)
+    assert [default.lr(1, epoch) for epoch in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    with pytest.raises(ValueError, match="decay_start must be an integer >= 0"):
+        TrainingConfig(decay="step", decay_start=-1)
+
+
+def test_zero_eval_every_means_epoch_ends_only():
+    """A TOML file cannot write None: 0 turns step-based evaluation and checkpoints off."""
+    config = TrainingConfig(eval_every=0, checkpoint_every=0)
+    assert config.eval_every is None and config.checkpoint_every is None
+
+
+def test_init_scale_draws_every_parameter_uniformly():
+    torch.manual_seed(0)
+    model = LanguageModel(LanguageModelConfig(vocab_size=50, hidden_size=16, embedding_size=8, num_layers=2,
+                                              init_scale=0.1))
+    for name, parameter in model.named_parameters():
+        assert float(parameter.abs().max()) <= 0.1, name
+        assert float(parameter.abs().max()) > 0.05, name  # drawn over the whole range, not left at zero
+    default = LanguageModel(LanguageModelConfig(vocab_size=50, hidden_size=16, embedding_size=8))
+    assert float(default.embedding.weight.abs().max()) > 1.0  # nn.Embedding's N(0, 1): untouched
+    with pytest.raises(ValueError, match="init_scale must be a number >= 0"):
+        LanguageModelConfig(vocab_size=5, init_scale=-0.1)
+
+
+def test_ptb_small_config_is_the_papers():
+    settings = resolve_settings("lm", read_config_file(PTB_SMALL), str(PTB_SMALL))
+    assert settings["data"] == "ptb" and settings["level"] == "word"
+    assert (settings["cell"], settings["num_layers"], settings["hidden_size"], settings["embedding_size"]) == \
+        ("lstm", 2, 200, 200)
+    assert settings["dropout"] == 0.0 and settings["tie_weights"] is False and settings["init_scale"] == 0.1
+    assert (settings["batch_size"], settings["bptt"], settings["epochs"]) == (20, 20, 13)
+    training = training_settings(settings)
+    assert training.optimizer == "sgd" and training.momentum == 0.0
+    # lr 1 and clipping at 5 on the loss summed over the 20 steps == lr 20 and 0.25 on rnnkit's mean over them
+    assert training.lr * training.clip_grad_norm == pytest.approx(1.0 * 5.0)
+    assert training.lr / settings["bptt"] == pytest.approx(1.0)
+    schedule = LearningRateSchedule(training, False)
+    assert [schedule.lr(1, epoch) / training.lr for epoch in range(6)] == [1, 1, 1, 1, 0.5, 0.25]
+    assert training.eval_every is None  # the validation perplexity after each epoch, as the paper reports
+
+
+@pytest.mark.slow
+def test_ptb_small_shortened_learns(tmp_path):
+    """The configuration of the full reproduction on a budget of 600 steps (about a quarter of the first epoch):
+    validation perplexity must fall far below the unigram model's, which knows the word frequencies."""
+    from rnnkit.cli import main
+    from rnnkit.data import Vocab, load_source, token_stream
+
+    run = tmp_path / "ptb"
+    code = main(["train", "lm", "--config", str(PTB_SMALL), "--out", str(run), "--max-steps", "600",
+                 "--progress", "false"])
+    assert code == 0
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    perplexity = [e for e in events if e.get("event") == "eval"][-1]["metrics"]["perplexity"]
+    # The unigram baseline on the same validation stream, from the training stream's token frequencies.
+    vocab = Vocab.load(run / "vocab.json")
+    train = token_stream(load_source("ptb", "lm", "train", quiet=True), vocab)
+    valid = token_stream(load_source("ptb", "lm", "valid", quiet=True), vocab)
+    frequencies = torch.bincount(train, minlength=len(vocab)).double() / train.numel()
+    unigram = math.exp(-float(frequencies[valid].clamp_min(1e-12).log().mean()))
+    assert unigram > 500  # sanity: PTB's unigram perplexity is in the high hundreds
+    assert perplexity < 0.5 * unigram, (perplexity, unigram)
