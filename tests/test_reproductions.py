@@ -75,7 +75,7 @@ def test_ptb_small_shortened_learns(tmp_path):
 
     run = tmp_path / "ptb"
     code = main(["train", "lm", "--config", str(PTB_SMALL), "--out", str(run), "--max-steps", "600",
-                 "--progress", "false"])
+                 "--no-progress"])
     assert code == 0
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     perplexity = [e for e in events if e.get("event") == "eval"][-1]["metrics"]["perplexity"]

@@ -25,7 +25,8 @@ joeynmt==2.3.0 importlib_metadata`` with a constraints file that pins torch==2.1
 committed. benchmarks/peers/joeynmt_runner.py runs inside that environment and gives JoeyNMT a time budget.
 
 Usage: ``python -m benchmarks.peers.joeynmt [--budget 600] [--data cmudict] [--quick] [--output PATH]``.
-Writes benchmarks/results/joeynmt.md (``--quick``: joeynmt.quick.md; tiny model, 20 s each).
+Writes benchmarks/results/joeynmt-DATA.md (``--quick``: joeynmt-DATA.quick.md; tiny model, 3,000 pairs, 20 s
+each).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from benchmarks.harness import ROOT, Peak, load_average, machine, rate, write_re
 from benchmarks.peers.joeynmt_runner import peak_rss_mib
 from benchmarks.peers.model import Counts, Dims, parameter_count, training_flops
 
-RESULTS = ROOT / "benchmarks" / "results" / "joeynmt.md"
+RESULTS = ROOT / "benchmarks" / "results"  # joeynmt-<dataset>.md
 JOEYNMT = "joeynmt==2.3.0"
 TORCH = "torch==2.13.0"  # rnnkit's pin (pyproject.toml, constraints.txt)
 IMPORTLIB_METADATA = "importlib_metadata==10.2.0"  # JoeyNMT imports it; torch 2.13's Python lacks nothing else
@@ -321,7 +322,8 @@ def run_rnnkit(corpus: Corpus, work: Path, sizes: dict, lr: float, beam: int) ->
                figures["peak_rss_mib"], sum(p.numel() for p in model.parameters()),
                (model.encoder.embedding.num_embeddings, model.decoder.embedding.num_embeddings),
                hypotheses, decode_seconds,
-               note=f"{stop['step']} steps, epoch {stop['epoch']}")
+               note=f"{stop['step']} steps, epoch {stop['epoch']}; tested: the model the run selected (step "
+                    f"{stop['best_step'] or stop['step']})")
 
 
 def joeynmt_config(corpus: Corpus, work: Path, sizes: dict, lr: float, beam: int, max_len: int) -> dict:
@@ -367,8 +369,8 @@ def run_joeynmt(venv: Path, corpus: Corpus, work: Path, sizes: dict, lr: float, 
     return Run("JoeyNMT 2.3.0", figures["seconds"], figures["steps"], figures["target_tokens"],
                figures["peak_rss_mib"], figures["parameters"]["total"],
                (figures["vocab"]["source"], figures["vocab"]["target"]), hypotheses, decode_seconds,
-               note=f"{figures['steps']} steps, epoch {figures['epochs']}; its FLOPs counted by torch "
-                    f"{flops['counted']:.0f} vs analytic {flops['analytic']:.0f}")
+               note=f"{figures['steps']} steps, epoch {figures['epochs']}; tested: the weights at the budget's end; "
+                    f"its FLOPs counted by torch {flops['counted']:.0f} vs analytic {flops['analytic']:.0f}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -406,14 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny model, 3,000 pairs, 20 s each")
     parser.add_argument("--venv", type=Path, default=None, help=f"JoeyNMT's environment ({default_venv()})")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-joeynmt")
-    parser.add_argument("--output", type=Path, default=None, help=f"markdown file (default {RESULTS})")
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"markdown file (default {RESULTS}/joeynmt-DATA.md)")
     args = parser.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
     if args.budget is not None:
         if not args.budget > 0:
             parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
         sizes["budget"] = args.budget
-    output = args.output or (RESULTS.with_suffix(".quick.md") if args.quick else RESULTS)
+    output = args.output or RESULTS / f"joeynmt-{Path(args.data).name}{'.quick' if args.quick else ''}.md"
     target_units = args.target_units or ("symbols" if args.data == "cmudict" else "text")
     load_before = load_average()
     venv = args.venv or default_venv()
@@ -440,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     flops_per_token = training_flops(dims, corpus.counts) / corpus.counts.target_tokens
     mean_source = corpus.counts.source_tokens / corpus.counts.sentences
     mean_target = corpus.counts.target_tokens / corpus.counts.sentences
+    # JoeyNMT appends EOS to every source sentence: one more source token per pair for its encoder and attention
+    counts = corpus.counts
+    with_source_eos = Counts(counts.sentences, counts.source_tokens + counts.sentences, counts.target_tokens,
+                             counts.attention_pairs + counts.target_tokens)
+    source_eos = training_flops(dims, with_source_eos) / training_flops(dims, counts) - 1
     rows = []
     for run in runs:
         layout = "rnnkit" if run.name == "rnnkit" else "joeynmt"
@@ -485,8 +493,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         ratio,
         "",
-        "Parameters: the two layouts differ by three bias vectors only (rnnkit: key projection and output "
-        "layer; JoeyNMT: attentional layer), see benchmarks/peers/model.py. JoeyNMT patches (installed copy, "
+        "JoeyNMT appends EOS to every source sentence, so its encoder and attention do more than the FLOPs "
+        f"counted here (+{source_eos:.1%} per target token on this data). Parameters: the two layouts differ by "
+        "three bias vectors only (rnnkit: key projection and output layer; JoeyNMT: attentional layer), see "
+        "benchmarks/peers/model.py. JoeyNMT patches (installed copy, "
         f"idempotent): {'; '.join(f'{p.why} [{d}]' for p, d in zip(PATCHES, patches, strict=False)) or 'not run'}.",
         "",
     ]

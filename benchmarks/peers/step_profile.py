@@ -18,7 +18,9 @@ then the whole step (rnnkit's forward, the translate task's cross-entropy, backw
 remainder over the parts is the glue (concatenations, state dicts, Python). The step's fraction of the sgemm
 peak uses the analytic FLOPs of benchmarks/peers/model.py. Levers are measured where that needs no change to
 rnnkit (Adam's fused kernel; the output layer run once over all T steps instead of per step) and estimated
-from the parts otherwise. A torch.profiler table of the step's top operators closes the file.
+from the parts otherwise (both encoder directions at once; the decoder's GRU steps fused, bounded by their
+products at the sgemm peak; Adam on the embedding rows a batch uses). A torch.profiler table of the step's
+top operators closes the file.
 
 Usage: ``python -m benchmarks.peers.step_profile [--repeats N] [--output PATH]``. Writes
 benchmarks/results/step_profile.md.
@@ -40,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import ROOT, Peak, load_average, machine, write_results
-from benchmarks.peers.model import Counts, Dims, training_flops
+from benchmarks.peers.model import Counts, Dims, forward_macs, training_flops
 from rnnkit.seq2seq import Seq2Seq, Seq2SeqConfig
 
 RESULTS = ROOT / "benchmarks" / "results" / "step_profile.md"
@@ -179,12 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(3):
         peak.measure()
     model = build()
+    embeddings = (DIMS.source_vocab + DIMS.target_vocab) * DIMS.embedding
+    embedding_share = embeddings / sum(p.numel() for p in model.parameters())
     tables, levers, profiles = [], [], []
     for label, (source_length, target_length) in SHAPES.items():
         seconds = {name: median_seconds(run, args.repeats)
                    for name, run in parts(model, source_length, target_length).items()}
         whole = seconds["whole step"]
-        flops = training_flops(DIMS, Counts.of([(source_length, target_length)] * BATCH))
+        counts = Counts.of([(source_length, target_length)] * BATCH)
+        flops = training_flops(DIMS, counts)
         rows = [f"| {name} | {seconds[name] * 1e3:.1f} | {seconds[name] / whole:.0%} |" for name in PART_NAMES]
         rest = whole - sum(seconds[name] for name in PART_NAMES)
         rows.append(f"| remainder (glue: concatenations, state dicts, Python) | {rest * 1e3:.1f} | "
@@ -202,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
                 - seconds["output layer + loss once over all T steps"],
             "both encoder directions at once on the two cores (~1.6x on the recurrence, measured earlier)":
                 seconds["encoder recurrence"] * (1 - 1 / 1.6),
+            # a bound: the decoder GRU's products at the sgemm peak, nothing else (one fused kernel per step)
+            "decoder GRU steps as one fused kernel each (bound: products at the sgemm peak)":
+                seconds["decoder recurrence (T GRU steps)"] - 6 * forward_macs(DIMS, counts)["decoder recurrence"]
+                / peak.best,
+            # Adam's cost is proportional to the parameters it updates; the embeddings are a third of them and a
+            # batch touches a few hundred of their 16,000 rows (lazy/sparse Adam changes the other rows' update)
+            "Adam on the embedding rows a batch uses only (estimate: the embeddings' share of Adam's time)":
+                seconds["optimizer (clip + Adam)"] * embedding_share,
         }
         levers.append((label, whole, saved))
         profiles += [f"### {label}", "", "```", profile_table(model, source_length, target_length), "```", ""]
@@ -224,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "the remainder is the whole step less the parts.",
         "",
         *tables,
-        "## Levers, measured (first two) or estimated from the parts (third), largest saving first",
+        "## Levers, largest saving first: measured (fused Adam, the output layer once) or estimated from the parts",
         "",
         *lever_lines,
         "## torch.profiler: top operators of three whole steps (self CPU time)",
