@@ -23,10 +23,7 @@ problem; nothing is dropped silently. With ``on_error="skip"`` malformed lines a
 from __future__ import annotations
 
 import codecs
-import csv
 import math
-import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +31,17 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
-from rnnkit.data.errors import DataError, DataWarning, ReadReport, SkippedLine, check_on_error
+from rnnkit.data.errors import DataError, ReadReport
+from rnnkit.data.lines import (
+    LineReader,
+    LineStream,
+    column_index,
+    csv_header,
+    csv_rows,
+    field_count_problem,
+    read_bytes,
+    tab_fields,
+)
 
 TASKS = ("lm", "classify", "tag", "translate", "forecast", "memory")
 
@@ -123,199 +130,6 @@ class SequenceArrays:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Decoded lines with locations: the common ground of every text reader
-# ----------------------------------------------------------------------------------------------------------
-
-
-def read_bytes(path: str | Path) -> bytes:
-    """The bytes of ``path``; a missing file or a directory raises :class:`DataError`."""
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    except IsADirectoryError:
-        raise DataError(path, None, "is a directory, expected a file") from None
-
-
-class LineReader:
-    """Iterates over the decoded lines of one file as ``(line_number, text)`` and applies ``on_error``.
-
-    The BOM and the line end (``\\n`` or ``\\r\\n``) are removed. A line that is not valid UTF-8 is a
-    problem reported with its byte offset in the file. Every reader funnels its complaints through
-    :meth:`problem`, which raises in strict mode and records a :class:`SkippedLine` in lenient mode.
-    """
-
-    def __init__(self, path: str | Path, on_error: str = "raise") -> None:
-        check_on_error(on_error)
-        self.path = str(path)
-        self.on_error = on_error
-        self.report = ReadReport(self.path)
-        self.data = read_bytes(path)
-        if not self.data:
-            raise DataError(self.path, None, "the file is empty (0 bytes)")
-
-    def problem(self, line: int, reason: str) -> None:
-        """Raise :class:`DataError` (strict) or remember that ``line`` was skipped (lenient)."""
-        if self.on_error == "raise":
-            raise DataError(self.path, line, reason)
-        self.report.skipped.append(SkippedLine(line, reason))
-
-    def _raw_lines(self) -> Iterator[tuple[int, int, bytes]]:
-        """``(line number, byte offset of the line, its bytes without the BOM and the newline)``."""
-        data = self.data
-        offset = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-        raw_lines = data[offset:].split(b"\n")
-        if raw_lines[-1] == b"":  # the file ends with a newline: no line after it
-            raw_lines.pop()
-        for number, raw in enumerate(raw_lines, start=1):
-            yield number, offset, raw
-            offset += len(raw) + 1
-
-    def __iter__(self) -> Iterator[tuple[int, str]]:
-        for number, start, raw in self._raw_lines():
-            self.report.lines = number
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                bad = raw[err.start]
-                self.problem(number, f"invalid UTF-8 at byte offset {start + err.start} (byte 0x{bad:02x})")
-                continue
-            yield number, text
-
-    def finish(self, records: Any, count: int, what: str = "records") -> Any:
-        """Check that something was read, fill in the report, warn about skipped lines, return ``records``."""
-        self.report.records = count
-        self.report.skipped.sort(key=lambda skipped: skipped.line)  # a record is reported after its inner lines
-        if count == 0:
-            if self.report.skipped:
-                first = self.report.skipped[0]
-                raise DataError(
-                    self.path, None,
-                    f"no valid {what}: all {self.report.n_skipped} non-blank lines were malformed "
-                    f"(first, line {first.line}: {first.reason})",
-                )
-            raise DataError(self.path, None, f"no {what} found (the file has only blank lines or comments)")
-        if self.report.skipped:
-            warnings.warn(str(self.report), DataWarning, stacklevel=3)
-        return records
-
-
-
-class LineStream(LineReader):
-    """A :class:`LineReader` that reads the file one line at a time rather than whole, for files too large to
-    hold in memory (a million sentence pairs); the same lines, numbers, errors and report."""
-
-    def __init__(self, path: str | Path, on_error: str = "raise") -> None:
-        check_on_error(on_error)
-        self.path = str(path)
-        self.on_error = on_error
-        self.report = ReadReport(self.path)
-        try:
-            size = Path(path).stat().st_size
-        except FileNotFoundError:
-            raise DataError(path, None, "file not found") from None
-        if Path(path).is_dir():
-            raise DataError(path, None, "is a directory, expected a file")
-        if size == 0:
-            raise DataError(self.path, None, "the file is empty (0 bytes)")
-
-    def _raw_lines(self) -> Iterator[tuple[int, int, bytes]]:
-        offset = 0
-        with open(self.path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                start = offset
-                offset += len(raw)
-                if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                    raw = raw[len(codecs.BOM_UTF8):]
-                    start += len(codecs.BOM_UTF8)
-                yield number, start, raw[:-1] if raw.endswith(b"\n") else raw
-
-def _tab_fields(reader: LineReader, number: int, text: str, names: tuple[str, ...]) -> list[str] | None:
-    """Split a TSV line into exactly ``len(names)`` non-empty fields, or report the problem (-> None)."""
-    fields = text.split("\t")
-    layout = "<TAB>".join(names)
-    if len(fields) != len(names):
-        reader.problem(number, f"expected {len(names)} tab-separated fields ({layout}), found {len(fields)}")
-        return None
-    fields = [f.strip() for f in fields]
-    for name, value in zip(names, fields, strict=True):
-        if not value:
-            reader.problem(number, f"empty {name} field (expected {layout})")
-            return None
-    return fields
-
-
-class _CsvRow(NamedTuple):
-    line: int
-    cells: list[str]
-
-
-# Python's csv module refuses fields over 131,072 characters by default ("field larger than field limit"):
-# a long review or document is data, not a malformed file. The whole file is in memory already, so the
-# limit protects nothing here; it is process-wide, so it is only ever raised, never lowered.
-if csv.field_size_limit() < sys.maxsize:
-    csv.field_size_limit(sys.maxsize)
-
-
-def _csv_rows(reader: LineReader) -> Iterator[_CsvRow]:
-    """Parse CSV records (quoted fields may span lines), each with the line it starts on; skip blank lines.
-
-    A record that spans a line LineReader skipped (invalid UTF-8 inside a quoted field) lost part of a field:
-    it is dropped whole and reported, like any malformed record."""
-    state = {"start": None, "current": 0, "skipped": 0}
-
-    def feed() -> Iterator[str]:
-        for number, text in reader:
-            if state["start"] is None:
-                state["start"] = number
-                state["skipped"] = len(reader.report.skipped)  # skips from here on fall inside this record
-            state["current"] = number
-            yield text + "\n"  # csv keeps newlines inside quoted fields only if they are present
-
-    rows = csv.reader(feed(), strict=True)
-    while True:
-        try:
-            cells = next(rows)
-        except StopIteration:
-            return
-        except csv.Error as err:
-            start = state["start"] if state["start"] is not None else state["current"]
-            state["start"] = None
-            reader.problem(start, f"malformed CSV: {err}")
-            continue
-        start = state["start"]
-        state["start"] = None
-        if len(reader.report.skipped) > state["skipped"]:
-            reader.problem(start, "the record starting here spans a line that is not valid UTF-8; dropped whole")
-            continue
-        if cells:
-            yield _CsvRow(start, cells)
-
-
-def _field_count_problem(header: list[str], cells: list[str]) -> str:
-    return f"expected {len(header)} comma-separated fields (as in the header), found {len(cells)}"
-
-
-def _csv_header(reader: LineReader, rows: Iterator[_CsvRow]) -> list[str]:
-    try:
-        first = next(rows)
-    except StopIteration:
-        raise DataError(reader.path, None, "no CSV header found (the file has only blank lines)") from None
-    return [cell.strip() for cell in first.cells]
-
-
-def _column_index(reader: LineReader, header: list[str], name: str) -> int:
-    lowered = [h.lower() for h in header]
-    if name in header:
-        return header.index(name)
-    if name.lower() in lowered:
-        return lowered.index(name.lower())
-    raise DataError(reader.path, 1, f"missing column {name!r}; the header has: {', '.join(header)}")
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The readers
 # ----------------------------------------------------------------------------------------------------------
 
@@ -359,17 +173,17 @@ def read_classification(
         for number, text in reader:
             if not text.strip():
                 continue
-            fields = _tab_fields(reader, number, text, ("label", "text"))
+            fields = tab_fields(reader, number, text, ("label", "text"))
             if fields is not None:
                 records.append(LabeledText(text=fields[1], label=fields[0]))
     else:
-        rows = _csv_rows(reader)
-        header = _csv_header(reader, rows)
-        text_col = _column_index(reader, header, "text")
-        label_col = _column_index(reader, header, "label")
+        rows = csv_rows(reader)
+        header = csv_header(reader, rows)
+        text_col = column_index(reader, header, "text")
+        label_col = column_index(reader, header, "label")
         for row in rows:
             if len(row.cells) != len(header):
-                reader.problem(row.line, _field_count_problem(header, row.cells))
+                reader.problem(row.line, field_count_problem(header, row.cells))
                 continue
             text, label = row.cells[text_col].strip(), row.cells[label_col].strip()
             if not label or not text:
@@ -420,7 +234,7 @@ def read_tagging(path: str | Path, format: str = "auto", on_error: str = "raise"
                 continue
             token_tag = _conllu_token(reader, number, text)
         else:
-            token_tag = _tab_fields(reader, number, text, ("token", "tag"))
+            token_tag = tab_fields(reader, number, text, ("token", "tag"))
         if token_tag is None:
             broken = True
             continue
@@ -473,7 +287,7 @@ def _sentence_pairs(reader: LineReader) -> Iterator[SentencePair]:
     for number, text in reader:
         if not text.strip():
             continue
-        fields = _tab_fields(reader, number, text, ("source", "target"))
+        fields = tab_fields(reader, number, text, ("source", "target"))
         if fields is not None:
             yield SentencePair(source=fields[0], target=fields[1])
 
@@ -524,8 +338,8 @@ def read_series(
     if missing not in MISSING_CHOICES:
         raise ValueError(f"missing must be one of {MISSING_CHOICES}, got {missing!r}")
     reader = LineReader(path, on_error)
-    rows = _csv_rows(reader)
-    header = _csv_header(reader, rows)
+    rows = csv_rows(reader)
+    header = csv_header(reader, rows)
     if column is None:
         if len(header) != 1:
             raise DataError(
@@ -533,16 +347,16 @@ def read_series(
                 f"(--column), one of: {', '.join(header)}",
             )
         column = header[0]
-    value_col = _column_index(reader, header, column)
+    value_col = column_index(reader, header, column)
     if time_column is not None:
-        time_col: int | None = _column_index(reader, header, time_column)
+        time_col: int | None = column_index(reader, header, time_column)
     else:
         time_col = 0 if value_col != 0 else None
     values: list[float] = []
     times: list[str] = []
     for row in rows:
         if len(row.cells) != len(header):
-            reader.problem(row.line, _field_count_problem(header, row.cells))
+            reader.problem(row.line, field_count_problem(header, row.cells))
             continue
         cell = row.cells[value_col].strip()
         if not cell:
