@@ -21,6 +21,11 @@ the keys alone is computed once per source sentence by ``precompute(keys)`` and 
 ``precomputed=`` at every decoder step (Bahdanau et al. 2014, appendix A.1.2: "U_a h_j ... can be
 pre-computed"); modules with nothing to precompute return None.
 
+Coverage (Tu et al. 2016, "Modeling Coverage for Neural Machine Translation"): additive and concat attention
+built with ``coverage=True`` also score each source position by how much attention it has already received,
+C_t(s) = sum_{t' < t} a_t'(s), passed as ``coverage=`` (B, S) to ``forward`` (zeros at the first step); the
+decoder keeps the running sum. Each step then depends on the last, so ``attend_all`` is not available.
+
 Local attention (Luong et al. 2015, section 3.2) also needs the decoder step t (local-m) and each sentence's
 own source length S_b (local-m, local-p). S_b is read from ``valid`` (``valid.sum(1)``: padding must come at
 the end of each row); t is passed as ``step=`` (an int or a (B,) tensor) to ``forward`` and as ``steps=``
@@ -43,7 +48,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from rnnkit.cells import check_size
+from rnnkit.checks import check_bool, check_size
 
 __all__ = [
     "Attention",
@@ -79,6 +84,9 @@ class Attention(nn.Module):
     ``score`` once per query) and, if part of the score depends on the keys alone, ``precompute``.
     """
 
+    #: True for a module built with ``coverage=True``: ``forward`` then needs ``coverage=``.
+    coverage: bool = False
+
     def __init__(self, query_size: int, key_size: int) -> None:
         super().__init__()
         self.query_size = check_size("query_size", query_size)
@@ -101,6 +109,10 @@ class Attention(nn.Module):
         """Weights (B, T, S) from scores (B, T, S): softmax over the valid positions."""
         return masked_softmax(scores, valid.unsqueeze(1))
 
+    def _add_coverage(self, precomputed: Tensor, coverage: Tensor) -> Tensor:
+        """The precomputed key term with the coverage term added (modules built with ``coverage=True``)."""
+        return self.coverage_term(precomputed, coverage)  # (B, S, A)
+
     # --- shared -----------------------------------------------------------------------------------
     def forward(
         self,
@@ -110,6 +122,7 @@ class Attention(nn.Module):
         *,
         precomputed: Tensor | None = None,
         step: int | Tensor | None = None,
+        coverage: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Attend with one query per sentence.
 
@@ -117,11 +130,23 @@ class Attention(nn.Module):
             query: (B, H_q). keys: (B, S, H_k). valid: (B, S) bool, True at real source positions.
             precomputed: the output of ``precompute(keys)``, to skip recomputing it at every decoder step.
             step: the decoder step t (int or (B,) tensor); only local-m attention uses it.
+            coverage: (B, S) the sum of the previous steps' weights; required by (and only by) a module built
+                with ``coverage=True``.
 
         Returns:
             context (B, H_k) and weights (B, S).
         """
         self._check(query, keys, valid, precomputed, batched=False)
+        if self.coverage:
+            if coverage is None or tuple(coverage.shape) != tuple(keys.shape[:2]):
+                given = None if coverage is None else tuple(coverage.shape)
+                raise ValueError(
+                    f"coverage attention needs coverage= of shape {tuple(keys.shape[:2])}, the sum of the previous "
+                    f"steps' weights (zeros at the first step), got {given}"
+                )
+            precomputed = self._add_coverage(self.precompute(keys) if precomputed is None else precomputed, coverage)
+        elif coverage is not None:
+            raise ValueError(f"{type(self).__name__} was built without coverage; it takes no coverage=")
         scores = self.score(query, keys, precomputed)  # (B, S)
         steps = None if step is None else _as_steps(step, query.shape[0], 1, query.device)  # (B, 1)
         weights = self._normalise(scores.unsqueeze(1), query.unsqueeze(1), valid, steps).squeeze(1)  # (B, S)
@@ -151,6 +176,8 @@ class Attention(nn.Module):
         Returns:
             contexts (B, T, H_k) and weights (B, T, S); row t equals ``forward(queries[:, t], ..., step=t)``.
         """
+        if self.coverage:
+            raise ValueError("coverage attention depends on the previous steps' weights: call it step by step")
         self._check(queries, keys, valid, precomputed, batched=True)
         batch_size, length = queries.shape[:2]
         if steps is None:
@@ -187,6 +214,18 @@ class Attention(nn.Module):
         return f"query_size={self.query_size}, key_size={self.key_size}"
 
 
+class _CoverageTerm(nn.Module):
+    """The coverage term of an additive-style score: w_c C(s), one learned vector w_c (A,) scaled by the
+    coverage of each position, added inside the tanh next to the key projection (Tu et al. 2016, eq. 6)."""
+
+    def __init__(self, attention_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(1, attention_size, bias=False)  # w_c
+
+    def forward(self, projected_keys: Tensor, coverage: Tensor) -> Tensor:
+        return projected_keys + self.linear(coverage.unsqueeze(-1))  # (B, S, A) + (B, S, 1) x (1, A)
+
+
 def _as_steps(step: int | Tensor, batch_size: int, length: int, device: torch.device) -> Tensor:
     """A step index as a (B, T) long tensor, from an int, a (B,) / (T,) tensor, or a (B, T) tensor."""
     step = torch.as_tensor(step, device=device)
@@ -208,18 +247,28 @@ def _as_steps(step: int | Tensor, batch_size: int, length: int, device: torch.de
 class AdditiveAttention(Attention):
     """Additive attention (Bahdanau et al. 2014, appendix A.1.2)::
 
-        score(q, h̄_s) = v^T tanh(W q + U h̄_s)
+        score(q, h̄_s) = v^T tanh(W q + U h̄_s)                      (+ w_c C(s) inside the tanh with coverage)
 
     W (A, H_q), U (A, H_k) with a bias, v (A,). ``U h̄_s`` does not depend on the decoder step, so
     ``precompute(keys)`` returns it (B, S, A) once per source sentence.
+
+    With ``coverage=True`` (Tu et al. 2016, eq. 6; See et al. 2017, eq. 11) the score also sees the coverage
+    C(s) = sum_{t' < t} a_t'(s) of each position through a learned w_c (A,), so the model can learn to turn away
+    from positions it has already translated: score(q, h̄_s, C) = v^T tanh(W q + U h̄_s + w_c C(s)). This is Tu
+    et al.'s linguistic coverage with fertility 1 (the form See et al. use).
     """
 
-    def __init__(self, query_size: int, key_size: int, attention_size: int | None = None) -> None:
+    def __init__(
+        self, query_size: int, key_size: int, attention_size: int | None = None, coverage: bool = False
+    ) -> None:
         super().__init__(query_size, key_size)
         self.attention_size = check_size("attention_size", attention_size or key_size)
         self.query_projection = nn.Linear(query_size, self.attention_size, bias=False)  # W
         self.key_projection = nn.Linear(key_size, self.attention_size)  # U (its bias is the only one needed)
         self.v = nn.Linear(self.attention_size, 1, bias=False)
+        self.coverage = check_bool("coverage", coverage)
+        if self.coverage:
+            self.coverage_term = _CoverageTerm(self.attention_size)  # w_c
 
     def precompute(self, keys: Tensor) -> Tensor:
         return self.key_projection(keys)  # (B, S, A)
@@ -236,7 +285,8 @@ class AdditiveAttention(Attention):
         return self.v(hidden).squeeze(-1)  # (B, T, S)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, attention_size={self.attention_size}"
+        extra = ", coverage=True" if self.coverage else ""
+        return f"{super().extra_repr()}, attention_size={self.attention_size}{extra}"
 
 
 class DotAttention(Attention):
@@ -305,14 +355,20 @@ class ConcatAttention(Attention):
 
     W_a (A, H_q + H_k), v_a (A,), no bias. ``score`` computes the formula literally; ``precompute`` and the
     batched ``score_all`` split W_a = [W_q, W_k] so that W_k h̄_s is computed once per source sentence
-    (the same numbers, as W_a [q; h̄_s] = W_q q + W_k h̄_s).
+    (the same numbers, as W_a [q; h̄_s] = W_q q + W_k h̄_s). ``coverage=True`` adds w_c C(s) inside the tanh,
+    as for :class:`AdditiveAttention`.
     """
 
-    def __init__(self, query_size: int, key_size: int, attention_size: int | None = None) -> None:
+    def __init__(
+        self, query_size: int, key_size: int, attention_size: int | None = None, coverage: bool = False
+    ) -> None:
         super().__init__(query_size, key_size)
         self.attention_size = check_size("attention_size", attention_size or key_size)
         self.linear = nn.Linear(query_size + key_size, self.attention_size, bias=False)  # W_a
         self.v = nn.Linear(self.attention_size, 1, bias=False)  # v_a
+        self.coverage = check_bool("coverage", coverage)
+        if self.coverage:
+            self.coverage_term = _CoverageTerm(self.attention_size)  # w_c
 
     def _split(self) -> tuple[Tensor, Tensor]:
         return self.linear.weight[:, : self.query_size], self.linear.weight[:, self.query_size :]  # W_q, W_k
@@ -335,7 +391,8 @@ class ConcatAttention(Attention):
         return self.v(hidden).squeeze(-1)  # (B, T, S)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, attention_size={self.attention_size}"
+        extra = ", coverage=True" if self.coverage else ""
+        return f"{super().extra_repr()}, attention_size={self.attention_size}{extra}"
 
 
 class LocationAttention(Attention):
@@ -486,7 +543,7 @@ def make_attention(name: str, query_size: int, key_size: int, **options) -> Atte
         name: one of ``ATTENTION_NAMES``: "additive" (Bahdanau), "dot", "scaled-dot", "general", "concat",
             "location", "local-m", "local-p" (underscores are accepted for dashes).
         query_size: H_q, features of the decoder query. key_size: H_k, features of each encoder output.
-        options: keyword options of that module, e.g. ``attention_size`` (additive, concat),
+        options: keyword options of that module, e.g. ``attention_size`` and ``coverage`` (additive, concat),
             ``max_source_length`` (location), ``window``, ``score``, ``renormalize`` (local).
 
     Raises:

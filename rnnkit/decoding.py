@@ -9,41 +9,55 @@ model (its state is just its hidden-state dict) or a fixed probability table in 
 
 The state contract: ``state`` is a dict (possibly nested dicts / tuples / lists) in which EVERY tensor has the
 batch as dim 0. Beam search therefore expands it per beam and reorders it generically with
-``t.index_select(0, rows)`` (see :func:`map_state`); non-tensor leaves pass through untouched. After a step,
-``state.get("attention")`` holds that step's attention weights (N, S) if the model attends; they are recorded.
+``t.index_select(0, rows)`` (:func:`rnnkit.state.select_rows`; ``map_state`` is re-exported here from
+:mod:`rnnkit.state`); non-tensor leaves pass through untouched. After a step, ``state.get("attention")`` holds
+that step's attention weights (N, S) if the model attends; they are recorded.
 
 Conventions shared by all strategies:
 
 * Output tokens do not include the first input token (BOS) and do include the EOS token that ends a sequence.
   The length of a sequence counts its EOS, as the length penalty does.
-* ``max_len`` is the largest length (EOS included): a sequence that reaches ``max_len - 1`` tokens without
-  ending is forced to end, its ``max_len``-th token is EOS, scored with the model's log p(EOS) there.
+* ``max_len`` is the largest length (EOS included), one int for every row or a (N,) tensor with one per row
+  (:func:`translate` makes it a * source length + b per sentence, as fairseq's ``--max-len-a/--max-len-b``): a
+  sequence that reaches ``max_len - 1`` tokens without ending is forced to end, its ``max_len``-th token is
+  EOS, scored with the model's log p(EOS) there.
 * ``min_len`` is the smallest length (EOS included): EOS is suppressed (log p(EOS) = -inf) at every step
   where emitting it would give a shorter sequence.
+* ``no_repeat_ngram_size`` n > 0 blocks repeated n-grams, as fairseq's and OpenNMT's option of that name: a token
+  that would complete an n-gram already present in the row's emitted tokens gets log p = -inf, so no output
+  contains the same n-gram twice (n = 1: no token twice). The first input token (BOS) is not part of the output
+  and takes no part in n-grams.
 * Scores are the model's log-probabilities of the emitted tokens, sum_t log p(y_t | y_<t, x). The length
-  constraints only remove options; they never renormalise, and sampling's temperature / top-k / top-p
-  change which token is drawn, not how it is scored.
+  constraints and n-gram blocking only remove options; they never renormalise, and sampling's temperature /
+  top-k / top-p change which token is drawn, not how it is scored.
 * Decoding runs under ``torch.no_grad()``; put the model in ``eval()`` mode first (dropout).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from rnnkit import cancel
+from rnnkit.checks import check_int
+from rnnkit.state import map_state, named_state_tensors, select_rows
+
 __all__ = [
     "LENGTH_PENALTIES",
     "DecodeResult",
     "Hypothesis",
     "StepModel",
+    "COVERAGE_FLOOR",
     "beam_search",
+    "coverage_penalty",
     "filter_log_probs",
     "greedy_decode",
+    "length_limits",
     "length_penalty",
     "map_state",
     "sample_decode",
@@ -115,41 +129,6 @@ class DecodeResult:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
-    """Apply ``fn`` to every tensor in a nested state (dicts, tuples, named tuples, lists); keep other leaves.
-
-    Beam search uses it to expand a state per beam and to reorder it after each step, e.g.
-    ``map_state(lambda t: t.index_select(0, rows), state)``, which is valid because every tensor of a
-    decoder state has the batch as dim 0.
-    """
-    if isinstance(state, Tensor):
-        return fn(state)
-    if isinstance(state, Mapping):
-        return {key: map_state(fn, value) for key, value in state.items()}
-    if isinstance(state, tuple) and hasattr(state, "_fields"):  # named tuple
-        return type(state)(*(map_state(fn, value) for value in state))
-    if isinstance(state, tuple | list):
-        return type(state)(map_state(fn, value) for value in state)
-    return state
-
-
-def _state_tensors(state: Any, path: str = "state") -> Iterator[tuple[str, Tensor]]:
-    """(path, tensor) for every tensor leaf, the path naming it in error messages."""
-    if isinstance(state, Tensor):
-        yield path, state
-    elif isinstance(state, Mapping):
-        for key, value in state.items():
-            yield from _state_tensors(value, f"{path}[{key!r}]")
-    elif isinstance(state, tuple | list):
-        for i, value in enumerate(state):
-            yield from _state_tensors(value, f"{path}[{i}]")
-
-
-def _select_rows(state: Any, rows: Tensor) -> Any:
-    """The state of rows ``rows`` (R,) of the batch, in that order."""
-    return map_state(lambda t: t.index_select(0, rows), state)
-
-
 def _attention_of(state: Any) -> Tensor | None:
     return state.get("attention") if isinstance(state, Mapping) else None
 
@@ -176,11 +155,27 @@ def _resolve_ids(
     return bos_id, eos_id, int(pad_id)
 
 
-def _check_lengths(max_len: int, min_len: int) -> None:
-    if not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
-    if not isinstance(min_len, int) or not 0 <= min_len <= max_len:
-        raise ValueError(f"min_len must be an int in [0, max_len={max_len}], got {min_len!r}")
+def _row_max_lengths(max_len: int | Tensor, min_len: int, n: int, device: torch.device) -> Tensor:
+    """``max_len`` as a (N,) long tensor, one limit per row, after checking it and ``min_len`` against it."""
+    if isinstance(max_len, Tensor):
+        if max_len.shape != (n,) or max_len.is_floating_point() or max_len.dtype == torch.bool:
+            raise ValueError(
+                f"max_len as a tensor must hold one integer per row, shape ({n},), got "
+                f"{max_len.dtype} {tuple(max_len.shape)}"
+            )
+        limits = max_len.to(device=device, dtype=torch.long)
+        if n and int(limits.min()) < 1:
+            raise ValueError(f"max_len must be >= 1 for every row, got {limits.tolist()}")
+    else:
+        limits = torch.full((n,), check_int("max_len", max_len, 1), dtype=torch.long, device=device)
+    shortest = int(limits.min()) if n else 1
+    if isinstance(min_len, bool) or not isinstance(min_len, int) or not 0 <= min_len <= shortest:
+        raise ValueError(f"min_len must be an int in [0, max_len={shortest}], got {min_len!r}")
+    return limits
+
+
+def _check_decoding_options(no_repeat_ngram_size: int) -> int:
+    return check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0)
 
 
 def _first_tokens(bos_id: int | Tensor, state: Any) -> Tensor:
@@ -189,7 +184,7 @@ def _first_tokens(bos_id: int | Tensor, state: Any) -> Tensor:
     ``bos_id`` may be a (N,) tensor giving each row its own first token: a language model continuing a
     prompt feeds the last prompt token of each row.
     """
-    tensors = list(_state_tensors(state))
+    tensors = list(named_state_tensors(state))
     if isinstance(bos_id, Tensor):
         if bos_id.dim() != 1:
             raise ValueError(f"bos_id as a tensor must have shape (N,), got {tuple(bos_id.shape)}")
@@ -223,22 +218,41 @@ def _check_step_output(log_probs: Tensor, rows: int, attention: Tensor | None) -
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _constrain(log_probs: Tensor, t: int, eos_id: int | None, min_len: int, max_len: int) -> Tensor:
-    """Apply the length limits to the log-probs of step t (whose tokens make sequences of length t + 1).
+def _constrain(log_probs: Tensor, t: int, eos_id: int | None, min_len: int, max_len: Tensor) -> Tensor:
+    """Apply the length limits to the log-probs (R, V) of step t (whose tokens make sequences of length t + 1);
+    ``max_len`` (R,) holds each row's limit.
 
     Out of place: the model's tensor may be a view of its own buffers (a probability table).
     """
     if eos_id is None:
         return log_probs
-    if t + 1 == max_len:  # the last allowed token: only EOS, with its own log-probability
-        only_eos = torch.full_like(log_probs, -math.inf)
-        only_eos[:, eos_id] = log_probs[:, eos_id]
-        return only_eos
     if t + 1 < min_len:  # ending now would be too short
         suppressed = log_probs.clone()
         suppressed[:, eos_id] = -math.inf
         return suppressed
+    last = max_len == t + 1  # (R,) rows at their last allowed token: only EOS, with its own log-probability
+    if bool(last.any()):
+        only_eos = torch.full_like(log_probs, -math.inf)
+        only_eos[:, eos_id] = log_probs[:, eos_id]
+        return torch.where(last.unsqueeze(1), only_eos, log_probs)
     return log_probs
+
+
+def _block_repeated_ngrams(log_probs: Tensor, history: Tensor, n: int) -> Tensor:
+    """Forbid (log p = -inf) every token that would complete an n-gram already in its row's ``history``.
+
+    log_probs (R, V); history (R, t) the tokens each row has emitted. An n-gram (h_i, ..., h_{i+n-1}) of the
+    history whose first n - 1 tokens equal the row's last n - 1 tokens bans its last token h_{i+n-1}.
+    Out of place, like :func:`_constrain`.
+    """
+    t = history.size(1)
+    if n == 0 or t < n:  # no complete n-gram yet
+        return log_probs
+    ngrams = history.unfold(1, n, 1)  # (R, t - n + 1, n)
+    suffix = history[:, t - n + 1 :]  # the last n - 1 tokens: (R, n - 1)
+    repeats = (ngrams[:, :, :-1] == suffix.unsqueeze(1)).all(-1)  # (R, t - n + 1); all True for n = 1
+    hits = torch.zeros_like(log_probs).scatter_add(1, ngrams[:, :, -1], repeats.to(log_probs.dtype))  # (R, V)
+    return log_probs.masked_fill(hits > 0, -math.inf)
 
 
 def length_penalty(length: Tensor | int, name: str = "avg", alpha: float = 0.0) -> Tensor | float:
@@ -270,6 +284,47 @@ def length_penalty(length: Tensor | int, name: str = "avg", alpha: float = 0.0) 
 _length_penalty = length_penalty  # beam_search's argument `length_penalty` (the name) shadows the function
 
 
+#: The coverage a source position counts with at least in :func:`coverage_penalty`, so that a position the
+#: attention never touched (weight exactly 0, as outside a local-attention window) costs log(1e-20), not -inf.
+COVERAGE_FLOOR = 1e-20
+
+
+def coverage_penalty(attention: Tensor, beta: float, valid: Tensor | None = None) -> Tensor:
+    """The coverage penalty of Wu et al. 2016 (GNMT, section 7) added to a finished hypothesis' score::
+
+        cp(X; Y) = beta * sum_i log(min(sum_j p_ij, 1.0))
+
+    p_ij the attention weight of target step j on source position i: a source position that the output has
+    attended to less than once in total lowers the score, so beam search prefers outputs that cover the whole
+    source (against dropped words). cp <= 0, and 0 once every position has received a total weight >= 1.
+
+    Args:
+        attention: (..., L, S) the weights of each of the L target steps. beta >= 0 the strength.
+        valid: (..., S) bool, True at real source positions (default: all); padding is left out of the sum.
+
+    Returns:
+        (...) the penalty; each total weight is floored at :data:`COVERAGE_FLOOR` before the log.
+    """
+    _check_coverage_penalty(beta)
+    coverage = attention.sum(-2).clamp(COVERAGE_FLOOR, 1.0)  # min(sum_j p_ij, 1): (..., S)
+    log_coverage = coverage.log()
+    if valid is not None:
+        log_coverage = log_coverage.masked_fill(~valid, 0.0)
+    return beta * log_coverage.sum(-1)
+
+
+_coverage_penalty = coverage_penalty  # shadowed by beam_search's argument `coverage_penalty` (beta)
+
+
+def _check_coverage_penalty(beta: float) -> None:
+    if isinstance(beta, bool) or not isinstance(beta, int | float) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"coverage_penalty (beta) must be a finite number >= 0, got {beta!r}")
+
+
+def _valid_of(state: Any) -> Tensor | None:
+    return state.get("valid") if isinstance(state, Mapping) else None
+
+
 def _check_penalty(name: str, alpha: float) -> None:
     if name not in LENGTH_PENALTIES:
         raise ValueError(f"length_penalty must be one of {LENGTH_PENALTIES}, got {name!r}")
@@ -292,10 +347,12 @@ def _generate(
     first: Tensor,
     eos_id: int | None,
     pad_id: int,
-    max_len: int,
+    max_len: Tensor,
     min_len: int,
+    no_repeat_ngram_size: int,
 ) -> DecodeResult:
-    """One token per row and step, picked by ``choose(log_probs (N, V)) -> (N,)``, until all rows end."""
+    """One token per row and step, picked by ``choose(log_probs (N, V)) -> (N,)``, until all rows end;
+    ``max_len`` (N,) holds each row's limit."""
     n = first.size(0)
     prev = first  # (N,)
     ended = torch.zeros(n, dtype=torch.bool, device=first.device)  # (N,) True once a row has emitted EOS
@@ -303,15 +360,20 @@ def _generate(
     scores: Tensor | None = None
     token_columns: list[Tensor] = []
     attention_columns: list[Tensor] = []
-    for t in range(max_len):
+    for t in range(int(max_len.max()) if n else 0):
+        cancel.check()  # a cancelled request (rnnkit serve) stops here, between two steps
         log_probs, state = model.step(prev, state)  # (N, V)
         attention = _attention_of(state)  # (N, S) or None
         _check_step_output(log_probs, n, attention)
+        if no_repeat_ngram_size and token_columns:
+            log_probs = _block_repeated_ngrams(log_probs, torch.stack(token_columns, 1), no_repeat_ngram_size)
         log_probs = _constrain(log_probs, t, eos_id, min_len, max_len)
-        if eos_id is not None and t + 1 == max_len:
-            token = torch.full_like(prev, eos_id)  # forced end; choose() might see an all -inf row
-        else:
-            token = choose(log_probs)  # (N,)
+        forced = max_len == t + 1 if eos_id is not None else torch.zeros_like(ended)  # (N,) must end now
+        if bool(forced.all()):
+            token = torch.full_like(prev, eos_id)  # every row ends: choose() might see an all -inf row
+        else:  # choose() never sees a forced row (it may be all -inf); those rows get EOS
+            token = choose(log_probs.masked_fill(forced.unsqueeze(1), 0.0))  # (N,)
+            token = token.masked_fill(forced, eos_id if eos_id is not None else 0)
         token_log_prob = log_probs.gather(1, token.unsqueeze(1)).squeeze(1)  # (N,)
         step_score = torch.where(ended, torch.zeros_like(token_log_prob), token_log_prob)
         scores = step_score if scores is None else scores + step_score
@@ -320,10 +382,11 @@ def _generate(
         token_columns.append(token)
         if attention is not None:
             attention_columns.append(attention.masked_fill(ended.unsqueeze(1), 0.0))
+        ended = ended | (lengths >= max_len)
         if eos_id is not None:
             ended = ended | (token == eos_id)
-            if bool(ended.all()):
-                break
+        if bool(ended.all()):
+            break
         prev = token
     attention = torch.stack(attention_columns, dim=1) if attention_columns else None  # (N, T', S)
     return DecodeResult(torch.stack(token_columns, dim=1), lengths, scores, attention)  # tokens (N, T')
@@ -337,8 +400,9 @@ def greedy_decode(
     bos_id: int | Tensor | None = None,
     eos_id: int | None = None,
     pad_id: int | None = None,
-    max_len: int,
+    max_len: int | Tensor,
     min_len: int = 0,
+    no_repeat_ngram_size: int = 0,
 ) -> DecodeResult:
     """Greedy decoding: y_t = argmax_v log p(v | y_<t, x) at every step, until EOS or ``max_len``.
 
@@ -349,17 +413,20 @@ def greedy_decode(
         eos_id: the end token (default: ``model.eos_id``). If neither is given, rows never end and exactly
             ``max_len`` tokens are generated (a language model without an end token).
         pad_id: fills rows after their end (default: ``model.pad_id``, else 0).
-        max_len / min_len: the largest / smallest length, EOS counted (see the module docstring).
+        max_len / min_len: the largest / smallest length, EOS counted; ``max_len`` an int or a (N,) tensor
+            of per-row limits (see the module docstring).
+        no_repeat_ngram_size: n > 0 forbids repeating any n-gram of the output (0: off).
 
     Returns:
         :class:`DecodeResult` with tokens (N, T'), lengths (N,), scores (N,) and attention (N, T', S) or None.
     """
     bos_id, eos_id, pad_id = _resolve_ids(model, bos_id, eos_id, pad_id, eos_required=False)
-    _check_lengths(max_len, min_len)
     first = _first_tokens(bos_id, state)
+    max_len = _row_max_lengths(max_len, min_len, first.size(0), first.device)
     return _generate(
         model, state, lambda lp: lp.argmax(dim=1),
         first=first, eos_id=eos_id, pad_id=pad_id, max_len=max_len, min_len=min_len,
+        no_repeat_ngram_size=_check_decoding_options(no_repeat_ngram_size),
     )  # fmt: skip
 
 
@@ -411,8 +478,9 @@ def sample_decode(
     bos_id: int | Tensor | None = None,
     eos_id: int | None = None,
     pad_id: int | None = None,
-    max_len: int,
+    max_len: int | Tensor,
     min_len: int = 0,
+    no_repeat_ngram_size: int = 0,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -429,8 +497,8 @@ def sample_decode(
     if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     bos_id, eos_id, pad_id = _resolve_ids(model, bos_id, eos_id, pad_id, eos_required=False)
-    _check_lengths(max_len, min_len)
     first = _first_tokens(bos_id, state)
+    max_len = _row_max_lengths(max_len, min_len, first.size(0), first.device)
     _check_filters(top_k, top_p)
 
     def choose(log_probs: Tensor) -> Tensor:
@@ -440,8 +508,9 @@ def sample_decode(
         return torch.multinomial(q, 1, generator=generator).squeeze(1)  # (N,)
 
     return _generate(
-        model, state, choose, first=first, eos_id=eos_id, pad_id=pad_id, max_len=max_len, min_len=min_len
-    )
+        model, state, choose, first=first, eos_id=eos_id, pad_id=pad_id, max_len=max_len, min_len=min_len,
+        no_repeat_ngram_size=_check_decoding_options(no_repeat_ngram_size),
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -528,39 +597,46 @@ def beam_search(
     eos_id: int | None = None,
     pad_id: int | None = None,
     beam_size: int = 5,
-    max_len: int,
+    max_len: int | Tensor,
     min_len: int = 0,
     n_best: int = 1,
     length_penalty: str = "avg",
     alpha: float = 0.0,
+    coverage_penalty: float = 0.0,
+    no_repeat_ngram_size: int = 0,
 ) -> list[list[Hypothesis]]:
     """Batched beam search: N sentences x K beams in one (N*K)-row batch, one ``model.step`` per time step.
 
     Each sentence searches for the output y maximising
 
-        score(y) = log p(y | x) / lp(|y|),   log p(y | x) = sum_t log p(y_t | y_<t, x),
+        score(y) = log p(y | x) / lp(|y|) + cp(y),   log p(y | x) = sum_t log p(y_t | y_<t, x),
 
-    with |y| counting the EOS and lp from :func:`length_penalty` (``"avg"``: |y|^alpha, alpha = 0 being no
-    normalisation; ``"gnmt"``: ((5 + |y|) / 6)^alpha; ``"none"``). Every step runs in four named parts:
+    with |y| counting the EOS, lp from :func:`length_penalty` (``"avg"``: |y|^alpha, alpha = 0 being no
+    normalisation; ``"gnmt"``: ((5 + |y|) / 6)^alpha; ``"none"``) and cp the coverage penalty of Wu et al. 2016
+    (GNMT, section 7) with weight beta = ``coverage_penalty`` (0: off; see :func:`coverage_penalty`). Every step
+    runs in four named parts:
 
     1. pick: for each sentence, the 2K best one-token extensions of its K live hypotheses by log-probability
-       (a per-sentence top-k over its K*V candidates, never a batch-wide one). All candidates of a step have
-       the same length, so ranking them by log-probability or by score is the same.
+       (a per-sentence top-k over its K*V candidates, never a batch-wide one), after n-gram blocking. All
+       candidates of a step have the same length, so ranking them by log-probability or by length-normalised
+       score is the same; the coverage penalty, as in GNMT, re-ranks finished hypotheses only.
     2. finish: a candidate ending in EOS that ranks among the K best finishes (the rule of fairseq's
        ``SequenceGenerator``); it enters the sentence's n-best pool if its score is high enough.
     3. advance: the K best candidates that do not end in EOS become the live beam (2K candidates always hold
        K of them, as at most K candidates end in EOS): finished hypotheses leave the beam and it stays full.
     4. drop finished: a sentence stops when no live hypothesis can still enter its n-best. Because log-probs
-       are <= 0 and lp grows with length, a live hypothesis with log-probability s can at best finish with
-       score s / lp(max_len); the sentence stops once its n-best pool is full and its worst entry scores at
-       least the best live hypothesis' bound (ties go to the earlier hypothesis). The rule is exact: it never
+       are <= 0, lp grows with length and cp <= 0, a live hypothesis with log-probability s can at best finish
+       with score s / lp(max_len); the sentence stops once its n-best pool is full and its worst entry scores
+       at least the best live hypothesis' bound (ties go to the earlier hypothesis). The rule is exact: it never
        changes the result compared with searching to ``max_len``. With alpha = 0 the bound is s itself, so the
        search stops as soon as the live beam cannot improve; with alpha > 0 it runs longer, because a longer
        hypothesis can still win. Stopped sentences leave the batch (their state rows are dropped).
 
-    With K = 1 and no length normalisation this is greedy decoding: same tokens, same log-probability. The
-    result for a sentence does not depend on the other sentences of the batch or on the batch size (as long
-    as the model computes each row independently).
+    With K = 1, no length normalisation and no coverage penalty this is greedy decoding with the same
+    ``no_repeat_ngram_size``: same tokens, same log-probability (either penalty can let a longer hypothesis win,
+    even at K = 1; greedy's output is then among those finished and scores no better). The result for a
+    sentence does not depend on the other sentences of the batch or on the batch size (as long as the model
+    computes each row independently).
 
     Args:
         model: has ``step(prev_tokens (N,), state) -> (log_probs (N, V), state)``; the log-probs must be
@@ -569,9 +645,14 @@ def beam_search(
             dim 0; it is expanded to N*K rows here.
         bos_id / eos_id / pad_id: default to the model's attributes; ``bos_id`` may be a (N,) tensor.
         beam_size: K >= 1, the number of live hypotheses per sentence.
-        max_len / min_len: the largest / smallest output length, EOS counted (see the module docstring).
+        max_len / min_len: the largest / smallest output length, EOS counted; ``max_len`` an int or a (N,)
+            tensor, one limit per sentence (see the module docstring).
         n_best: how many finished hypotheses to return per sentence, 1 <= n_best <= beam_size.
         length_penalty: ``"avg"`` (default), ``"gnmt"`` or ``"none"``; alpha >= 0 its strength.
+        coverage_penalty: beta >= 0 of the GNMT coverage penalty; > 0 needs a model that records attention
+            (``state["attention"]``); ``state["valid"]`` (N, S) bool, if the state has it, says which source
+            positions are real (the others are left out of the sum).
+        no_repeat_ngram_size: n > 0 forbids repeating any n-gram within a hypothesis (0: off).
 
     Returns:
         For each sentence, up to ``n_best`` :class:`Hypothesis` (tokens with EOS, score, log_prob and the
@@ -580,20 +661,22 @@ def beam_search(
         probability > 0 (a tiny vocabulary, or a model giving EOS probability 0 at ``max_len``).
     """
     bos_id, eos_id, pad_id = _resolve_ids(model, bos_id, eos_id, pad_id, eos_required=True)
-    if not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"beam_size must be an int >= 1, got {beam_size!r}")
-    if not isinstance(n_best, int) or not 1 <= n_best <= beam_size:
+    check_int("beam_size", beam_size, 1)
+    if isinstance(n_best, bool) or not isinstance(n_best, int) or not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be an int in [1, beam_size={beam_size}], got {n_best!r}")
-    _check_lengths(max_len, min_len)
     _check_penalty(length_penalty, alpha)
+    _check_coverage_penalty(coverage_penalty)
+    ngram = _check_decoding_options(no_repeat_ngram_size)
     first = _first_tokens(bos_id, state)
     n, k = first.size(0), beam_size
+    sentence_max_len = _row_max_lengths(max_len, min_len, n, first.device)  # (N,)
+    longest = int(sentence_max_len.max()) if n else 0
 
     # Row b*K + j of the (B*K)-row batch is beam j of active sentence b; `sentence` maps b to its index in
     # the caller's batch. At the start every beam holds the same empty prefix: only beam 0 is live
     # (log-prob 0), the others -inf, so the first step does not pick the same token K times.
     expand = torch.arange(n, device=first.device).repeat_interleave(k)  # (N*K,)
-    state = _select_rows(state, expand)
+    state = select_rows(state, expand)
     prev = first.index_select(0, expand)  # (B*K,)
     sentence = torch.arange(n, device=first.device)  # (B,)
     alive_tokens = torch.zeros((n * k, 0), dtype=torch.long, device=first.device)  # (B*K, t)
@@ -601,7 +684,8 @@ def beam_search(
     alive_log_prob: Tensor | None = None  # (B, K), live hypotheses best first
     pool: _FinishedPool | None = None
 
-    for t in range(max_len):  # step t emits token t + 1 (1-based): candidates have length t + 1
+    for t in range(longest):  # step t emits token t + 1 (1-based): candidates have length t + 1
+        cancel.check()  # a cancelled request (rnnkit serve) stops here, between two steps
         b = sentence.size(0)
         log_probs, state = model.step(prev, state)  # (B*K, V)
         attention = _attention_of(state)  # (B*K, S) or None
@@ -612,11 +696,15 @@ def beam_search(
                 f"beam search needs a vocabulary of >= 2 tokens including eos_id={eos_id}, "
                 f"model.step returned V={vocab}"
             )
+        if coverage_penalty and attention is None:
+            raise ValueError("coverage_penalty needs the model's attention: state['attention'] after each step")
         if alive_log_prob is None:
             alive_log_prob = log_probs.new_full((b, k), -math.inf)
             alive_log_prob[:, 0] = 0.0
-            pool = _FinishedPool(n, n_best, max_len, pad_id, log_probs)
-        log_probs = _constrain(log_probs, t, eos_id, min_len, max_len)
+            pool = _FinishedPool(n, n_best, longest, pad_id, log_probs)
+        row_max_len = sentence_max_len.index_select(0, sentence).repeat_interleave(k)  # (B*K,)
+        log_probs = _block_repeated_ngrams(log_probs, alive_tokens, ngram)
+        log_probs = _constrain(log_probs, t, eos_id, min_len, row_max_len)
 
         # 1. pick: the 2K best extensions per sentence over its K*V candidates.
         candidates = (alive_log_prob.reshape(b * k, 1) + log_probs).reshape(b, k * vocab)  # (B, K*V)
@@ -639,9 +727,14 @@ def beam_search(
             end_attention = None
             if attention is not None:  # the parent's history, then this step's weights
                 end_attention = _extend_history(alive_attention, attention, parent)  # (B*K, t+1, S)
+                if coverage_penalty:
+                    valid = _valid_of(state)
+                    valid = None if valid is None else valid.index_select(0, parent)
+                    penalty = _coverage_penalty(end_attention, coverage_penalty, valid)  # (B*K,)
+                    end_score = end_score + penalty.reshape(b, k)
                 end_attention = end_attention.reshape(b, k, t + 1, -1)  # (B, K, t+1, S)
             pool.add(sentence, end_score, end_log_prob, t + 1, end_tokens.reshape(b, k, t + 1), end_attention)
-        if t + 1 == max_len:
+        if t + 1 == longest:
             break
 
         # 3. advance: the K best candidates not ending in EOS live on. Ranking EOS candidates after all
@@ -654,11 +747,14 @@ def beam_search(
         alive_tokens = torch.cat([alive_tokens.index_select(0, parent), prev.unsqueeze(1)], 1)  # (B*K, t+1)
         if attention is not None:  # reorder the history with the beam, then append this step's weights
             alive_attention = _extend_history(alive_attention, attention, parent)  # (B*K, t+1, S)
-        state = _select_rows(state, parent)
+        state = select_rows(state, parent)
 
-        # 4. drop finished: sentences whose best live hypothesis cannot enter their n-best any more.
-        best_possible = alive_log_prob[:, 0] / _length_penalty(max_len, length_penalty, alpha)  # (B,)
-        done = pool.worst_score(sentence) >= best_possible  # (B,)
+        # 4. drop finished: sentences whose best live hypothesis cannot enter their n-best any more, and
+        # sentences at their own length limit.
+        own_max_len = sentence_max_len.index_select(0, sentence)  # (B,)
+        bound = _length_penalty(own_max_len.to(alive_log_prob.dtype), length_penalty, alpha)  # lp(max_len)
+        best_possible = alive_log_prob[:, 0] / bound  # (B,)
+        done = (pool.worst_score(sentence) >= best_possible) | (own_max_len <= t + 1)  # (B,)
         if bool(done.any()):
             remaining = (~done).nonzero().squeeze(1)  # (B',)
             if remaining.numel() == 0:
@@ -671,9 +767,32 @@ def beam_search(
             if alive_attention is not None:
                 alive_attention = alive_attention.index_select(0, rows)
             prev = prev.index_select(0, rows)
-            state = _select_rows(state, rows)
+            state = select_rows(state, rows)
 
-    return pool.hypotheses()
+    return pool.hypotheses() if pool is not None else [[] for _ in range(n)]
+
+
+def length_limits(src_lengths: Tensor, max_len_a: float = 2.0, max_len_b: int = 10) -> Tensor:
+    """Per-sentence output length limits (N,) long: floor(max_len_a * source length + max_len_b), EOS counted.
+
+    fairseq's ``--max-len-a`` / ``--max-len-b`` rule, applied to each sentence's own length rather than the
+    batch's longest, so that a sentence's limit (and hence its output) does not depend on its batch.
+    """
+    if isinstance(max_len_a, bool) or not isinstance(max_len_a, int | float) or not (
+        math.isfinite(max_len_a) and max_len_a >= 0
+    ):
+        raise ValueError(f"max_len_a must be a finite number >= 0, got {max_len_a!r}")
+    check_int("max_len_b", max_len_b, 0)
+    lengths = torch.as_tensor(src_lengths)
+    if lengths.dim() != 1 or lengths.is_floating_point():
+        raise ValueError(f"src_lengths must be a (N,) integer tensor, got {lengths.dtype} {tuple(lengths.shape)}")
+    limits = torch.floor(lengths.double() * max_len_a + max_len_b).long()  # (N,)
+    if limits.numel() and int(limits.min()) < 1:
+        raise ValueError(
+            f"max_len_a * source length + max_len_b must be >= 1 for every sentence; with max_len_a={max_len_a} "
+            f"and max_len_b={max_len_b} the shortest source (length {int(lengths.min())}) gets {int(limits.min())}"
+        )
+    return limits
 
 
 def _extend_history(history: Tensor | None, current: Tensor, parent: Tensor) -> Tensor:
@@ -696,23 +815,26 @@ def translate(
     src_lengths: Tensor,
     *,
     method: str = "beam",
-    max_len: int | None = None,
+    max_len: int | Tensor | None = None,
+    max_len_a: float = 2.0,
+    max_len_b: int = 10,
     **options: Any,
 ) -> list[list[Hypothesis]]:
     """Decode a batch of source sentences with a seq2seq model: ``state = model.start(src, src_lengths)``,
     then :func:`greedy_decode`, :func:`sample_decode` or :func:`beam_search` by ``method``.
 
-    ``max_len`` defaults to 2 * (longest source length) + 10. ``options`` go to the chosen function
-    (beam_size, n_best, length_penalty, alpha, min_len, temperature, top_k, top_p, generator, ...).
-    Returns, per sentence, its hypotheses best first (one for greedy and sampling, whose score is the
-    log-probability).
+    Each sentence's output is at most ``max_len_a * (its source length) + max_len_b`` tokens long, EOS
+    included (:func:`length_limits`); an explicit ``max_len`` (an int, or a (N,) tensor) replaces that rule.
+    ``options`` go to the chosen function (beam_size, n_best, length_penalty, alpha, coverage_penalty,
+    no_repeat_ngram_size, min_len, temperature, top_k, top_p, generator, ...). Returns, per sentence, its
+    hypotheses best first (one for greedy and sampling, whose score is the log-probability).
     """
     if method not in DECODING_METHODS:
         raise ValueError(f"method must be one of {DECODING_METHODS}, got {method!r}")
     if not hasattr(model, "start"):
         raise ValueError(f"translate needs a model with start(src, src_lengths), got {type(model).__name__}")
     if max_len is None:
-        max_len = 2 * int(torch.as_tensor(src_lengths).max()) + 10
+        max_len = length_limits(src_lengths, max_len_a, max_len_b)
     with torch.no_grad():
         state = model.start(src, src_lengths)
     if method == "beam":

@@ -338,9 +338,10 @@ def _build(model: nn.Module, part: str) -> tuple[nn.Module, tuple, list[str], li
     in_keys, out_keys = sorted(state), sorted(next_state)
 
     def state_axes(key: str, tensor: Tensor) -> dict[int, str]:
-        # Source-length axes: every state tensor with S along dim 1 (keys, keys_proj, valid, attention).
+        # Source-length axes: every state tensor with S along dim 1 (keys, keys_proj, valid, attention, and
+        # coverage and source with coverage or copy attention).
         axes = {0: "batch"}
-        if tensor.dim() >= 2 and key in ("keys", "keys_proj", "valid", "attention"):
+        if tensor.dim() >= 2 and key in ("keys", "keys_proj", "valid", "attention", "coverage", "source"):
             axes[1] = "source"
         return axes
 

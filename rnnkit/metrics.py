@@ -7,6 +7,8 @@ One section per task, each metric a plain function of predictions and targets:
 * tagging: :func:`token_accuracy` (padding ignored), :func:`entity_scores` / :func:`entity_f1`
   (entity-level, BIO tags, via ``seqeval``);
 * translation: :func:`bleu`, :func:`chrf` (corpus-level, via ``sacrebleu``), :func:`exact_match`;
+* grapheme-to-phoneme: :func:`word_error_rate` (whole pronunciation wrong), :func:`phoneme_error_rate`
+  (edit distance via ``rapidfuzz``);
 * forecasting: :func:`mae`, :func:`rmse`, :func:`mase`, and the baselines :func:`naive_forecast`,
   :func:`seasonal_naive_forecast`.
 
@@ -41,6 +43,8 @@ __all__ = [
     "bleu",
     "chrf",
     "exact_match",
+    "word_error_rate",
+    "phoneme_error_rate",
     "mae",
     "rmse",
     "mase",
@@ -259,6 +263,57 @@ def exact_match(predictions: Sequence, references: Sequence) -> float:
 
     matches = sum(normal(p) == normal(r) for p, r in zip(predictions, references, strict=True))
     return matches / len(predictions)
+
+
+# -- grapheme-to-phoneme ----------------------------------------------------------------------------------
+
+
+def _token_pairs(hypotheses: Sequence, references: Sequence) -> list[tuple[list, list]]:
+    """(hypothesis tokens, reference tokens) per item: strings are split on whitespace, sequences kept."""
+    if isinstance(hypotheses, str) or isinstance(references, str):
+        raise ValueError("hypotheses and references must be lists (one item per word), got a single string")
+    if len(hypotheses) != len(references):
+        raise ValueError(f"expected one reference per hypothesis, got {len(hypotheses)} hypotheses and "
+                         f"{len(references)} references")
+    if len(references) == 0:
+        raise ValueError("no hypotheses to score")
+
+    def tokens(item) -> list:
+        if isinstance(item, torch.Tensor):
+            return item.tolist()
+        return item.split() if isinstance(item, str) else list(item)
+
+    return [(tokens(h), tokens(r)) for h, r in zip(hypotheses, references, strict=True)]
+
+
+def word_error_rate(hypotheses: Sequence, references: Sequence) -> float:
+    """Word error rate in the grapheme-to-phoneme sense (Bisani & Ney 2008; Yao & Zweig 2015): the fraction of
+    words whose predicted pronunciation differs from the reference anywhere, in [0, 1].
+
+    Each hypothesis and reference is a pronunciation: a string of space-separated phonemes (``"K AE T"``) or
+    a sequence of phoneme symbols. (Speech recognition's WER, an edit distance over words, is
+    :func:`phoneme_error_rate` applied to word tokens.)
+    """
+    pairs = _token_pairs(hypotheses, references)
+    return sum(h != r for h, r in pairs) / len(pairs)
+
+
+def phoneme_error_rate(hypotheses: Sequence, references: Sequence) -> float:
+    """Phoneme error rate: the Levenshtein distance (substitutions + insertions + deletions, each cost 1) between
+    predicted and reference phoneme sequences, summed over the corpus and divided by the total number of
+    reference phonemes, as computed by ``rapidfuzz``.
+
+    PER = sum_i d(hyp_i, ref_i) / sum_i |ref_i|. It can exceed 1 when hypotheses insert many phonemes. Same
+    input layout as :func:`word_error_rate`; distances are over whole symbols (``AH0`` vs ``AH1`` is one
+    substitution).
+    """
+    from rapidfuzz.distance import Levenshtein
+
+    pairs = _token_pairs(hypotheses, references)
+    reference_length = sum(len(r) for _, r in pairs)
+    if reference_length == 0:
+        raise ValueError("the references hold no phonemes: the phoneme error rate is undefined")
+    return sum(Levenshtein.distance(h, r) for h, r in pairs) / reference_length
 
 
 # -- forecasting ------------------------------------------------------------------------------------------

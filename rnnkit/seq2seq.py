@@ -1,8 +1,8 @@
-"""Encoder-decoder models: :class:`Encoder`, the decoders, :class:`Seq2Seq`, teacher forcing schedules.
+"""Encoder-decoder models: :class:`Encoder`, the decoders, :class:`Seq2Seq`.
 
 Reading order: token conventions, the encoder (with its bridge to the decoder), the three decoders
-(Bahdanau-style attention, Luong-style attention, no attention), the model that joins them, and the
-scheduled-sampling schedules.
+(Bahdanau-style attention, Luong-style attention, no attention), and the model that joins them. The
+scheduled-sampling schedules live in :mod:`rnnkit.teacher_forcing` (re-exported here).
 
 * :class:`Encoder`: embedding + ``rnnkit.layers`` LSTM/GRU (bidirectional by default) over a padded batch;
   h̄_s = [→h_s; ←h_s] are the attention keys; a bridge s_0 = tanh(W_b [final states] + b_b) gives the decoder
@@ -34,6 +34,8 @@ scheduled-sampling schedules.
   ``feed``         (N, H)         h~_{t-1} for input feeding (Luong with ``input_feeding``)
   ``context``      (N, K)         fixed context c (no-attention decoder)
   ``attention``    (N, S)         the last step's attention weights (attention decoders; 0 before step 1)
+  ``coverage``     (N, S)         the sum of all previous steps' attention weights (coverage attention)
+  ``source``       (N, S) long    the source token ids (copy attention)
   ===============  =============  ====================================================================
 
 Token ids follow the rnnkit convention: pad = 0, unk = 1, bos = 2, eos = 3.
@@ -41,7 +43,6 @@ Token ids follow the rnnkit convention: pad = 0, unk = 1, bos = 2, eos = 3.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
@@ -51,7 +52,15 @@ from torch import Tensor, nn
 
 from rnnkit import layers
 from rnnkit.attention import Attention, make_attention
-from rnnkit.cells import check_probability, check_size
+from rnnkit.checks import check_bool, check_probability, check_size
+from rnnkit.teacher_forcing import (  # re-exported: their home before rnnkit.teacher_forcing
+    ConstantSchedule,
+    ExponentialSchedule,
+    InverseSigmoidSchedule,
+    LinearSchedule,
+    TeacherForcingSchedule,
+    make_schedule,
+)
 
 __all__ = [
     "PAD_ID",
@@ -112,7 +121,8 @@ class EncoderOutput(NamedTuple):
 
     outputs (B, S, K): h̄_s, zero past each length; valid (B, S) bool; hidden (B, L_dec, H_dec) and
     cell (B, L_dec, H_dec) or None: the decoder's initial state from the bridge; summary (B, K): a fixed-size
-    summary of the source for decoders without attention.
+    summary of the source for decoders without attention; source (B, S) long: the source token ids (copy
+    attention copies them).
     """
 
     outputs: Tensor
@@ -120,6 +130,7 @@ class EncoderOutput(NamedTuple):
     hidden: Tensor
     cell: Tensor | None
     summary: Tensor
+    source: Tensor | None = None
 
 
 class Encoder(nn.Module):
@@ -214,7 +225,7 @@ class Encoder(nn.Module):
             summary = top.transpose(0, 1).reshape(batch_size, self.output_size)  # [→h_S; ←h_1]: (B, K)
         else:
             summary = outputs.sum(1) / src_lengths.to(outputs.device, outputs.dtype).unsqueeze(1)  # (B, K)
-        return EncoderOutput(outputs, valid, hidden, cell, summary)
+        return EncoderOutput(outputs, valid, hidden, cell, summary, src)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -227,7 +238,8 @@ class Decoder(nn.Module):
 
     Subclasses define ``_rnn_input_size``, ``init_state`` extras and ``step``; a decoder that can run all
     target steps at once under full teacher forcing sets ``supports_parallel`` and defines
-    ``forward_parallel``. ``step`` returns unnormalised logits (N, V); :class:`Seq2Seq` turns them into
+    ``forward_parallel``. ``step`` returns unnormalised logits (N, V) (with copy attention, the log-probabilities
+    of the pointer-generator mixture: logits that are already normalised); :class:`Seq2Seq` turns them into
     log-probabilities.
     """
 
@@ -260,6 +272,22 @@ class Decoder(nn.Module):
     def supports_parallel(self) -> bool:
         """True if ``forward_parallel`` can run every target step in one call under full teacher forcing."""
         return False
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The last linear layer, whose (V, in) weight gives each target token's logit."""
+        raise NotImplementedError
+
+    def tie_weights(self) -> None:
+        """Use the target embedding matrix (V, E) as the output layer's weight: one matrix, trained by both
+        uses (Press & Wolf 2017; Inan et al. 2017). Needs the output layer's input size to be E."""
+        output = self.output_layer
+        if output.in_features != self.embedding_size:
+            raise ValueError(
+                "tie_weights shares the embedding matrix (V, E) with the output layer (V, H), so it needs "
+                f"embedding_size == hidden_size, got {self.embedding_size} and {output.in_features}"
+            )
+        output.weight = self.embedding.weight
 
     def _rnn_input_size(self) -> int:
         raise NotImplementedError
@@ -302,14 +330,21 @@ class Decoder(nn.Module):
         return outputs, {"hidden": final.transpose(0, 1)}
 
 
-def _attend(attention: Attention, query: Tensor, state: State) -> tuple[Tensor, Tensor]:
-    """One step of attention over the keys in ``state`` (with their precomputed projection, if any)."""
+def _attend(attention: Attention, query: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+    """One step of attention over the keys in ``state`` (with their precomputed projection, if any):
+    context (N, K), weights (N, S), and the state entries it updates (the weights, the coverage)."""
     keys, valid, projected = state["keys"], state["valid"], state.get("keys_proj")
-    return attention(query, keys, valid, precomputed=projected, step=state["step"])
+    coverage = state.get("coverage")  # C_t = sum of the previous weights (coverage attention only)
+    context, weights = attention(query, keys, valid, precomputed=projected, step=state["step"], coverage=coverage)
+    updates = {"attention": weights}
+    if coverage is not None:
+        updates["coverage"] = coverage + weights  # C_{t+1}
+    return context, weights, updates
 
 
-def _attention_state(attention: Attention, encoded: EncoderOutput) -> State:
-    """The state entries an attention decoder needs: keys, their precomputed projection, valid, weights."""
+def _attention_state(attention: Attention, encoded: EncoderOutput, pointer: nn.Module | None) -> State:
+    """The state entries an attention decoder needs: keys, their precomputed projection, valid, weights and,
+    for coverage attention, the coverage; for copy attention, the source ids."""
     state = {
         "keys": encoded.outputs,
         "valid": encoded.valid,
@@ -318,6 +353,10 @@ def _attention_state(attention: Attention, encoded: EncoderOutput) -> State:
     projected = attention.precompute(encoded.outputs)
     if projected is not None:
         state["keys_proj"] = projected  # (N, S, A), once per source sentence
+    if attention.coverage:
+        state["coverage"] = encoded.outputs.new_zeros(encoded.valid.shape)  # C_0 = 0: (N, S)
+    if pointer is not None:
+        state["source"] = encoded.source  # (N, S) long
     return state
 
 
@@ -340,6 +379,38 @@ class _DeepOutput(nn.Module):
     def forward(self, state: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
         readout = torch.tanh(self.readout(torch.cat([state, context, embedded], dim=-1)))  # (..., H)
         return self.output(self.dropout(readout))  # (..., V)
+
+
+class PointerGenerator(nn.Module):
+    """Copy attention, the pointer-generator of See et al. 2017 (section 2.2), over a shared vocabulary.
+
+    At each target step a switch decides between generating from the vocabulary and copying a source token
+    through the attention weights a_t (the decoder's own attention)::
+
+        p_gen = sigmoid(w_c^T c_t + w_s^T s_t + w_x^T x_t + b_ptr)                   (eq. 8)
+        P(w)  = p_gen P_vocab(w) + (1 - p_gen) sum_{s : x_s = w} a_t(s)             (eq. 9)
+
+    c_t the context vector, s_t the decoder's RNN output, x_t its input embedding, P_vocab = softmax(logits).
+    Source and target share one vocabulary (the same token ids on both sides), so copying source position s
+    means emitting its id x_s; See et al.'s extended vocabulary for source words outside the vocabulary is not
+    implemented, so an unknown source word is copied as UNK. ``forward`` returns log P, floored at the smallest
+    normal float so that a token of probability 0 gets a finite log-probability and no NaN gradient.
+    """
+
+    def __init__(self, context_size: int, state_size: int, input_size: int) -> None:
+        super().__init__()
+        self.switch = nn.Linear(context_size + state_size + input_size, 1)  # w_c, w_s, w_x, b_ptr
+
+    def forward(
+        self, logits: Tensor, weights: Tensor, source: Tensor, context: Tensor, state: Tensor, inputs: Tensor
+    ) -> Tensor:
+        """log P (..., V) from logits (..., V), weights (..., S), source (B, S) ids, context (..., K),
+        state (..., H), inputs (..., E); ``...`` is (B,) for one step or (B, T) for all steps at once."""
+        p_gen = torch.sigmoid(self.switch(torch.cat([context, state, inputs], dim=-1)))  # (..., 1)
+        generated = p_gen * torch.softmax(logits, dim=-1)  # (..., V)
+        source_ids = source if weights.dim() == 2 else source.unsqueeze(1).expand_as(weights)  # (..., S)
+        mixed = generated.scatter_add(-1, source_ids, (1.0 - p_gen) * weights)  # + copy mass on each x_s
+        return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()
 
 
 class BahdanauDecoder(Decoder):
@@ -365,26 +436,34 @@ class BahdanauDecoder(Decoder):
         *,
         attention: str = "additive",
         attention_options: dict | None = None,
+        copy_attention: bool = False,
         **options,
     ) -> None:
         super().__init__(vocab_size, embedding_size, hidden_size, context_size, **options)
         self.attention = make_attention(attention, hidden_size, context_size, **(attention_options or {}))
         self.deep_output = _DeepOutput(hidden_size, context_size, embedding_size, vocab_size, self.dropout)
+        self.pointer = PointerGenerator(context_size, hidden_size, embedding_size) if copy_attention else None
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.deep_output.output
 
     def _rnn_input_size(self) -> int:
         return self.embedding_size + self.context_size
 
     def init_state(self, encoded: EncoderOutput) -> State:
-        return {**super().init_state(encoded), **_attention_state(self.attention, encoded)}
+        return {**super().init_state(encoded), **_attention_state(self.attention, encoded, self.pointer)}
 
     def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
         embedded = self.dropout(self.embedding(prev_tokens))  # E y_{i-1}: (N, E)
         query = state["hidden"][:, -1]  # s_{i-1}, top layer: (N, H)
-        context, weights = _attend(self.attention, query, state)  # c_i: (N, K), a_i: (N, S)
+        context, weights, attended = _attend(self.attention, query, state)  # c_i: (N, K), a_i: (N, S)
         rnn_input = torch.cat([embedded, context], dim=-1).unsqueeze(1)  # (N, 1, E + K)
         outputs, recurrent = self._run_rnn(rnn_input, state)
         logits = self.deep_output(outputs.squeeze(1), context, embedded)  # (N, V)
-        return logits, {**state, **recurrent, "attention": weights, "step": state["step"] + 1}
+        if self.pointer is not None:  # log P of the pointer-generator mixture
+            logits = self.pointer(logits, weights, state["source"], context, outputs.squeeze(1), embedded)
+        return logits, {**state, **recurrent, **attended, "step": state["step"] + 1}
 
 
 class LuongDecoder(Decoder):
@@ -397,9 +476,9 @@ class LuongDecoder(Decoder):
         h~_t = tanh(W_c [c_t; h_t])                                          (eq. 5: attentional hidden state)
         logits_t = W_s h~_t                                                  (eq. 6)
 
-    Without input feeding, h_t does not depend on the attention, so under full teacher forcing
-    ``forward_parallel`` runs the RNN over all T steps in one call and the attention for all steps as batched
-    matrix products; the tests check it equals the step loop.
+    Without input feeding (and without coverage attention), h_t does not depend on the attention, so under full
+    teacher forcing ``forward_parallel`` runs the RNN over all T steps in one call and the attention for all
+    steps as batched matrix products; the tests check it equals the step loop.
     """
 
     has_attention = True
@@ -414,6 +493,7 @@ class LuongDecoder(Decoder):
         attention: str = "general",
         attention_options: dict | None = None,
         input_feeding: bool = False,
+        copy_attention: bool = False,
         **options,
     ) -> None:
         self.input_feeding = bool(input_feeding)  # set first: the base class sizes the RNN input from it
@@ -421,16 +501,21 @@ class LuongDecoder(Decoder):
         self.attention = make_attention(attention, hidden_size, context_size, **(attention_options or {}))
         self.combine = nn.Linear(context_size + hidden_size, hidden_size, bias=False)  # W_c
         self.output = nn.Linear(hidden_size, vocab_size)  # W_s
+        self.pointer = PointerGenerator(context_size, hidden_size, embedding_size) if copy_attention else None
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.output
 
     @property
     def supports_parallel(self) -> bool:
-        return not self.input_feeding
+        return not (self.input_feeding or self.attention.coverage)
 
     def _rnn_input_size(self) -> int:
         return self.embedding_size + (self.hidden_size if self.input_feeding else 0)
 
     def init_state(self, encoded: EncoderOutput) -> State:
-        state = {**super().init_state(encoded), **_attention_state(self.attention, encoded)}
+        state = {**super().init_state(encoded), **_attention_state(self.attention, encoded, self.pointer)}
         if self.input_feeding:
             state["feed"] = encoded.outputs.new_zeros(encoded.outputs.shape[0], self.hidden_size)  # h~_0 = 0
         return state
@@ -440,22 +525,23 @@ class LuongDecoder(Decoder):
         return torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))  # (..., H)
 
     def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        rnn_input = self.dropout(self.embedding(prev_tokens))  # (N, E)
-        if self.input_feeding:
-            rnn_input = torch.cat([rnn_input, state["feed"]], dim=-1)  # (N, E + H)
+        embedded = self.dropout(self.embedding(prev_tokens))  # (N, E)
+        rnn_input = torch.cat([embedded, state["feed"]], dim=-1) if self.input_feeding else embedded  # (N, E[+H])
         outputs, recurrent = self._run_rnn(rnn_input.unsqueeze(1), state)
         hidden = outputs.squeeze(1)  # h_t: (N, H)
-        context, weights = _attend(self.attention, hidden, state)  # c_t: (N, K), a_t: (N, S)
+        context, weights, attended = _attend(self.attention, hidden, state)  # c_t: (N, K), a_t: (N, S)
         attentional = self._attentional(context, hidden)  # (N, H)
         logits = self.output(self.dropout(attentional))  # (N, V)
-        new_state = {**state, **recurrent, "attention": weights, "step": state["step"] + 1}
+        if self.pointer is not None:  # log P of the pointer-generator mixture
+            logits = self.pointer(logits, weights, state["source"], context, hidden, embedded)
+        new_state = {**state, **recurrent, **attended, "step": state["step"] + 1}
         if self.input_feeding:
             new_state["feed"] = attentional
         return logits, new_state
 
     def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor]:
-        if self.input_feeding:
-            raise ValueError("input feeding makes each step depend on the last one: decode step by step")
+        if not self.supports_parallel:
+            raise ValueError("input feeding or coverage makes each step depend on the last one: decode step by step")
         embedded = self.dropout(self.embedding(tgt_in))  # (B, T, E)
         hidden, _ = self._run_rnn(embedded, state)  # h_t for every t: (B, T, H)
         steps = state["step"].unsqueeze(1) + torch.arange(tgt_in.shape[1], device=tgt_in.device)  # (B, T)
@@ -463,7 +549,10 @@ class LuongDecoder(Decoder):
             hidden, state["keys"], state["valid"], precomputed=state.get("keys_proj"), steps=steps
         )
         attentional = self._attentional(contexts, hidden)  # (B, T, H)
-        return self.output(self.dropout(attentional)), weights  # (B, T, V), (B, T, S)
+        logits = self.output(self.dropout(attentional))  # (B, T, V)
+        if self.pointer is not None:
+            logits = self.pointer(logits, weights, state["source"], contexts, hidden, embedded)
+        return logits, weights  # (B, T, V), (B, T, S)
 
 
 class PlainDecoder(Decoder):
@@ -481,6 +570,10 @@ class PlainDecoder(Decoder):
     ) -> None:
         super().__init__(vocab_size, embedding_size, hidden_size, context_size, **options)
         self.deep_output = _DeepOutput(hidden_size, context_size, embedding_size, vocab_size, self.dropout)
+
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.deep_output.output
 
     @property
     def supports_parallel(self) -> bool:
@@ -506,6 +599,8 @@ class PlainDecoder(Decoder):
         return self.deep_output(outputs, context, embedded), None  # (B, T, V)
 
 
+_COVERAGE_ATTENTIONS = ("additive", "concat")  # the scores with a hidden layer that coverage can enter
+
 _DECODERS = {"luong": LuongDecoder, "bahdanau": BahdanauDecoder, "none": PlainDecoder}
 
 #: Decoder styles accepted by :class:`Seq2SeqConfig`.
@@ -525,6 +620,13 @@ class Seq2SeqConfig:
     encoder gives each direction H / 2 (as OpenNMT does), so that every attention, dot included, fits.
     ``decoder`` is "luong", "bahdanau" or "none" (no attention); ``attention`` a name from
     ``rnnkit.attention.ATTENTION_NAMES`` (default: "general" for Luong, "additive" for Bahdanau).
+    ``label_smoothing`` is the epsilon of :meth:`Seq2Seq.loss` (0: plain cross-entropy). ``coverage`` feeds the
+    running sum of past attention weights into the attention score (Tu et al. 2016; additive or concat
+    attention, see :class:`rnnkit.attention.AdditiveAttention`). ``tie_weights`` makes the decoder's output layer
+    use its input embedding matrix (needs embedding_size == hidden_size); ``share_embeddings`` gives encoder and
+    decoder one embedding (needs one vocabulary for source and target, as fairseq's --share-all-embeddings).
+    ``copy_attention`` adds a pointer-generator (See et al. 2017, :class:`PointerGenerator`): the decoder can copy
+    source tokens through its attention; it also needs one vocabulary for source and target.
     """
 
     source_vocab_size: int
@@ -543,6 +645,11 @@ class Seq2SeqConfig:
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID
+    label_smoothing: float = 0.0
+    coverage: bool = False
+    tie_weights: bool = False
+    share_embeddings: bool = False
+    copy_attention: bool = False
 
 
 class Seq2Seq(nn.Module):
@@ -558,7 +665,7 @@ class Seq2Seq(nn.Module):
 
         model = Seq2Seq.build(Seq2SeqConfig(source_vocab_size=24, target_vocab_size=24, hidden_size=64))
         logits = model(src, src_lengths, tgt_in)                       # (B, T, V)
-        loss = F.cross_entropy(logits.transpose(1, 2), tgt_out, ignore_index=model.pad_id)
+        loss = model.loss(logits, tgt_out)                             # mean over the non-pad targets
         state = model.start(src, src_lengths)
         log_probs, state = model.step(torch.full((B,), model.bos_id), state)
     """
@@ -590,6 +697,9 @@ class Seq2Seq(nn.Module):
         self.decoder = decoder
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.config = config
+        self.label_smoothing = check_probability(
+            "label_smoothing", 0.0 if config is None else config.label_smoothing
+        )
 
     @classmethod
     def build(cls, config: Seq2SeqConfig) -> Seq2Seq:
@@ -620,8 +730,27 @@ class Seq2Seq(nn.Module):
                 "general" if config.decoder == "luong" else "additive"
             )
             options["attention_options"] = dict(config.attention_options)
-        elif config.attention is not None:
-            raise ValueError(f"decoder='none' has no attention, got attention={config.attention!r}")
+            if check_bool("coverage", config.coverage):
+                if options["attention"] not in _COVERAGE_ATTENTIONS:
+                    raise ValueError(
+                        f"coverage enters the score of {' or '.join(_COVERAGE_ATTENTIONS)} attention, "
+                        f"got attention={options['attention']!r}"
+                    )
+                options["attention_options"]["coverage"] = True
+        elif config.attention is not None or config.coverage:
+            raise ValueError(
+                f"decoder='none' has no attention, got attention={config.attention!r}, coverage={config.coverage!r}"
+            )
+        if check_bool("copy_attention", config.copy_attention):
+            if config.decoder == "none":
+                raise ValueError("copy attention copies through the attention weights: decoder='none' has none")
+            if config.source_vocab_size != config.target_vocab_size:
+                raise ValueError(
+                    "copy attention copies source token ids into the output, so it needs one vocabulary for source "
+                    f"and target, got source_vocab_size={config.source_vocab_size} and target_vocab_size="
+                    f"{config.target_vocab_size}"
+                )
+            options["copy_attention"] = True
         if config.decoder == "luong":
             options["input_feeding"] = config.input_feeding
         elif config.input_feeding:
@@ -629,6 +758,15 @@ class Seq2Seq(nn.Module):
         decoder = _DECODERS[config.decoder](
             config.target_vocab_size, config.embedding_size, hidden, encoder.output_size, **options
         )
+        if check_bool("share_embeddings", config.share_embeddings):
+            if config.source_vocab_size != config.target_vocab_size:
+                raise ValueError(
+                    "share_embeddings needs one vocabulary for source and target, got source_vocab_size="
+                    f"{config.source_vocab_size} and target_vocab_size={config.target_vocab_size}"
+                )
+            decoder.embedding = encoder.embedding  # one (V, E) matrix for both sides
+        if check_bool("tie_weights", config.tie_weights):
+            decoder.tie_weights()
         return cls(
             encoder, decoder, pad_id=config.pad_id, bos_id=config.bos_id, eos_id=config.eos_id, config=config
         )
@@ -715,6 +853,39 @@ class Seq2Seq(nn.Module):
         attention = torch.stack(all_attention, dim=1) if all_attention else None  # (B, T, S)
         return torch.stack(all_logits, dim=1), attention  # (B, T, V)
 
+    def loss(
+        self, logits: Tensor, tgt_out: Tensor, *, label_smoothing: float | None = None, reduction: str = "mean"
+    ) -> Tensor:
+        """Token-level cross-entropy of ``logits`` (B, T, V) against ``tgt_out`` (B, T); padding is ignored.
+
+        With label smoothing epsilon (Szegedy et al. 2016, section 7) the target of each position is
+        q = (1 - epsilon) one_hot(y) + epsilon / V, so the loss of a position is
+
+            -sum_v q(v) log p(v) = (1 - epsilon) (-log p(y)) + epsilon * mean_v(-log p(v)),
+
+        the semantics of ``torch.nn.functional.cross_entropy(label_smoothing=epsilon)``: the epsilon / V goes
+        to every token of the vocabulary, padding included. Positions whose target is ``pad_id`` count for
+        nothing. ``reduction`` "mean" averages over the non-pad positions, "sum" adds them up.
+
+        Args:
+            label_smoothing: epsilon in [0, 1); default the config's (0 for a model built from parts). Pass 0 for
+                the plain negative log-likelihood (validation loss, perplexity).
+        """
+        epsilon = self.label_smoothing if label_smoothing is None else check_probability(
+            "label_smoothing", label_smoothing
+        )
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if logits.dim() != 3 or tgt_out.shape != logits.shape[:2]:
+            raise ValueError(
+                f"logits must be (B, T, V) and tgt_out (B, T) with the same B and T, got "
+                f"{tuple(logits.shape)} and {tuple(tgt_out.shape)}"
+            )
+        return F.cross_entropy(
+            logits.flatten(0, 1), tgt_out.flatten(), ignore_index=self.pad_id, label_smoothing=epsilon,
+            reduction=reduction,
+        )  # fmt: skip
+
     def _check_source(self, src: Tensor, src_lengths) -> Tensor:
         if not isinstance(src, Tensor) or src.dim() != 2 or src.is_floating_point():
             given = f"{src.dtype} {tuple(src.shape)}" if isinstance(src, Tensor) else type(src).__name__
@@ -734,112 +905,3 @@ class Seq2Seq(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pad_id={self.pad_id}, bos_id={self.bos_id}, eos_id={self.eos_id}"
-
-
-# --------------------------------------------------------------------------------------------------------
-# Teacher forcing schedules (Bengio et al. 2015, section 2.4)
-# --------------------------------------------------------------------------------------------------------
-
-
-class TeacherForcingSchedule:
-    """``schedule(step) -> teacher_forcing_ratio`` epsilon_i for training step i >= 0.
-
-    Use from a training loop: ``logits = model(src, lengths, tgt_in, teacher_forcing_ratio=schedule(step))``.
-    """
-
-    def __call__(self, step: int) -> float:
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
-        return float(min(1.0, max(0.0, self.ratio(step))))
-
-    def ratio(self, step: int) -> float:
-        raise NotImplementedError
-
-
-class ConstantSchedule(TeacherForcingSchedule):
-    """epsilon_i = value (1.0: always teacher forcing)."""
-
-    def __init__(self, value: float = 1.0) -> None:
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"value must be in [0, 1], got {value!r}")
-        self.value = float(value)
-
-    def ratio(self, step: int) -> float:
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"ConstantSchedule(value={self.value})"
-
-
-class LinearSchedule(TeacherForcingSchedule):
-    """Linear decay: epsilon_i = max(epsilon, k - c i), epsilon in [0, 1) the floor (Bengio et al. 2015).
-
-    ``start`` is k, ``slope`` is c and ``minimum`` is epsilon.
-    """
-
-    def __init__(self, slope: float, start: float = 1.0, minimum: float = 0.0) -> None:
-        if slope < 0 or not 0.0 <= minimum <= start <= 1.0:
-            raise ValueError(
-                f"need slope c >= 0 and 0 <= minimum <= start <= 1, got c={slope}, "
-                f"start={start}, minimum={minimum}"
-            )
-        self.slope, self.start, self.minimum = float(slope), float(start), float(minimum)
-
-    def ratio(self, step: int) -> float:
-        return max(self.minimum, self.start - self.slope * step)
-
-    def __repr__(self) -> str:
-        return f"LinearSchedule(slope={self.slope}, start={self.start}, minimum={self.minimum})"
-
-
-class ExponentialSchedule(TeacherForcingSchedule):
-    """Exponential decay: epsilon_i = k^i with 0 < k < 1 (Bengio et al. 2015)."""
-
-    def __init__(self, k: float) -> None:
-        if not 0.0 < k < 1.0:
-            raise ValueError(f"k must be in (0, 1), got {k!r}")
-        self.k = float(k)
-
-    def ratio(self, step: int) -> float:
-        return self.k**step
-
-    def __repr__(self) -> str:
-        return f"ExponentialSchedule(k={self.k})"
-
-
-class InverseSigmoidSchedule(TeacherForcingSchedule):
-    """Inverse sigmoid decay: epsilon_i = k / (k + exp(i / k)) with k >= 1 (Bengio et al. 2015).
-
-    k sets the speed: epsilon falls to 1/2 at i = k ln k.
-    """
-
-    def __init__(self, k: float) -> None:
-        if not k >= 1.0:
-            raise ValueError(f"k must be >= 1, got {k!r}")
-        self.k = float(k)
-
-    def ratio(self, step: int) -> float:
-        exponent = step / self.k
-        return 0.0 if exponent > 700 else self.k / (self.k + math.exp(exponent))  # exp overflows past ~709
-
-    def __repr__(self) -> str:
-        return f"InverseSigmoidSchedule(k={self.k})"
-
-
-_SCHEDULES = {
-    "constant": ConstantSchedule,
-    "linear": LinearSchedule,
-    "exponential": ExponentialSchedule,
-    "inverse-sigmoid": InverseSigmoidSchedule,
-}
-
-
-def make_schedule(name: str, **options) -> TeacherForcingSchedule:
-    """A teacher forcing schedule by name: "constant", "linear", "exponential" or "inverse-sigmoid"."""
-    key = name.replace("_", "-").lower() if isinstance(name, str) else name
-    if key not in _SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; known: {', '.join(_SCHEDULES)}")
-    try:
-        return _SCHEDULES[key](**options)
-    except TypeError as error:  # a missing or unknown keyword
-        raise ValueError(f"bad options for the {key} schedule: {error}") from error

@@ -167,6 +167,74 @@ def test_scores_follow_the_formulas(name):
         assert torch.allclose(weights[b, :n], torch.softmax(expected[b, :n], 0), atol=1e-6)
 
 
+def _coverage(dtype=torch.float32):
+    """A running sum of attention weights: nonnegative, 0 at padding, some positions above 1."""
+    generator = torch.Generator().manual_seed(4)
+    return (torch.rand(B, S, generator=generator, dtype=dtype) * 1.5).masked_fill(~_valid(), 0.0)
+
+
+@pytest.mark.parametrize("name", ["additive", "concat"])
+def test_coverage_enters_the_score_inside_the_tanh(name):
+    # Tu et al. 2016, eq. 6: e(s) = v^T tanh(W q + U h̄_s + w_c C(s)), written out per sentence and position
+    attention = _build(name, coverage=True)
+    query, keys, valid = _inputs()
+    coverage = _coverage()
+    w_c = attention.coverage_term.linear.weight[:, 0]  # (A,)
+    expected = torch.empty(B, S)
+    for b in range(B):
+        for s in range(S):
+            q, k, c = query[b], keys[b, s], coverage[b, s]
+            if name == "additive":
+                hidden = attention.query_projection.weight @ q + attention.key_projection.weight @ k
+                hidden = hidden + attention.key_projection.bias + w_c * c
+            else:
+                hidden = attention.linear.weight @ torch.cat([q, k]) + w_c * c
+            expected[b, s] = attention.v.weight[0] @ torch.tanh(hidden)
+    context, weights = attention(query, keys, valid, coverage=coverage)
+    for b in range(B):
+        n = int(LENGTHS[b])
+        assert torch.allclose(weights[b, :n], torch.softmax(expected[b, :n], 0), atol=1e-6)
+    assert (weights[~valid] == 0).all()
+    # the coverage does change the weights, and the precomputed key term gives the same result
+    _, fresh = attention(query, keys, valid, coverage=torch.zeros(B, S))
+    assert not torch.allclose(fresh[:2], weights[:2], atol=1e-3)
+    _, cached = attention(query, keys, valid, coverage=coverage, precomputed=attention.precompute(keys))
+    assert torch.allclose(cached, weights, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["additive", "concat"])
+def test_coverage_attention_gradcheck_float64(name):
+    attention = _build(name, torch.float64, coverage=True)
+    query, keys, valid = _inputs(torch.float64)
+    coverage = _coverage(torch.float64)
+    names = [name for name, _ in attention.named_parameters()]
+    params = [parameter.detach().clone().requires_grad_(True) for _, parameter in attention.named_parameters()]
+
+    def functional(query, keys, coverage, *flat_params):
+        return torch.func.functional_call(
+            attention, dict(zip(names, flat_params, strict=True)), (query, keys, valid), {"coverage": coverage}
+        )
+
+    inputs = (query.requires_grad_(True), keys.requires_grad_(True), coverage.requires_grad_(True), *params)
+    assert torch.autograd.gradcheck(functional, inputs, eps=1e-6, atol=1e-5)
+
+
+def test_coverage_is_required_exactly_where_built_in():
+    query, keys, valid = _inputs()
+    covered = _build("additive", coverage=True)
+    with pytest.raises(ValueError, match="coverage"):
+        covered(query, keys, valid)
+    with pytest.raises(ValueError, match="coverage"):
+        covered(query, keys, valid, coverage=torch.zeros(B, S + 1))
+    with pytest.raises(ValueError, match="step by step"):
+        covered.attend_all(query.unsqueeze(1), keys, valid)
+    with pytest.raises(ValueError, match="without coverage"):
+        _build("additive")(query, keys, valid, coverage=torch.zeros(B, S))
+    with pytest.raises(ValueError, match="coverage"):
+        make_attention("general", H, H, coverage=True)
+    assert "coverage=True" in repr(covered)
+
+
 def test_local_m_window_around_the_step_and_clamped_to_the_source_end():
     attention = _build("local-m", window=1)
     query, keys, valid = _inputs()

@@ -8,15 +8,18 @@ import itertools
 import math
 import zlib
 from collections import namedtuple
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import pytest
 import torch
 
 from rnnkit.decoding import (
+    COVERAGE_FLOOR,
     beam_search,
+    coverage_penalty,
     filter_log_probs,
     greedy_decode,
+    length_limits,
     length_penalty,
     map_state,
     sample_decode,
@@ -25,6 +28,7 @@ from rnnkit.decoding import (
 
 PAD, UNK, BOS, EOS, A, B = 0, 1, 2, 3, 4, 5
 MAX_STEPS = 20  # capacity of the prefix buffer of the test models
+SOURCE_POSITIONS = 5  # S of CoverageModel's attention; table t has 2 + t % 4 real positions
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -89,10 +93,39 @@ def table_model(table, default, vocab=5):
     return PrefixModel(distribution, vocab)
 
 
-def random_model(vocab=7, eos_bias=(0.0, 1.0, -1.0), allowed=None, dtype=torch.float32):
-    """A PrefixModel whose every (table, prefix) has its own random distribution (seeded by a CRC of the key,
-    so reproducible). The EOS logit is shifted by eos_bias[table % 3] so that tables end at different times.
-    ``allowed``: the tokens of nonzero probability (default: all)."""
+class CoverageModel(PrefixModel):
+    """A PrefixModel whose attention rows are distributions, as a seq2seq model's: over SOURCE_POSITIONS
+    positions of which the first 2 + table % 4 are real (``state["valid"]``), random per (table, fed prefix)
+    like the log-probabilities, 0 at padding."""
+
+    def initial_state(self, tables):
+        state = super().initial_state(tables)
+        state["valid"] = torch.arange(SOURCE_POSITIONS) < (2 + state["table"] % 4).unsqueeze(1)  # (N, S)
+        return state
+
+    @staticmethod
+    @cache
+    def attention_row(table_id, fed):
+        seed = zlib.crc32(repr(("attention", table_id, fed)).encode())
+        scores = torch.randn(SOURCE_POSITIONS, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        valid = torch.arange(SOURCE_POSITIONS) < 2 + table_id % 4
+        return (scores * 2).masked_fill(~valid, -math.inf).softmax(0)
+
+    def step(self, prev_tokens, state):
+        log_probs, new_state = super().step(prev_tokens, state)
+        rows = [
+            self.attention_row(int(table), tuple(new_state["prefix"][i, : int(new_state["length"][i])].tolist()))
+            for i, table in enumerate(new_state["table"])
+        ]
+        new_state["attention"] = torch.stack(rows).to(self.dtype)  # (N, S)
+        new_state["valid"] = state["valid"]
+        return log_probs, new_state
+
+
+def random_model(vocab=7, eos_bias=(0.0, 1.0, -1.0), allowed=None, dtype=torch.float32, cls=PrefixModel):
+    """A PrefixModel (or ``cls``) whose every (table, prefix) has its own random distribution (seeded by a CRC of
+    the key, so reproducible). The EOS logit is shifted by eos_bias[table % 3] so that tables end at different
+    times. ``allowed``: the tokens of nonzero probability (default: all)."""
 
     def distribution(table_id, fed):
         seed = zlib.crc32(repr((table_id, fed)).encode())
@@ -104,7 +137,7 @@ def random_model(vocab=7, eos_bias=(0.0, 1.0, -1.0), allowed=None, dtype=torch.f
             logits[blocked] = -math.inf
         return logits.log_softmax(0).to(dtype)
 
-    return PrefixModel(distribution, vocab, dtype)
+    return cls(distribution, vocab, dtype)
 
 
 class FixedModel:
@@ -356,46 +389,218 @@ def test_beam_size_one_equals_greedy_on_random_tables():
         assert (greedy.tokens[n, length:] == PAD).all() and (greedy.attention[n, length:] == 0).all()
 
 
-@pytest.mark.parametrize(("penalty", "alpha"), [("avg", 0.0), ("avg", 0.6), ("gnmt", 1.0)])
-def test_sentence_result_independent_of_batch(penalty, alpha):
-    model = random_model()
-    options = dict(beam_size=3, n_best=3, max_len=9, length_penalty=penalty, alpha=alpha)
-    alone = {t: beam_search(model, model.initial_state([t]), **options)[0] for t in range(7)}
+@pytest.mark.parametrize("ngram", [1, 2, 3])
+def test_beam_size_one_equals_greedy_with_ngram_blocking(ngram):
+    # n-gram blocking applies to greedy decoding too, so K = 1 still equals it (per-sentence limits too).
+    # Three tokens and a rare EOS: long outputs that would repeat n-grams.
+    model = random_model(vocab=6, allowed=(EOS, A, B), eos_bias=(-2.0,), cls=CoverageModel, dtype=torch.float64)
+    state = model.initial_state(list(range(9)))
+    limits = torch.tensor([3 + t for t in range(9)])
+    greedy = greedy_decode(model, state, max_len=limits, no_repeat_ngram_size=ngram)
+    beams = beam_search(model, state, beam_size=1, max_len=limits, no_repeat_ngram_size=ngram)
+    assert not torch.equal(greedy.tokens, greedy_decode(model, state, max_len=limits).tokens)  # blocking acted
+    for n, (hypothesis,) in enumerate(beams):
+        length = int(greedy.lengths[n])
+        assert length <= limits[n]
+        assert tokens_of(hypothesis) == greedy.tokens[n, :length].tolist()
+        assert hypothesis.log_prob == greedy.scores[n].item()
+
+
+@pytest.mark.parametrize("beta", [0.5, 2.0])
+def test_beam_size_one_with_coverage_penalty_never_scores_below_greedy(beta):
+    # Like a length penalty, the coverage penalty can let a longer hypothesis win even at K = 1, so K = 1 is
+    # no longer greedy decoding; but greedy's output is among the hypotheses it finishes, so it never loses to it.
+    model = random_model(cls=CoverageModel, dtype=torch.float64)
+    state = model.initial_state(list(range(9)))
+    greedy = greedy_decode(model, state, max_len=8).hypotheses()
+    beams = beam_search(model, state, beam_size=1, max_len=8, coverage_penalty=beta)
+    differ = 0
+    for n, ((hypothesis,), (plain,)) in enumerate(zip(beams, greedy, strict=True)):
+        greedy_score = plain.log_prob + own_coverage_penalty(model, n, plain, beta)
+        assert hypothesis.score >= greedy_score - 1e-12
+        differ += tokens_of(hypothesis) != tokens_of(plain)
+    assert differ > 0 or beta < 2.0  # the strong penalty does change outputs here
+
+
+def test_ngram_blocking_by_hand():
+    # Every step p(eos) = .1, p(a) = .7, p(b) = .2 (ids 0, 1, 2): greedy repeats a; blocking n-grams:
+    # n = 1: a b eos (no token twice);
+    # n = 2: a a, then a (a a again) is banned -> b; after b, a (b a is new); after a, both a (a a) and
+    #        b (a b) are banned -> eos: a a b a eos;
+    # n = 3: a a a, b (a a a banned), a, a (b a a is new), then a a a and a a b are banned: a a a b a a eos.
+    model = FixedModel([0.1, 0.7, 0.2])
+    state = {"x": torch.zeros(1)}
+    expected = {0: [1] * 9 + [0], 1: [1, 2, 0], 2: [1, 1, 2, 1, 0], 3: [1, 1, 1, 2, 1, 1, 0]}
+    for n, tokens in expected.items():
+        result = greedy_decode(model, state, bos_id=0, eos_id=0, max_len=10, no_repeat_ngram_size=n)
+        assert result.tokens[0, : int(result.lengths[0])].tolist() == tokens
+        log_p = {0: math.log(0.1), 1: math.log(0.7), 2: math.log(0.2)}
+        assert result.scores[0].item() == pytest.approx(sum(log_p[token] for token in tokens))
+        (best, *_) = beam_search(model, state, bos_id=0, eos_id=0, beam_size=4, n_best=4, max_len=10,
+                                 no_repeat_ngram_size=n)[0]  # fmt: skip
+        assert not (n and has_repeated_ngram(tokens_of(best), n))
+
+
+def test_sampling_never_repeats_a_blocked_ngram():
+    model = random_model(vocab=6, allowed=(EOS, A, B), eos_bias=(-3.0,), dtype=torch.float64)
+    state = model.initial_state([0] * 64)
+    for n in (1, 2, 3):
+        result = sample_decode(model, state, max_len=12, no_repeat_ngram_size=n,
+                               generator=torch.Generator().manual_seed(n))  # fmt: skip
+        rows = [result.tokens[i, : int(length)].tolist() for i, length in enumerate(result.lengths)]
+        assert not any(has_repeated_ngram(row, n) for row in rows)
+    free = sample_decode(model, state, max_len=12, generator=torch.Generator().manual_seed(0))
+    rows = [row[: int(length)].tolist() for row, length in zip(free.tokens, free.lengths, strict=True)]
+    assert any(has_repeated_ngram(row, 2) for row in rows)  # without blocking, the same model does repeat
+
+
+def test_coverage_penalty_values():
+    # Wu et al. 2016: cp = beta * sum_i log(min(sum_j p_ij, 1))
+    attention = torch.tensor([[0.5, 0.45, 0.05, 0.0], [0.9, 0.05, 0.05, 0.0]], dtype=torch.float64)  # (L=2, S=4)
+    valid = torch.tensor([True, True, True, False])
+    # totals 1.4, 0.5, 0.1, (padding): log 1 + log 0.5 + log 0.1
+    assert coverage_penalty(attention, 0.4, valid).item() == pytest.approx(0.4 * (math.log(0.5) + math.log(0.1)))
+    assert coverage_penalty(attention, 0.0, valid).item() == 0.0
+    # a real position never attended counts log(COVERAGE_FLOOR), not -inf
+    everywhere = coverage_penalty(attention, 1.0).item()
+    assert everywhere == pytest.approx(math.log(0.5) + math.log(0.1) + math.log(COVERAGE_FLOOR))
+    batched = coverage_penalty(attention.expand(3, 2, 4), 1.0, valid.expand(3, 4))  # (3,)
+    assert batched.shape == (3,) and torch.allclose(batched, torch.full((3,), math.log(0.05), dtype=torch.float64))
+
+
+def test_length_limits_follow_each_sentence():
+    assert length_limits(torch.tensor([3, 4, 1]), 1.5, 2).tolist() == [6, 8, 3]  # floor(1.5 * len + 2)
+    assert length_limits(torch.tensor([3, 4]), 0.0, 7).tolist() == [7, 7]
+    for a, b in ((0.0, 0), (-1.0, 5), (1.0, -1), (math.inf, 1)):
+        with pytest.raises(ValueError, match="max_len"):
+            length_limits(torch.tensor([3, 4]), a, b)
+
+
+def test_per_sentence_max_len_equals_each_sentence_alone():
+    model = random_model(eos_bias=(-4.0,), dtype=torch.float64)  # rarely ends: the limits show
+    tables, limits = [0, 1, 2, 3], [2, 7, 4, 1]
+    greedy = greedy_decode(model, model.initial_state(tables), max_len=torch.tensor(limits))
+    sampled = sample_decode(model, model.initial_state(tables), max_len=torch.tensor(limits), temperature=0)
+    assert torch.equal(sampled.tokens, greedy.tokens)
+    beams = beam_search(model, model.initial_state(tables), max_len=torch.tensor(limits), beam_size=3, n_best=2)
+    assert greedy.lengths.tolist() == limits  # every row ran to its own limit, its last token a forced EOS
+    for n, (table, limit) in enumerate(zip(tables, limits, strict=True)):
+        alone = greedy_decode(model, model.initial_state([table]), max_len=limit)
+        assert greedy.tokens[n, :limit].tolist() == alone.tokens[0].tolist()
+        assert greedy.scores[n].item() == alone.scores[0].item()
+        assert_same_hypotheses(beams[n], beam_search(model, model.initial_state([table]), max_len=limit,
+                                                     beam_size=3, n_best=2)[0])  # fmt: skip
+
+
+def has_repeated_ngram(tokens, n):
+    ngrams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(ngrams) != len(set(ngrams))
+
+
+def own_coverage_penalty(model, table, hypothesis, beta):
+    """cp of Wu et al. 2016 written out from the hypothesis' attention and the table's real positions."""
+    real = 2 + table % 4
+    totals = hypothesis.attention.sum(0)[:real].tolist()
+    return beta * sum(math.log(max(min(total, 1.0), COVERAGE_FLOOR)) for total in totals)
+
+
+@pytest.mark.parametrize(
+    ("penalty", "alpha", "beta", "ngram", "own_limits"),
+    [
+        ("avg", 0.0, 0.0, 0, False),
+        ("avg", 0.6, 0.0, 0, False),
+        ("gnmt", 1.0, 0.0, 0, False),
+        ("avg", 0.0, 0.0, 0, True),
+        ("avg", 0.0, 1.0, 0, False),
+        ("avg", 0.0, 0.0, 2, False),
+        ("gnmt", 1.0, 0.4, 2, True),
+        ("avg", 0.6, 2.0, 1, True),
+    ],
+)
+def test_sentence_result_independent_of_batch(penalty, alpha, beta, ngram, own_limits):
+    # A sentence's n-best is the same alone or in any batch, with the coverage penalty, n-gram blocking and a
+    # length limit of its own (max_len as a per-sentence tensor).
+    model = random_model(cls=CoverageModel)
+    options = dict(beam_size=3, n_best=3, length_penalty=penalty, alpha=alpha, coverage_penalty=beta,
+                   no_repeat_ngram_size=ngram)  # fmt: skip
+
+    def limit(table):
+        return 4 + 2 * (table % 3) if own_limits else 9
+
+    alone = {t: beam_search(model, model.initial_state([t]), max_len=limit(t), **options)[0] for t in range(7)}
     for tables in ([0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [3, 0], [2, 2, 5], [1, 4, 0, 6, 3]):
-        batch = beam_search(model, model.initial_state(tables), **options)
+        limits = torch.tensor([limit(t) for t in tables]) if own_limits else 9
+        batch = beam_search(model, model.initial_state(tables), max_len=limits, **options)
         for table, hypotheses in zip(tables, batch, strict=True):
             assert_same_hypotheses(hypotheses, alone[table])
     lengths = {len(h) for hypotheses in alone.values() for h in hypotheses}
     assert len(lengths) > 2  # neighbours do finish at different steps
+    for table, hypotheses in alone.items():
+        for h in hypotheses:
+            assert len(h) <= limit(table)
+            assert not (ngram and has_repeated_ngram(tokens_of(h), ngram))
+            expected = h.log_prob / length_penalty(len(h), penalty, alpha)
+            expected += own_coverage_penalty(model, table, h, beta)
+            assert h.score == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def brute_force(model, table, penalty, alpha, min_len, beta=0.0, ngram=0, max_len=4):
+    """Every output of tokens a, b ending in EOS within max_len, without a repeated n-gram, best score first:
+    (score, log p, tokens), score = log p / lp + cp with cp written out from the model's attention rows."""
+    real = 2 + table % 4
+    outputs = []
+    for length in range(max(min_len, 1), max_len + 1):
+        for body in itertools.product((A, B), repeat=length - 1):
+            tokens, fed, log_prob = body + (EOS,), (BOS,), 0.0
+            if ngram and has_repeated_ngram(tokens, ngram):
+                continue
+            totals = [0.0] * real
+            for token in tokens:  # the step that emits `token` was fed `fed`
+                log_prob += model.distribution(table, fed)[token].item()
+                if beta:
+                    totals = [x + a for x, a in zip(totals, model.attention_row(table, fed).tolist(), strict=False)]
+                fed = fed + (token,)
+            cp = beta * sum(math.log(max(min(total, 1.0), COVERAGE_FLOOR)) for total in totals) if beta else 0.0
+            outputs.append((log_prob / length_penalty(length, penalty, alpha) + cp, log_prob, tokens))
+    return sorted(outputs, reverse=True)
 
 
 @pytest.mark.parametrize(
-    ("penalty", "alpha", "min_len"),
-    [("avg", 0.0, 0), ("avg", 0.6, 0), ("avg", 2.0, 0), ("gnmt", 1.0, 0), ("avg", 0.0, 2)],
+    ("penalty", "alpha", "min_len", "beta", "ngram"),
+    [
+        ("avg", 0.0, 0, 0.0, 0),
+        ("avg", 0.6, 0, 0.0, 0),
+        ("avg", 2.0, 0, 0.0, 0),
+        ("gnmt", 1.0, 0, 0.0, 0),
+        ("avg", 0.0, 2, 0.0, 0),
+        ("avg", 0.0, 0, 1.0, 0),
+        ("gnmt", 1.0, 0, 0.3, 0),
+        ("avg", 0.0, 0, 0.0, 2),
+        ("avg", 0.6, 2, 0.0, 1),
+        ("avg", 0.6, 0, 1.0, 2),
+    ],
 )
-def test_wide_beam_is_exhaustive_search(penalty, alpha, min_len):
+def test_wide_beam_is_exhaustive_search(penalty, alpha, min_len, beta, ngram):
     # Tokens eos, a, b only and max_len = 4: at most 8 live prefixes and 12 candidates a step, so K = 16
     # keeps everything and the n-best must be the brute-force ranking of all 1 + 2 + 4 + 8 = 15 outputs
-    # (the "a b c" then eos forced at length 4 included). This also checks that the stopping rule never
-    # stops a sentence that could still improve.
-    model = random_model(vocab=6, allowed=(EOS, A, B), dtype=torch.float64)
-    for table in range(3):
-        outputs = []
-        for length in range(max(min_len, 1), 5):
-            for body in itertools.product((A, B), repeat=length - 1):
-                tokens, fed, log_prob = body + (EOS,), (BOS,), 0.0
-                for token in tokens:
-                    log_prob += model.distribution(table, fed)[token].item()
-                    fed = fed + (token,)
-                outputs.append((log_prob / length_penalty(length, penalty, alpha), log_prob, tokens))
-        outputs.sort(reverse=True)
-        (hypotheses,) = beam_search(
-            model, model.initial_state([table]), beam_size=16, n_best=len(outputs), max_len=4,
-            min_len=min_len, length_penalty=penalty, alpha=alpha,
-        )  # fmt: skip
+    # (the "a b c" then eos forced at length 4 included), less those that repeat an n-gram, scored with the
+    # coverage penalty. The 3-best of a search that may stop early must be the first 3: the stopping rule
+    # never stops a sentence that could still improve.
+    model = random_model(vocab=6, allowed=(EOS, A, B), dtype=torch.float64, cls=CoverageModel)
+    options = dict(beam_size=16, max_len=4, min_len=min_len, length_penalty=penalty, alpha=alpha,
+                   coverage_penalty=beta, no_repeat_ngram_size=ngram)  # fmt: skip
+    reranked = 0
+    for table in range(4):
+        outputs = brute_force(model, table, penalty, alpha, min_len, beta, ngram)
+        (hypotheses,) = beam_search(model, model.initial_state([table]), n_best=len(outputs), **options)
         assert [tuple(tokens_of(h)) for h in hypotheses] == [tokens for _, _, tokens in outputs]
         assert [h.score for h in hypotheses] == pytest.approx([score for score, _, _ in outputs], rel=1e-12)
         assert [h.log_prob for h in hypotheses] == pytest.approx([lp for _, lp, _ in outputs], rel=1e-12)
+        (best,) = beam_search(model, model.initial_state([table]), n_best=3, **options)
+        assert [tuple(tokens_of(h)) for h in best] == [tokens for _, _, tokens in outputs[:3]]
+        plain = brute_force(model, table, penalty, alpha, min_len, 0.0, ngram)
+        reranked += [tokens for _, _, tokens in plain] != [tokens for _, _, tokens in outputs]
+    assert reranked > 0 or beta == 0  # the coverage penalty does change the ranking
 
 
 def test_attention_is_recorded_and_follows_the_beam():
@@ -451,7 +656,9 @@ def test_translate_runs_start_then_the_chosen_method():
     src_lengths = torch.tensor([3, 2])
     state = model.start(src, src_lengths)
     beams = translate(model, src, src_lengths, beam_size=3, n_best=2, alpha=0.6)
-    expected = beam_search(model, state, beam_size=3, n_best=2, alpha=0.6, max_len=2 * 3 + 10)
+    # the default limit is 2 * (each sentence's own source length) + 10
+    limits = torch.tensor([2 * 3 + 10, 2 * 2 + 10])
+    expected = beam_search(model, state, beam_size=3, n_best=2, alpha=0.6, max_len=limits)
     for got, want in zip(beams, expected, strict=True):
         assert_same_hypotheses(got, want)
     greedy = translate(model, src, src_lengths, method="greedy", max_len=5)
@@ -571,6 +778,16 @@ def test_bad_arguments_raise_value_error():
         (lambda: greedy_decode(FixedModel([0.5, 0.5]), {}, max_len=3), "bos_id"),
         (lambda: beam_search(FixedModel([0.5, 0.5]), {"x": torch.zeros(2)}, bos_id=0, max_len=3), "eos_id"),
         (lambda: greedy_decode(FixedModel([0.5, 0.5]), {}, bos_id=0, max_len=3), "batch size"),
+        (lambda: beam_search(model, state, max_len=5, coverage_penalty=-1.0), "coverage_penalty"),
+        (lambda: beam_search(model, state, max_len=5, no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
+        (lambda: greedy_decode(model, state, max_len=5, no_repeat_ngram_size=1.5), "no_repeat_ngram_size"),
+        (lambda: greedy_decode(model, state, max_len=torch.tensor([3, 4, 5])), "max_len"),
+        (lambda: beam_search(model, state, max_len=torch.tensor([3.0, 4.0])), "max_len"),
+        (lambda: beam_search(model, state, max_len=torch.tensor([3, 0])), "max_len"),
+        (lambda: greedy_decode(model, state, max_len=torch.tensor([3, 5]), min_len=4), "min_len"),
+        (lambda: beam_search(FixedModel([0.5, 0.5]), {"x": torch.zeros(2)}, bos_id=0, eos_id=1, max_len=3,
+                             coverage_penalty=0.5), "attention"),
+        (lambda: translate(model, torch.tensor([[0, 4]]), torch.tensor([2]), max_len_a=0.0, max_len_b=0), "max_len"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -655,4 +872,17 @@ def test_beam_search_on_a_trained_seq2seq_model():
         (alone,) = translate(model, src[n : n + 1], lengths[n : n + 1], beam_size=4, n_best=2, max_len=12)
         for got, want in zip(alone, beams[n], strict=True):
             assert tokens_of(got) == tokens_of(want)
+            assert got.score == pytest.approx(want.score, abs=1e-5)
+
+    # The same with the coverage penalty, n-gram blocking and each sentence's own length limit (the default
+    # 2 * source length + 10), on a source cut to its own length when alone.
+    options = dict(beam_size=4, n_best=2, coverage_penalty=0.4, no_repeat_ngram_size=2)
+    batch = translate(model, src, lengths, **options)
+    assert any(tokens_of(a[0]) != tokens_of(b[0]) for a, b in zip(batch, beams, strict=True))  # options acted
+    for n in (0, 5, 17):
+        length = int(lengths[n])
+        (alone,) = translate(model, src[n : n + 1, :length], lengths[n : n + 1], **options)
+        for got, want in zip(alone, batch[n], strict=True):
+            assert tokens_of(got) == tokens_of(want)
+            assert not has_repeated_ngram(tokens_of(got), 2)
             assert got.score == pytest.approx(want.score, abs=1e-5)

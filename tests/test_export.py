@@ -123,13 +123,16 @@ def test_language_model_step_parity_over_steps(tmp_path, cell, layer_norm):
 @pytest.mark.parametrize(
     "decoder, cell, attention, input_feeding",
     [("luong", "lstm", None, True), ("bahdanau", "gru", None, False), ("none", "lstm", None, False),
-     ("luong", "gru", "dot", False)],
+     ("luong", "gru", "dot", False), ("bahdanau", "lstm", "copy+coverage", False)],
 )
 def test_seq2seq_encoder_and_decoder_step_parity(tmp_path, decoder, cell, attention, input_feeding):
     torch.manual_seed(4)
-    config = Seq2SeqConfig(source_vocab_size=15, target_vocab_size=12, embedding_size=5, hidden_size=6,
-                           num_layers=2, cell=cell, decoder=decoder, attention=attention,
-                           input_feeding=input_feeding)
+    extra = {}
+    if attention == "copy+coverage":  # their state entries (coverage, source ids) have S along dim 1 too
+        attention, extra = "additive", {"coverage": True, "copy_attention": True, "embedding_size": 6}
+    config = Seq2SeqConfig(**{"source_vocab_size": 15, "target_vocab_size": 15 if extra else 12,
+                              "embedding_size": 5, "hidden_size": 6, "num_layers": 2, "cell": cell,
+                              "decoder": decoder, "attention": attention, "input_feeding": input_feeding, **extra})
     model = Seq2Seq.build(config).eval()
     assert default_parts(model) == ("encoder", "decoder-step")
     with pytest.raises(ValueError, match="choose one"):

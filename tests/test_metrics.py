@@ -154,6 +154,44 @@ def test_exact_match():
     assert metrics.exact_match([[1, 2, 3], torch.tensor([4, 5])], [(1, 2, 3), [4, 5, 6]]) == 0.5
 
 
+def test_word_error_rate_counts_words_with_any_phoneme_wrong():
+    references = ["K AE T", "D AO G", "B ER D", "F IH SH"]
+    hypotheses = ["K AE T", "D AA G", "B ER D", "F IH SH S"]  # "dog" substituted, "fish" inserted
+    assert metrics.word_error_rate(hypotheses, references) == 0.5
+    assert metrics.word_error_rate(references, references) == 0.0
+    # whitespace is not a phoneme; token sequences are accepted as well as strings
+    assert metrics.word_error_rate(["K  AE T "], [["K", "AE", "T"]]) == 0.0
+    assert metrics.word_error_rate(["AH0 B"], ["AH1 B"]) == 1.0  # a stress error is an error
+
+
+def test_phoneme_error_rate_by_hand():
+    # "cat": K AE T -> K AH T S is one substitution and one insertion: 2 edits / 3 phonemes
+    assert metrics.phoneme_error_rate(["K AH T S"], ["K AE T"]) == pytest.approx(2 / 3)
+    # deletions: an empty hypothesis costs the whole reference
+    assert metrics.phoneme_error_rate([""], ["AH B"]) == 1.0
+    # symbols, not characters: AA vs AE is one edit, AH0 vs AH1 one edit
+    assert metrics.phoneme_error_rate(["AA B", "AH0"], ["AE B", "AH1"]) == pytest.approx(2 / 3)
+    # corpus level: total edits / total reference length = (2 + 0) / (3 + 4), not the mean of 2/3 and 0
+    assert metrics.phoneme_error_rate(["K AH T S", "S T AA P"], ["K AE T", "S T AA P"]) == pytest.approx(2 / 7)
+    # the textbook case kitten -> sitting has distance 3, over 7 reference symbols
+    assert metrics.phoneme_error_rate([list("kitten")], [list("sitting")]) == pytest.approx(3 / 7)
+    # a transposition is two edits in Levenshtein distance (no Damerau swaps)
+    assert metrics.phoneme_error_rate(["T S"], ["S T"]) == 1.0
+    assert metrics.phoneme_error_rate([torch.tensor([5, 6, 7])], [torch.tensor([5, 7])]) == 0.5
+
+
+def test_g2p_error_rates_reject_bad_input():
+    for metric in (metrics.word_error_rate, metrics.phoneme_error_rate):
+        with pytest.raises(ValueError, match="one reference per hypothesis"):
+            metric(["A"], ["A", "B"])
+        with pytest.raises(ValueError, match="no hypotheses"):
+            metric([], [])
+        with pytest.raises(ValueError, match="single string"):
+            metric("K AE T", "K AE T")
+    with pytest.raises(ValueError, match="no phonemes"):
+        metrics.phoneme_error_rate(["A"], [""])
+
+
 def test_mae_rmse_by_hand():
     predictions, targets = [1.0, 2.0, 4.0], [2.0, 2.0, 1.0]
     assert metrics.mae(predictions, targets) == pytest.approx(4 / 3)

