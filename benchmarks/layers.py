@@ -66,9 +66,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "layers.md"
 @dataclass
 class Group:
     name: str
-    cell: str  # for the FLOP count: LSTM, GRU or RNN
     contenders: list[Contender]
-    tokens: int
+    tokens: int  # real tokens (without padding)
 
 
 @dataclass
@@ -99,6 +98,7 @@ def _layer_run(module: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None,
             if backward:
                 torch.autograd.grad(output.sum(), parameters + [x])
 
+    run.module = module  # what the row measures (its FLOPs, and tests/test_benchmarks.py's checks)
     return run
 
 
@@ -118,7 +118,15 @@ def _cell_loop_run(cell: nn.LSTMCell, x: torch.Tensor):
             if backward:
                 torch.autograd.grad(output.sum(), parameters + [x])
 
+    run.module = cell
     return run
+
+
+def forward_flops(module: nn.Module, tokens: int, hidden: int) -> int:
+    """The matrix products of one forward pass of ``module`` over ``tokens`` real tokens, D = H: 2 * tokens * G *
+    H * (D + H), G the gate blocks of its own cell (torch.utils.flop_counter agrees: tests/test_benchmarks.py)."""
+    mode = "LSTM" if isinstance(module, nn.LSTMCell) else module.mode  # RNN_TANH / RNN_RELU: RNN
+    return 2 * tokens * GATES[mode.split("_")[0]] * hidden * (hidden + hidden)
 
 
 def _copy(module: nn.Module, reference: nn.Module) -> nn.Module:
@@ -149,8 +157,8 @@ def groups(batch: int, steps: int, hidden: int) -> list[Group]:
             slow = _copy(ours(hidden, hidden, use_fused=False, use_fast_path=False), reference)
             contenders.append(Contender("rnnkit.GRU reference path", _layer_run(slow, x, None, False),
                                         "rnnkit.GRU reference"))
-        result.append(Group(name, name, contenders, tokens))
-    result.append(Group("layer-norm LSTM, reset-before GRU", "LSTM", [
+        result.append(Group(name, contenders, tokens))
+    result.append(Group("layer-norm LSTM, reset-before GRU", [
         Contender("torch.nn.LSTM", _layer_run(nn.LSTM(hidden, hidden), x, None, False), "torch.nn.LSTM"),
         Contender("rnnkit.LSTM(layer_norm=True)", _layer_run(rnnkit.LSTM(hidden, hidden, layer_norm=True), x,
                                                              None, False), "rnnkit.LSTM layer_norm"),
@@ -167,7 +175,7 @@ def groups(batch: int, steps: int, hidden: int) -> list[Group]:
     for name, theirs, ours in (("LSTM", nn.LSTM, rnnkit.LSTM), ("GRU", nn.GRU, rnnkit.GRU),
                                ("RNN", nn.RNN, rnnkit.RNN)):
         reference = theirs(hidden, hidden)
-        result.append(Group(f"{name}, variable lengths", name, [
+        result.append(Group(f"{name}, variable lengths", [
             Contender(f"torch.nn.{name} + PackedSequence", _layer_run(reference, x, lengths, True),
                       f"torch.nn.{name} packed"),
             Contender(f"rnnkit.{name} lengths=", _layer_run(_copy(ours(hidden, hidden), reference), x, lengths,
@@ -188,9 +196,9 @@ def measure(sizes, repeats: int, min_seconds: float, log=print) -> tuple[list[Ro
             log(f"  {size} {group.name} ...")
             run_rounds(group.contenders, repeats, min_seconds, peak)
             batch, steps, hidden = size
-            flops = 2 * group.tokens * GATES[group.cell] * hidden * (hidden + hidden)  # 2 tokens G H (D + H)
             baseline = group.contenders[0]
             for contender in group.contenders:
+                flops = forward_flops(contender.run.module, group.tokens, hidden)  # its own cell's G
                 forward = Summary.of(contender.seconds[False], baseline.seconds[False], group.tokens)
                 backward = Summary.of(contender.seconds[True], baseline.seconds[True], group.tokens)
                 rows.append(Row(size, group.name, contender.label, contender.key, forward, backward,

@@ -56,7 +56,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +71,8 @@ from rnnkit import cancel
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.layers import _RecurrentLayer
 from rnnkit.parameters import FORMULA_NOTE, GATES, count_parameters
+from rnnkit.plots import plot_gates as _draw_gates
+from rnnkit.plots import plot_gradient_norms, plot_state_norms  # the instrument plots keep their names here
 from rnnkit.recurrent import Recurrent
 
 __all__ = [
@@ -671,123 +673,11 @@ def by_distance(trace: LayerTrace) -> list[float]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Plots
+# Plots: drawn in rnnkit.plots (plot_gradient_norms and plot_state_norms are imported from there)
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_gradient_norms(
-    curves: Mapping[str, Sequence[float | None]],
-    out_png: str | Path,
-    *,
-    title: str = "Gradient through time",
-    normalise: bool = False,
-    ylabel: str | None = None,
-) -> Path:
-    """||dL/dh_t|| against the distance T - t from the last step, on a log scale, one line per curve.
-
-    ``curves`` maps a label to the norms in time order (position t = 0 .. T-1, as :attr:`LayerTrace.grad_norm`);
-    zeros and None are left out (a log axis cannot show them). ``normalise`` divides each curve by its value
-    at the last step, so curves of different scales start at 1.
-    """
-    if not curves:
-        raise ValueError("plot_gradient_norms needs at least one curve, got none")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, norms in curves.items():
-        values = list(norms)
-        last = values[-1] if values else None
-        xs, ys = [], []
-        for distance, value in enumerate(reversed(values)):
-            if value is None or not math.isfinite(value) or value <= 0:
-                continue
-            if normalise:
-                if not last:
-                    continue
-                value = value / last
-            xs.append(distance)
-            ys.append(value)
-        ax.plot(xs, ys, label=label, linewidth=1.5)
-    ax.set_yscale("log")
-    ax.set_xlabel("distance from the last step, T - t")
-    ax.set_ylabel(ylabel or ("||dL/dh_t|| / ||dL/dh_T||" if normalise else "||dL/dh_t||"))
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
-
-
 def plot_gates(trace: LayerTrace, out_png: str | Path, *, title: str | None = None, max_units: int = 64) -> Path:
-    """Gate heatmaps of one layer-direction: for each gate, the batch-mean activation of each unit (rows, at most
-    ``max_units``) at each step (columns), on a fixed 0..1 colour scale, and beneath them the mean activation
-    and saturated fraction per step."""
-    if not trace.gates:
-        raise ValueError(f"{trace.name} has no gate statistics (an RNN cell has no gates, or gates=False)")
-    import numpy as np
-
-    plt = _pyplot()
-    names = list(trace.gates)
-    fig, axes = plt.subplots(len(names) + 1, 1, figsize=(8, 1.9 * (len(names) + 1)), squeeze=False)
-    image = None
-    for ax, name in zip(axes[:-1, 0], names, strict=True):
-        unit_mean = np.array([[np.nan if v is None else v for v in row] for row in trace.gates[name].unit_mean],
-                             dtype=float)  # (T, H)
-        image = ax.imshow(unit_mean[:, :max_units].T, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
-                          interpolation="nearest")
-        ax.set_ylabel(f"{name}\nunit")
-    bottom = axes[-1, 0]
-    for name in names:
-        stats = trace.gates[name]
-        steps = range(len(stats.mean))
-        bottom.plot(steps, [np.nan if v is None else v for v in stats.mean], label=f"{name} mean")
-        bottom.plot(steps, [np.nan if v is None else v for v in stats.saturated], "--",
-                    label=f"{name} saturated")
-    bottom.set_ylim(0, 1)
-    bottom.set_xlim(-0.5, trace.steps - 0.5)
-    bottom.set_xlabel("step t")
-    bottom.legend(fontsize=7, ncol=2)
-    axes[0, 0].set_title(title or f"Gates of {trace.name} ({trace.cell}); saturated: < {SATURATION_LOW} "
-                                  f"or > {SATURATION_HIGH}")
-    if image is not None:
-        fig.colorbar(image, ax=list(axes[:-1, 0]), fraction=0.03)
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out_png
-
-
-def plot_state_norms(traces: Sequence[LayerTrace], out_png: str | Path, *, title: str = "State norms") -> Path:
-    """Mean ||h_t|| (solid) and, for LSTMs, ||c_t|| (dashed) per step, one line per layer-direction."""
-    if not traces:
-        raise ValueError("plot_state_norms needs at least one trace, got none")
-    import numpy as np
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for trace in traces:
-        steps = range(trace.steps)
-        line = ax.plot(steps, [np.nan if v is None else v for v in trace.hidden_norm], label=f"{trace.name} ||h||")
-        if trace.cell_norm is not None:
-            ax.plot(steps, [np.nan if v is None else v for v in trace.cell_norm], "--", color=line[0].get_color(),
-                    label=f"{trace.name} ||c||")
-    ax.set_xlabel("step t")
-    ax.set_ylabel("mean norm over the batch")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    """:func:`rnnkit.plots.plot_gates` of one layer-direction, naming in its title the thresholds
+    (:data:`SATURATION_LOW`, :data:`SATURATION_HIGH`) the saturated fractions were counted with."""
+    return _draw_gates(trace, out_png, title=title, max_units=max_units, saturation=(SATURATION_LOW, SATURATION_HIGH))

@@ -64,6 +64,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from rnnkit.checks import check_size
 from rnnkit.training import Trainer, TrainingConfig, TrainResult
 
 __all__ = [
@@ -322,7 +323,6 @@ def launch_command(nproc: int, argv: list[str], *, module: str = "rnnkit.cli") -
     """The command that runs ``python -m module *argv`` in ``nproc`` processes on this machine with torchrun
     (``--standalone``: a local rendezvous on a free port). ``rnnkit train ... --nproc N`` runs it with the
     arguments minus ``--nproc``."""
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc must be an int >= 1, got {nproc!r}")
+    check_size("nproc", nproc)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
             "-m", module, *argv]

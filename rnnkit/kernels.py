@@ -72,14 +72,17 @@ _SOURCE = r"""
 
 typedef long idx;
 
-/* Rows are independent: a step of at least PARALLEL_MIN values is split over the OpenMP threads (torch's own
+/* Rows are independent: a step of at least parallel_min values is split over the OpenMP threads (torch's own
    runtime, whose threads are awake after the step's matrix product), each thread a contiguous block of rows.
-   A row's arithmetic does not depend on the thread that computes it. */
-#define PARALLEL_MIN 16384
+   A row's arithmetic does not depend on the thread that computes it. The tests lower the threshold, so that
+   their small steps run on two threads too. */
+static idx parallel_min = 16384;
+
+void set_parallel_min(idx values) { parallel_min = values; }
 
 int row_threads(idx n, idx H) {
 #ifdef _OPENMP
-    if (n * H < PARALLEL_MIN) return 1;
+    if (n * H < parallel_min) return 1;
     int t = omp_get_max_threads();
     return t < n ? t : (int)n;
 #else
@@ -90,7 +93,14 @@ int row_threads(idx n, idx H) {
 
 #define ROWS_IN_PARALLEL _Pragma("omp parallel for schedule(static) num_threads(row_threads(n, H))")
 
-static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* The logistic sigmoid without overflow: e = exp(-|x|) is at most 1, and sigma(x) = 1 / (1 + e) for x >= 0,
+   e / (1 + e) below. The textbook 1 / (1 + exp(-x)) overflows to 1 / inf for x < -88.7, and -ffast-math's
+   approximate reciprocal turns that into NaN (issue 17: rnnkit.GRU gave NaN on raw pixel values where torch.nn.GRU
+   did not). This form is as accurate in both tails (relative), and a NaN argument still gives NaN, as torch's. */
+static inline float sigm(float x) {
+    float e = expf(-fabsf(x)), s = 1.0f / (1.0f + e);
+    return x >= 0.0f ? s : e * s;
+}
 
 /* LSTM, one step, n rows. a: pre-activations (i, f, g, o), 4H wide; c: c_{t-1} in, c_t out; h: h_t out;
    fac (may be NULL): [g i(1-i), c_{t-1} f(1-f), i(1-g^2), h(1-o), o - h tanh(c_t), f], 6H wide. */
@@ -656,6 +666,7 @@ _SIGNATURES = {  # argument kinds: i = index (long), p = pointer, f = float
     "gru_forward": "iipipipipipi",
     "gru_backward": "iipipipipipipi",
     "row_threads": "ii",
+    "set_parallel_min": "i",
     "rb_gates": "iipipipi",
     "rb_forward": "iipipipipipi",
     "rb_backward_gates": "iipipipipipi",

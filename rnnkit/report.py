@@ -1,8 +1,7 @@
-"""Run reports: training curves, attention heatmaps and a small HTML page that shows them.
+"""Run reports: a small self-contained HTML page of a run's figures, tables and sample outputs.
 
 Everything here reads what a run directory already holds (``metrics.jsonl``, figures passed in) and
-writes PNG files plus ``report.html`` beside them. Plots use matplotlib's non-interactive Agg backend so
-they work on machines without a screen.
+writes PNG files (drawn by :mod:`rnnkit.plots`) plus ``report.html`` beside them.
 
 Example::
 
@@ -17,14 +16,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot is imported)
+from rnnkit import plots
+from rnnkit.plots import plot_attention  # also imported from here by the demo
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -43,87 +39,16 @@ def read_metrics(path: str | Path) -> list[dict]:
     return events
 
 
-def _series(events: Sequence[Mapping], split: str, key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
-    for event in events:
-        if event.get("split") != split:
-            continue
-        value = event.get(key)
-        if value is None and isinstance(event.get("metrics"), Mapping):
-            value = event["metrics"].get(key)
-        if isinstance(value, int | float) and math.isfinite(value) and "step" in event:
-            xs.append(event["step"])
-            ys.append(float(value))
-    return xs, ys
-
-
 def plot_training_curves(metrics: str | Path | Sequence[Mapping], out_png: str | Path,
                          title: str = "Training curves") -> Path:
-    """Plot training and validation loss against the step, and each validation metric on its own axis.
+    """Plot training and validation loss against the step, and each validation metric on its own axis
+    (:func:`rnnkit.plots.plot_training_curves`).
 
     ``metrics`` is a ``metrics.jsonl`` path or the list of its events (``split`` is "train" or "valid",
     ``step``, ``loss`` and optional ``metrics`` dict).
     """
     events = read_metrics(metrics) if isinstance(metrics, str | Path) else list(metrics)
-    metric_names = sorted({name for e in events if e.get("split") == "valid"
-                           for name in (e.get("metrics") or {}) if name != "loss"})
-    n_axes = 1 + len(metric_names)
-    fig, axes = plt.subplots(1, n_axes, figsize=(5 * n_axes, 3.6), squeeze=False)
-    ax = axes[0][0]
-    for split, style in (("train", "-"), ("valid", "o-")):
-        xs, ys = _series(events, split, "loss")
-        if xs:
-            ax.plot(xs, ys, style, label=f"{split} loss", markersize=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    if ax.lines:
-        ax.legend()
-        if all(y > 0 for line in ax.lines for y in line.get_ydata()):
-            ax.set_yscale("log")
-    for ax, name in zip(axes[0][1:], metric_names, strict=True):
-        xs, ys = _series(events, "valid", name)
-        ax.plot(xs, ys, "o-", markersize=3, color="tab:green")
-        ax.set_xlabel("step")
-        ax.set_title(f"valid {name}")
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
-
-
-def plot_attention(weights, source_tokens: Sequence[str], target_tokens: Sequence[str],
-                   out_png: str | Path, title: str = "Attention") -> Path:
-    """Heatmap of attention weights, rows = target steps, columns = source positions.
-
-    ``weights`` is a (T, S) array or tensor with T = len(target_tokens), S = len(source_tokens).
-    """
-    import numpy as np
-
-    matrix = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
-    if matrix.shape != (len(target_tokens), len(source_tokens)):
-        raise ValueError(f"attention weights have shape {matrix.shape}, expected "
-                         f"(len(target_tokens), len(source_tokens)) = ({len(target_tokens)}, {len(source_tokens)})")
-    width = max(4.0, 0.32 * len(source_tokens) + 1.5)
-    height = max(3.0, 0.32 * len(target_tokens) + 1.2)
-    fig, ax = plt.subplots(figsize=(width, height))
-    image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(1e-9, float(matrix.max())))
-    ax.set_xticks(range(len(source_tokens)), [_show(t) for t in source_tokens], rotation=90)
-    ax.set_yticks(range(len(target_tokens)), [_show(t) for t in target_tokens])
-    ax.set_xlabel("source")
-    ax.set_ylabel("output")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
-
-
-def _show(token: str) -> str:
-    return "␣" if token == " " else token
+    return plots.plot_training_curves(events, out_png, title=title)
 
 
 def write_report(run_dir: str | Path, title: str, *, figures: Sequence[str | Path] = (),
@@ -294,17 +219,4 @@ def _plot_forecast(runner, out_png: Path) -> Path:
         forecast = runner.forecast(np.concatenate([history, test[:start]]))[: len(test) - start]
         steps += range(len(history) + start, len(history) + start + len(forecast))
         predicted += forecast
-    shown = history[-2 * len(test):]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.plot(range(len(history) - len(shown), len(history)), shown, label="history", color="#555")
-    ax.plot(range(len(history), len(history) + len(test)), test, "o-", markersize=3, label="actual (test)",
-            color="#1f77b4")
-    ax.plot(steps, predicted, "s--", markersize=3, label=f"forecast, {horizon} step(s) ahead", color="#d62728")
-    ax.set_xlabel("time step")
-    ax.set_ylabel("value")
-    ax.set_title(f"rolling {horizon}-step forecasts over the test split")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return plots.plot_forecast(history, test, steps, predicted, horizon, out_png)

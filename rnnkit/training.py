@@ -104,7 +104,7 @@ from rnnkit.checkpoint import (
     write_config,
 )
 from rnnkit.checks import check_choice, check_int
-from rnnkit.state import detach_state
+from rnnkit.state import detach_state  # re-exported: truncated BPTT's cut, for the tasks
 
 __all__ = [
     "TrainTask",

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+import torch
+from torch import nn
+from torch.nn.modules.module import register_module_forward_hook
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.utils.flop_counter import FlopCounterMode
 
+import rnnkit
 from benchmarks import harness, layers, minimal
 
 
@@ -28,18 +35,163 @@ def test_rate_and_load():
     assert harness.load_average().count(",") == 2 or harness.load_average() == "unknown"
 
 
-def test_every_layer_contender_runs_forward_and_backward():
-    for group in layers.groups(2, 3, 4):
-        assert group.contenders[0].label.startswith("torch.nn"), "the baseline comes first"
+class Calls:
+    """Records, while active, every module call (module, args, kwargs) and every call of a cell's ``recur``
+    (the reference path steps the cells; the fast path and torch's kernels do not)."""
+
+    def __enter__(self):
+        self.modules, self.recur = [], 0
+        self.hook = register_module_forward_hook(
+            lambda module, args, kwargs, output: self.modules.append((module, args, kwargs)), with_kwargs=True)
+        self.originals = {cls: cls.recur for cls in (rnnkit.LSTMCell, rnnkit.GRUCell, rnnkit.RNNCell)}
+        for cls, original in self.originals.items():
+            cls.recur = lambda cell, *args, _original=original: self.count(_original, cell, *args)
+        return self
+
+    def count(self, original, cell, *args):
+        self.recur += 1
+        return original(cell, *args)
+
+    def __exit__(self, *exc):
+        self.hook.remove()
+        for cls, original in self.originals.items():
+            cls.recur = original
+
+
+LABEL = re.compile(r"(?:(torch\.nn|rnnkit)\.(LSTM|GRU|RNN)(?:\((layer_norm|reset_after)=(True|False)\))?"
+                   r"( \+ PackedSequence| lengths=)?( fast path| reference path)?|nn\.LSTMCell loop)")
+
+
+def test_every_layer_contender_runs_the_module_its_label_names():
+    """Each row measures what its label says: the class named, its options, the path (torch's kernel, the fast
+    path, the reference path stepping the cells), the input (lengths= or a PackedSequence), and, where the
+    label promises the same layer, the baseline's weights and outputs."""
+    B, T, H = 3, 4, 5
+    for group in layers.groups(B, T, H):
+        baseline = group.contenders[0]
+        assert baseline.label.startswith("torch.nn"), "the baseline comes first"
         for contender in group.contenders:
-            contender.run(False)
-            contender.run(True)
+            label, module = contender.label, contender.run.module
+            match = LABEL.fullmatch(label)
+            assert match, f"unexpected label {label!r}"
+            origin, name, option, value, variable, path = match.groups()
+            with Calls() as calls:
+                contender.run(True)
+            called, args, kwargs = calls.modules[-1]  # the outermost call ends last
+            assert called is module, label
+            if origin is None:  # the textbook loop: one nn.LSTMCell call per step
+                assert type(module) is nn.LSTMCell and len(calls.modules) == T
+                continue
+            assert type(module) is getattr(nn if origin == "torch.nn" else rnnkit, name), label
+            if option is not None:
+                assert getattr(module, option) is (value == "True"), label
+            lengths = kwargs.get("lengths")
+            assert isinstance(args[0], PackedSequence) == (variable == " + PackedSequence"), label
+            assert (lengths is not None and int(lengths.min()) < T) == (variable == " lengths="), label
+            if origin == "rnnkit":
+                fused = module.uses_fused_kernel(grad=True, variable_lengths=variable is not None)
+                assert module.use_fast_path == (path != " reference path"), label
+                assert calls.recur == (T if path == " reference path" else 0), label  # it stepped the cells
+                if path == " fast path":
+                    assert module.use_fused is False and not fused, label
+                if path is None:  # the default dispatch: torch's kernel exactly where the rule says
+                    assert module.use_fused == "auto", label
+                    assert fused == (name == "LSTM" and variable is None and option is None), label
+            same_layer = option is None and type(baseline.run.module).__name__ == name
+            if same_layer:  # the same weights as the baseline, so the same function of the same input
+                torch.testing.assert_close(module.state_dict(), baseline.run.module.state_dict())
+                with torch.no_grad():
+                    ours = unpacked(module(*args, **kwargs)[0], T)
+                    theirs = unpacked(baseline.run.module(*_baseline_args(group, B, T))[0], T)
+                torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
-def test_every_minimal_contender_runs():
-    for contender in minimal.contenders(2, 5, 4):
+def unpacked(output, T):
+    return pad_packed_sequence(output, total_length=T)[0] if isinstance(output, PackedSequence) else output
+
+
+def _baseline_args(group, B, T):
+    with Calls() as calls:
+        group.contenders[0].run(False)
+    return calls.modules[-1][1]
+
+
+@pytest.mark.parametrize("size", [(3, 5, 4), (1, 7, 6)])
+def test_layer_rows_count_the_flops_their_own_module_computes(size):
+    """% peak divides each row's FLOPs by the sgemm peak: forward_flops must be what the row's module computes,
+    counted by torch.utils.flop_counter on the reference path of the same cell (products stepped with autograd's
+    mm; torch's LSTM kernel runs in oneDNN, where the counter sees nothing) and, for variable lengths, on the
+    real tokens, as torch's packed kernels compute them. Forward+backward: 3x, less at most the first step's
+    dL/dh_0 (of a zero initial state nobody asks the gradient of)."""
+    B, T, H = size
+    for group in layers.groups(B, T, H):
+        for contender in group.contenders:
+            module = contender.run.module
+            if isinstance(module, nn.LSTMCell):
+                reference, options = rnnkit.LSTM, {}
+            else:
+                name = type(module).__name__
+                reference = getattr(rnnkit, name)
+                options = {key: getattr(module, key) for key in ("layer_norm", "reset_after") if hasattr(module, key)}
+                if name == "RNN":
+                    options["nonlinearity"] = module.nonlinearity
+            twin = reference(H, H, use_fused=False, use_fast_path=False, **options)
+            x = torch.randn(T, B, H, requires_grad=True)
+            forward, both = FlopCounterMode(display=False), FlopCounterMode(display=False)
+            with forward:
+                twin(x)
+            with both:
+                twin(x)[0].sum().backward()
+            gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[reference.__name__]
+            first_step_dh = 2 * B * gates * H * H  # dL/dh_0 of the zero initial state: skipped where not needed
+            expected = layers.forward_flops(module, B * T, H)
+            assert forward.get_total_flops() == expected, contender.label
+            assert 0 <= 3 * expected - both.get_total_flops() <= first_step_dh, contender.label
+            if "lengths" in contender.label or "Packed" in contender.label:  # real tokens only
+                lengths = _lengths_of(contender)
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    nn.GRU(H, H)(pack_padded_sequence(x, lengths, enforce_sorted=False))
+                assert layers.forward_flops(nn.GRU(H, H), group.tokens, H) == counter.get_total_flops()
+                assert group.tokens == int(lengths.sum())
+
+
+def _lengths_of(contender):
+    with Calls() as calls:
         contender.run(False)
-        contender.run(True)
+    args, kwargs = calls.modules[-1][1:]
+    return kwargs["lengths"] if "lengths" in kwargs else torch.tensor(
+        [int((args[0].batch_sizes > b).sum()) for b in range(int(args[0].batch_sizes[0]))])[
+        args[0].unsorted_indices]
+
+
+MINIMAL = {
+    "torch.nn.GRU": (nn.GRU, {}), "torch.nn.LSTM": (nn.LSTM, {}), "rnnkit.GRU": (rnnkit.GRU, {"use_fused": "auto"}),
+    "minGRU, parallel scan": (rnnkit.MinGRUCell, {"scan": "parallel", "chunk": 16}),
+    "minGRU, parallel scan in one block": (rnnkit.MinGRUCell, {"scan": "parallel", "chunk": None}),
+    "minGRU, sequential": (rnnkit.MinGRUCell, {"scan": "sequential"}),
+    "minLSTM, parallel scan": (rnnkit.MinLSTMCell, {"scan": "parallel", "chunk": 16}),
+    "minLSTM, sequential": (rnnkit.MinLSTMCell, {"scan": "sequential"}),
+}
+
+
+def test_every_minimal_contender_runs_the_module_its_label_names():
+    B, T, H = 2, 5, 4
+    contenders = minimal.contenders(B, T, H)
+    assert [c.label for c in contenders] == list(MINIMAL)
+    for contender in contenders:
+        kind, options = MINIMAL[contender.label]
+        module = contender.run.module
+        if kind in (rnnkit.MinGRUCell, rnnkit.MinLSTMCell):
+            assert type(module) is rnnkit.Recurrent and len(module.cells) == 1
+            module = module.cells[0]
+        assert type(module) is kind, contender.label
+        for key, value in options.items():
+            assert getattr(module, key) == value, (contender.label, key)
+        with Calls() as calls:
+            contender.run(True)
+        assert calls.modules[-1][0] is contender.run.module, contender.label  # the call timed is this module's
+        assert tuple(calls.modules[-1][1][0].shape) == (T, B, H)
 
 
 def _row(label, group, size, forward, backward):

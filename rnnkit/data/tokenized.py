@@ -41,7 +41,8 @@ from rnnkit.data.bpe import BPETokenizer
 from rnnkit.data.errors import DataError
 from rnnkit.data.packages import sha256_of
 from rnnkit.data.readers import SentencePair, stream_parallel
-from rnnkit.data.vocab import Tokenizer, Vocab, load_tokenizer
+from rnnkit.data.tokenizer import Tokenizer, load_tokenizer
+from rnnkit.data.vocab import Vocab
 
 TOKEN_LEVELS = ("char", "word", "bpe")
 SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE = "source_vocab.json", "target_vocab.json"

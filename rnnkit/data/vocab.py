@@ -21,10 +21,10 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
-from rnnkit.checkpoint import atomic_write_bytes
+from rnnkit.checks import check_size
 from rnnkit.data.errors import DataError
+from rnnkit.data.jsonfile import FORMAT_VERSION, JSONFile, parse_json_object
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
@@ -33,26 +33,9 @@ LEVELS = ("char", "word")
 
 VOCAB_FORMAT = "rnnkit.vocab"
 LABELS_FORMAT = "rnnkit.labels"
-FORMAT_VERSION = 1
 
 
-class Tokenizer(Protocol):
-    """What models and the training loop need from any tokenizer (:class:`Vocab` or ``BPETokenizer``)."""
-
-    level: str
-    pad_id: int
-    unk_id: int
-    bos_id: int
-    eos_id: int
-
-    def __len__(self) -> int: ...
-    def tokenize(self, text: str) -> list[str]: ...
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]: ...
-    def decode(self, ids: Iterable[int], skip_specials: bool = True) -> str: ...
-    def save(self, path: str | Path) -> None: ...
-
-
-class Vocab:
+class Vocab(JSONFile):
     """A character- or word-level vocabulary with the four specials at ids 0-3.
 
     Word level splits text on whitespace and decodes by joining with single spaces; character level
@@ -108,8 +91,7 @@ class Vocab:
         the same corpus always yields the same ids. Special tokens that occur in the text (PTB has ``<unk>``)
         are not counted: they map to their reserved ids.
         """
-        if min_freq < 1:
-            raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+        check_size("min_freq", min_freq)
         if max_size is not None and max_size < len(SPECIAL_TOKENS):
             raise ValueError(f"max_size must be >= {len(SPECIAL_TOKENS)} (the specials), got {max_size}")
         probe = cls([], level)
@@ -188,15 +170,9 @@ class Vocab:
         except ValueError as err:
             raise DataError(source, None, f"bad vocabulary: {err}") from None
 
-    def save(self, path: str | Path) -> None:
-        save_json_text(path, self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Vocab:
-        return cls.from_json(read_json_text(path), source=path)
 
 
-class LabelSet:
+class LabelSet(JSONFile):
     """The classes of a classifier or the tags of a tagger: label <-> id, sorted, no specials.
 
     Unknown labels are an error (a label the model cannot output is a data problem, not an ``<unk>``).
@@ -259,72 +235,3 @@ class LabelSet:
             return cls(labels)
         except ValueError as err:
             raise DataError(source, None, f"bad label set: {err}") from None
-
-    def save(self, path: str | Path) -> None:
-        save_json_text(path, self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> LabelSet:
-        return cls.from_json(read_json_text(path), source=path)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# JSON helpers shared with the BPE tokenizer
-# ----------------------------------------------------------------------------------------------------------
-
-
-def save_json_text(path: str | Path, text: str) -> None:
-    """Write a vocabulary's JSON atomically: a save killed half-way leaves the previous file, never half of one
-    (a run directory must always reload)."""
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
-
-
-def read_json_text(path: str | Path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(path, None, "file not found") from None
-    except IsADirectoryError:
-        raise DataError(path, None, "is a directory, expected a JSON file") from None
-    except OSError as err:
-        raise DataError(path, None, f"cannot be read ({err.strerror or err})") from None
-    except UnicodeDecodeError as err:
-        raise DataError(path, None, f"invalid UTF-8 at byte offset {err.start}") from None
-
-
-def _loads(text: str) -> Any:
-    """``json.loads``; absurdly deep nesting (RecursionError in the parser) counts as invalid JSON too."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise json.JSONDecodeError("nested too deeply", text, 0) from None
-
-
-def parse_json_object(text: str, source: str | Path | None, expected_format: str) -> dict[str, Any]:
-    """Parse ``text`` and check its ``format`` and ``version`` keys; errors name ``source``."""
-    try:
-        obj = _loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(source, err.lineno, f"invalid JSON: {err.msg} (column {err.colno})") from None
-    if not isinstance(obj, dict) or obj.get("format") != expected_format:
-        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise DataError(source, None, f"not an rnnkit file of this kind: expected \"format\": "
-                                      f"\"{expected_format}\", found {found!r}")
-    if obj.get("version") != FORMAT_VERSION:
-        raise DataError(source, None, f"unsupported {expected_format} version {obj.get('version')!r} "
-                                      f"(this rnnkit reads version {FORMAT_VERSION})")
-    return obj
-
-
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a :class:`Vocab` or a ``BPETokenizer`` saved as JSON, whichever the file holds."""
-    text = read_json_text(path)
-    try:
-        kind = _loads(text).get("format")
-    except (json.JSONDecodeError, AttributeError):
-        kind = None
-    if kind == "rnnkit.bpe":
-        from rnnkit.data.bpe import BPETokenizer
-
-        return BPETokenizer.from_json(text, source=path)
-    return Vocab.from_json(text, source=path)

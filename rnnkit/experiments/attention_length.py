@@ -21,7 +21,7 @@ import torch
 from rnnkit.diagnostics import attention_maps
 from rnnkit.experiments.harness import finish, plot_curves, threads
 from rnnkit.experiments.reversal import FIRST_SYMBOL, ReversalConfig, reversal_batch, run_reversal
-from rnnkit.report import plot_attention
+from rnnkit.plots import plot_attention
 
 __all__ = ["AttentionLengthConfig", "QUICK", "FULL", "run_config", "run"]
 

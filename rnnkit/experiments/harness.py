@@ -4,7 +4,7 @@ Each experiment module builds models with :func:`memory_regressor` / :func:`memo
 unidirectional rnnkit layer read out from its last state, the setting of the memory tasks), trains them with
 :func:`fit` (Adam or SGD, global-norm clipping, seeded batches, timed), and ends with :func:`finish`, which
 writes ``results.json`` (its figures) and ``report.html`` (through :func:`rnnkit.report.write_report`) into
-the output directory.
+the output directory; :func:`plot_curves` (from :mod:`rnnkit.plots`) draws their curves.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from rnnkit.models import (
     SequenceRegressor,
     SequenceRegressorConfig,
 )
+from rnnkit.plots import plot_curves  # re-exported: the experiments draw their curves from here
 from rnnkit.report import write_report
 
 __all__ = [
@@ -75,20 +76,21 @@ def set_forget_bias(model: nn.Module, value: float) -> None:
 def memory_regressor(cell: str, input_size: int, hidden_size: int, *, forget_bias: float | None = 1.0,
                      output_size: int = 1) -> SequenceRegressor:
     """x_1..x_T (float features) -> unidirectional ``cell`` layer -> linear read-out of h_T."""
-    model = SequenceRegressor(SequenceRegressorConfig(
-        cell=cell, hidden_size=hidden_size, input_size=input_size, bidirectional=False, pooling="last",
-        output_size=output_size))
-    if forget_bias is not None:
-        set_forget_bias(model, forget_bias)
-    return model
+    config = SequenceRegressorConfig(cell=cell, hidden_size=hidden_size, input_size=input_size,
+                                     bidirectional=False, pooling="last", output_size=output_size)
+    return _with_forget_bias(SequenceRegressor(config), forget_bias)
 
 
 def memory_classifier(cell: str, input_size: int, hidden_size: int, num_classes: int, *,
                       forget_bias: float | None = 1.0) -> SequenceClassifier:
     """x_1..x_T (float features) -> unidirectional ``cell`` layer -> linear class scores from h_T."""
-    model = SequenceClassifier(SequenceClassifierConfig(
-        cell=cell, hidden_size=hidden_size, input_size=input_size, bidirectional=False, pooling="last",
-        num_classes=num_classes))
+    config = SequenceClassifierConfig(cell=cell, hidden_size=hidden_size, input_size=input_size,
+                                      bidirectional=False, pooling="last", num_classes=num_classes)
+    return _with_forget_bias(SequenceClassifier(config), forget_bias)
+
+
+def _with_forget_bias(model: nn.Module, forget_bias: float | None) -> nn.Module:
+    """``model`` with :func:`set_forget_bias` applied (None: the default initialisation kept)."""
     if forget_bias is not None:
         set_forget_bias(model, forget_bias)
     return model
@@ -241,43 +243,6 @@ def accuracy(model: nn.Module, inputs: Tensor, targets: Tensor, lengths: Tensor 
         args = (inputs[part],) if lengths is None else (inputs[part], lengths[part])
         correct += int((model(*args).argmax(-1) == targets[part]).sum())
     return correct / len(inputs)
-
-
-def plot_curves(
-    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    out_png: str | Path,
-    *,
-    title: str,
-    xlabel: str = "training step",
-    ylabel: str,
-    log_y: bool = False,
-    lines: Mapping[str, float] | None = None,
-) -> Path:
-    """One line per curve ``label -> (xs, ys)`` (non-finite values left out), with labelled horizontal
-    reference ``lines`` (e.g. a baseline)."""
-    from rnnkit.diagnostics import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, (xs, ys) in curves.items():
-        points = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and math.isfinite(y)
-                  and (y > 0 or not log_y)]
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=label, linewidth=1.5)
-    for label, value in (lines or {}).items():
-        ax.axhline(value, linestyle="--", color="grey", linewidth=1)
-        ax.annotate(label, (0.01, value), xycoords=("axes fraction", "data"), fontsize=8, va="bottom")
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
 
 
 def jsonable(value: Any) -> Any:

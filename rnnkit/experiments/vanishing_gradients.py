@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rnnkit.checks import check_choice
 from rnnkit.data.generated import adding_problem
 from rnnkit.diagnostics import diagnose, plot_gates, plot_gradient_norms
 from rnnkit.experiments.adding import BASELINE_MSE
@@ -120,11 +121,10 @@ def _orthogonal_recurrence(model: nn.Module, scale: float, seed: int) -> None:
 
 def run_config(config: VanishingConfig, out: Path) -> dict[str, Any]:
     """Run the experiment with ``config``, write the report into ``out`` and return its figures."""
+    for name in config.models:
+        check_choice("model", name, MODELS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    unknown = [m for m in config.models if m not in MODELS]
-    if unknown:
-        raise ValueError(f"unknown models {unknown}; known: {list(MODELS)}")
     train = adding_problem("train", config.train_size, config.T, seed=config.seed)
     test = adding_problem("test", max(config.probe_size, 1000), config.T, seed=config.seed)
     inputs, targets = torch.from_numpy(train.inputs), torch.from_numpy(train.targets)

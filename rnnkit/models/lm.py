@@ -7,9 +7,11 @@ Example::
 
     model = LanguageModel(LanguageModelConfig(vocab_size=100, hidden_size=64, embedding_size=64,
                                               tie_weights=True))
-    logits, state = model(tokens)                      # (B, T, V)
-    logits, state = model(next_tokens, LanguageModel.detach_state(state))   # next chunk, truncated BPTT
-    continuation = model.generate(prompt_ids, 50, temperature=0.8, top_k=10, generator=torch.Generator())
+    state = None
+    for inputs, targets in chunks:                     # truncated BPTT over a long stream
+        logits, state = model(inputs, LanguageModel.detach_state(state))     # (B, T, V)
+        loss = model.loss(logits, targets)
+    text_ids = model.generate([], 50, temperature=0.8, generator=torch.Generator().manual_seed(0))
 """
 
 from __future__ import annotations

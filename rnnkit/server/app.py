@@ -496,7 +496,7 @@ def create_app(run_dirs: list[str | Path] = (), limits: Limits = Limits(), host:
         _check("max_input_chars", len(request.text), limits.max_input_chars)
         run = pick(request.model, ("translate",), "translate")
         runner = await timed(http, run.runner)
-        beam_size = request.beam_size or runner.beam_size  # None: the run's own
+        beam_size = request.beam_size or runner.beam_size
         _check("max_beam", beam_size, limits.max_beam, 422)
         results = await timed(http, runner.translate, [request.text], beam_size=beam_size,
                               n_best=request.n_best, alpha=request.alpha)

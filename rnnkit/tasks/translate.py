@@ -229,14 +229,14 @@ def _model_config(settings: dict[str, Any], source_vocab, target_vocab) -> Seq2S
 def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TranslateTask, dict[str, Any]]:
     """Read the pairs, build and save the tokenizers, build the model."""
     check_choice("level", settings["level"], LEVELS)
+    check_choice("teacher_forcing", settings["teacher_forcing"], SCHEDULES)
     source_level = settings["source_level"] or settings["level"]
     target_level = settings["target_level"] or settings["level"]
-    check_choice("teacher_forcing", settings["teacher_forcing"], SCHEDULES)
     run_dir = Path(run_dir)
     sources = run_sources(settings)
     cache = settings.get("cache_dir")
     corpus = tokenize_corpus(
-        run_dir, source_file(settings["data"], "translate", "train", cache_dir=cache, quiet=True),
+        run_dir, source_file(sources["train"], "translate", "train", cache_dir=cache, quiet=True),
         source_file(sources["valid"], "translate", "valid", cache_dir=cache, quiet=True),
         source_level=source_level, target_level=target_level, bpe_vocab_size=int(settings["bpe_vocab_size"]),
         limit=int(settings["max_train_examples"]), progress=settings.get("progress"))
@@ -306,8 +306,8 @@ class TranslateRunner(TaskRunner):
         if not records:
             raise ValueError(f"{name} holds no sentence pairs")
         outputs = self.translate([r.source for r in records], beam_size=beam_size)
-        metrics = score_texts([o[0]["text"] for o in outputs], [r.target for r in records],
-                              phonemes=self.target_vocab.level == "word")
+        texts = [o[0]["text"] for o in outputs]
+        metrics = score_texts(texts, [r.target for r in records], phonemes=self.target_vocab.level == "word")
         metrics["examples"] = float(len(records))
         return metrics
 
