@@ -13,6 +13,8 @@ A run directory holds everything needed to reload a model and nothing that execu
           trainer.safetensors     the tensors of the trainer state (optimizer moments, RNG state, TBPTT carry)
           trainer.json            the rest of the trainer state (counters, schedule, structure) and a
                                   format marker; tensors appear in it as {"__tensor__": KEY}
+        best-STEP/, step-STEP/    weights of the N best evaluations and of the N latest checkpoints
+                                  (training's keep_best / keep_last), for :func:`average_checkpoints`
         NAME/                     any other named checkpoint, same layout
 
 Safety. Weights and tensors are read only as safetensors (a JSON header and raw little-endian arrays) and
@@ -59,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+import torch
 from torch import Tensor, nn
 
 from rnnkit.trainer_state import decode_state, encode_state  # re-exported: the trainer state codec
@@ -84,6 +87,11 @@ __all__ = [
     "decode_state",
     "atomic_write_bytes",
     "atomic_write_json",
+    "BEST_PREFIX",
+    "STEP_PREFIX",
+    "kept_checkpoints",
+    "average_weights",
+    "average_checkpoints",
 ]
 
 RUN_FORMAT = "rnnkit.run"
@@ -96,6 +104,8 @@ WEIGHTS_FILE = "model.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_TENSORS_FILE = "trainer.safetensors"
 STATE_JSON_FILE = "trainer.json"
+BEST_PREFIX = "best-"  # checkpoints/best-STEP: the weights of one of the keep_best best evaluations
+STEP_PREFIX = "step-"  # checkpoints/step-STEP: the weights of one of the keep_last latest checkpoints
 
 # In the safetensors header metadata: "DATA:LAYOUT", the SHA-256 (hex) of the data section and of the tensor
 # layout (names, dtypes, shapes, offsets, aliases). One required entry, not two, so that damage to one name
@@ -540,3 +550,67 @@ def load_model(run_dir: str | Path, build: Callable[[dict[str, Any]], nn.Module]
         raise CheckpointError(f"{path}: cannot build the model from it ({err!r})") from None
     load_weights(run_dir, model, name=name)
     return model, config
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint averaging
+# ----------------------------------------------------------------------------------------------------------
+
+
+def kept_checkpoints(run_dir: str | Path, prefix: str) -> list[tuple[int, str]]:
+    """``(step, name)`` of the kept checkpoints ``checkpoints/PREFIX-STEP`` (``BEST_PREFIX`` or
+    ``STEP_PREFIX``), the latest first."""
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    found = [(int(path.name[len(prefix):]), path.name) for path in folder.glob(f"{prefix}*")
+             if path.is_dir() and path.name[len(prefix):].isdigit()] if folder.is_dir() else []
+    return sorted(found, reverse=True)
+
+
+def average_weights(states: list[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """The element-wise mean of state dicts with the same names and shapes (summed in float64, returned in each
+    tensor's own dtype). Integer tensors (counters) are taken from the last state; names that share one
+    tensor in the first state (tied weights) share the averaged one."""
+    if not states:
+        raise ValueError("average_weights needs at least one state dict")
+    first = states[0]
+    for index, state in enumerate(states[1:], start=1):
+        if set(state) != set(first):
+            raise CheckpointError(f"state {index} has other parameters than state 0: "
+                                  f"{_few(sorted(set(state) ^ set(first)))}")
+        for name, tensor in state.items():
+            if tensor.shape != first[name].shape:
+                raise CheckpointError(f"{name} has shape {tuple(tensor.shape)} in state {index} but "
+                                      f"{tuple(first[name].shape)} in state 0")
+    averaged: dict[str, Tensor] = {}
+    shared: dict[tuple, str] = {}
+    for name, tensor in first.items():
+        identity = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
+        if tensor.numel() > 0 and identity in shared:  # tied: the same tensor under another name
+            averaged[name] = averaged[shared[identity]]
+            continue
+        shared[identity] = name
+        if tensor.is_floating_point():
+            total = torch.stack([state[name].double() for state in states]).sum(dim=0)
+            averaged[name] = (total / len(states)).to(tensor.dtype)
+        else:
+            averaged[name] = states[-1][name].clone()
+    return averaged
+
+
+def average_checkpoints(run_dir: str | Path, names: list[str], out: str | Path) -> Path:
+    """Average the weights of checkpoints ``names`` of ``run_dir`` (:func:`average_weights`; Vaswani et al.
+    2017 average the last checkpoints of a run, as fairseq's average_checkpoints.py and OpenNMT's
+    average_models.py do) into a run directory ``out`` that loads like ``run_dir``: its JSON files
+    (config.json, vocabularies, label sets) are copied beside the averaged ``model.safetensors``, so
+    ``rnnkit eval OUT`` scores it on the same sources. Returns ``out``."""
+    run_dir, out = Path(run_dir), Path(out)
+    if not names:
+        raise ValueError(f"{run_dir}: no checkpoints to average")
+    checkpoints = [load_checkpoint(run_dir, name) for name in names]
+    weights = average_weights([checkpoint.weights for checkpoint in checkpoints])
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(run_dir.glob("*.json")):
+        atomic_write_bytes(out / path.name, path.read_bytes())
+    steps = [checkpoint.metadata.get("step", "?") for checkpoint in checkpoints]
+    save_weights_file(out / WEIGHTS_FILE, weights, {"averaged": ",".join(names), "steps": ",".join(steps)})
+    return out

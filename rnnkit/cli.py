@@ -77,20 +77,22 @@ def _cmd_data(args: argparse.Namespace) -> int:
 # Settings whose default is None, so their type cannot be read off the default.
 _NONE_DEFAULT_TYPES = {"max_steps": int, "time_budget": float, "patience": int, "eval_every": int,
                        "checkpoint_every": int, "cosine_steps": int, "decay_start": int, "clip_grad_norm": float,
-                       "valid": str, "test": str, "cache_dir": str, "progress": bool, "season": int, "column": str}
+                       "valid": str, "test": str, "cache_dir": str, "progress": bool, "season": int, "column": str,
+                       "select_metric": str}
 _SKIPPED_FLAGS = {"betas"}  # settable from a config file only
 
 
 def _task_parser(task: str, module) -> argparse.ArgumentParser:
-    from rnnkit.tasks import TRAINING_KEYS
+    from rnnkit.tasks import TRAINING_HELP, TRAINING_KEYS
 
     parser = argparse.ArgumentParser(
         prog=f"rnnkit train {task}",
         usage=f"rnnkit train {task} --data SOURCE [--out RUN_DIR] [--config FILE] [settings]",
         description=(module.__doc__ or "").strip().split("\n\n")[0],
         epilog="Settings come from the task's defaults, then --config FILE (TOML or YAML, a flat table of the "
-               "same names with underscores), then flags. Training stops at --epochs, --max-steps or "
-               "--time-budget (seconds), whichever comes first; --resume RUN_DIR continues a stopped run exactly.",
+               "same names with underscores), then flags. Training stops when validation has not improved for "
+               "--patience evaluations, or at --epochs, --max-steps or --time-budget (seconds), whichever comes "
+               "first; --resume RUN_DIR continues a stopped run exactly.",
     )
     parser.add_argument("--out", help=f"run directory (default: runs/{task})")
     parser.add_argument("--config", help="TOML/YAML file of settings")
@@ -105,7 +107,8 @@ def _task_parser(task: str, module) -> argparse.ArgumentParser:
         flag = "--" + key.replace("_", "-")
         group = groups["training" if key in TRAINING_KEYS else "task"]
         kind = type(default) if default is not None else _NONE_DEFAULT_TYPES.get(key, str)
-        text = task_help.get(key, "") + (f" (default: {default})" if default not in (None, "") else "")
+        text = task_help.get(key, TRAINING_HELP.get(key, "")) + (
+            f" (default: {default})" if default not in (None, "") else "")
         if key == "data":
             text = "training data: a file or a catalog name (rnnkit data list)" + (
                 f" (default: {default})" if default else "")
@@ -153,7 +156,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     tested = evaluate_test(run_dir)  # the best weights on the run's test source, if it has one
     report = write_run_report(run_dir)
     summary = {"run_dir": str(run_dir), "report": str(report), "stop_reason": result.stop_reason, "steps": result.step,
-               "best_" + getattr(task, "primary_metric", "metric"): result.best_metric,
+               "best_" + trainer.primary_metric: result.best_metric,
                "last_metrics": result.last_metrics,
                "test_source": tested[0] if tested else None, "test_metrics": tested[1] if tested else None}
     _print_json(summary)
@@ -197,6 +200,38 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _, runner = _runner(args.run_dir)
     source, split = runner.evaluation_source(args.data, args.split)
     _print_json({"source": source, "split": split, **runner.evaluate(args.data, split=args.split)})
+    return 0
+
+
+def _cmd_average(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import BEST_PREFIX, STEP_PREFIX, average_checkpoints, kept_checkpoints, read_weights_file
+    from rnnkit.tasks import load_run
+
+    run_dir = Path(args.run_dir)
+    count = args.last or args.best
+    if count < 1:
+        raise CommandError(f"--last/--best take a number of checkpoints >= 1, got {count}")
+    if args.last:
+        kept = [name for _, name in kept_checkpoints(run_dir, STEP_PREFIX)]
+        flag = "--keep-last N"
+    else:  # the best by their recorded metric
+        kept = [name for _, name in kept_checkpoints(run_dir, BEST_PREFIX)]
+        metadata = {name: read_weights_file(run_dir / "checkpoints" / name / "model.safetensors")[1]
+                    for name in kept}
+        kept.sort(key=lambda name: float(metadata[name]["value"]) * (
+            -1 if metadata[name].get("higher_is_better") == "True" else 1))
+        flag = "--keep-best N"
+    if len(kept) < count:
+        raise CommandError(f"{run_dir} keeps {len(kept)} such checkpoints, fewer than {count}; train with {flag} "
+                           f"(N >= {count}) to keep them")
+    names = kept[:count]
+    out = Path(args.out or run_dir / f"average-{'last' if args.last else 'best'}-{count}")
+    average_checkpoints(run_dir, names, out)
+    summary: dict = {"out": str(out), "averaged": names}
+    if not args.no_eval:  # the averaged model next to the run's best, on the run's validation source
+        summary["valid"] = load_run(out).evaluate(split="valid")
+        summary["valid_best"] = load_run(run_dir).evaluate(split="valid")
+    _print_json(summary)
     return 0
 
 
@@ -313,6 +348,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the run's own source of this split, or this split of a catalog --data "
                                "(default: test)")
     evaluate.set_defaults(func=_cmd_eval)
+
+    average = sub.add_parser("average", help="average the weights of a run's last or best checkpoints into a new "
+                                             "run directory (checkpoint averaging)",
+                             description="Average the weights of the N latest checkpoints (kept with --keep-last) or "
+                                         "of the N best evaluations (kept with --keep-best) of RUN_DIR into --out, a "
+                                         "run directory that loads like RUN_DIR; prints the averaged model's "
+                                         "validation metrics next to the run's best.")
+    average.add_argument("run_dir", metavar="RUN_DIR")
+    which = average.add_mutually_exclusive_group(required=True)
+    which.add_argument("--last", type=int, metavar="N", help="the N latest kept checkpoints")
+    which.add_argument("--best", type=int, metavar="N", help="the N best kept checkpoints")
+    average.add_argument("--out", help="the new run directory (default: RUN_DIR/average-last-N or -best-N)")
+    average.add_argument("--no-eval", action="store_true", help="do not score the averaged model on validation")
+    average.set_defaults(func=_cmd_average)
 
     generate = sub.add_parser("generate", help="generate text from a language model run")
     generate.add_argument("run_dir", metavar="RUN_DIR")

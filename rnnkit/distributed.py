@@ -199,8 +199,13 @@ class DistributedTask:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item() == 0.0:
             loss = torch.full_like(loss, math.nan)
-        self._items = int(n_items)
+        self._items += int(n_items)  # all batches of this step (gradient accumulation: several)
         return loss, n_items, carry
+
+    def begin_step(self, step: int) -> None:
+        self._items = 0
+        if hasattr(self.task, "begin_step"):
+            self.task.begin_step(step)
 
     def synchronize_gradients(self) -> None:
         """Replace each rank's gradients by g = sum_r n_r g_r / sum_r n_r (one all-reduce of a flat buffer).

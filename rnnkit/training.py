@@ -3,14 +3,19 @@
 A task (language modelling, classification, tagging, translation, forecasting) tells the trainer only how
 to make batches, how to compute a loss and how to evaluate; the trainer does the rest:
 
-* optimisers by name (``adam``, ``adamw``, ``sgd`` with momentum);
-* learning rate: linear warm-up, then decay by name (``none``, ``step``, ``plateau``, ``cosine``);
+* optimisers by name (``adam``, ``adamw``, ``sgd`` with momentum); gradient accumulation over ``accumulate``
+  batches per optimiser step;
+* learning rate: linear warm-up, then decay by name (``none``, ``step``, ``plateau``, ``cosine``,
+  ``inverse-sqrt``);
 * gradient clipping by global norm (default 5.0, Pascanu et al. 2013), clip events counted and logged;
 * truncated back-propagation through time: the recurrent state (``carry``) returned by one batch is
   detached and handed to the next (Williams & Peng 1990; Zaremba et al. 2014 carry it across chunks);
 * validation after each epoch, every ``eval_every`` steps and when a time budget or ``max_steps`` stops the
-  run between evaluations; early stopping after ``patience``
-  evaluations without improvement, the best weights in ``RUN_DIR/model.safetensors``;
+  run between evaluations; the metric that selects the best weights (``select_metric``, default the task's
+  own), early stopping after ``patience`` evaluations without improvement of it, the best weights in
+  ``RUN_DIR/model.safetensors``, the ``keep_best`` best and the ``keep_last`` latest weights kept for
+  checkpoint averaging (:func:`rnnkit.checkpoint.average_checkpoints`); a few validation examples with the
+  model's outputs (``samples``) logged at each evaluation;
 * checkpoints of everything needed to resume *exactly*: weights, optimiser and schedule state, the RNG
   states of torch / Python / NumPy, the TBPTT carry, counters, early-stopping state and the position in
   the epoch (each epoch's batch order is drawn from a seed derived from (seed, epoch), and a resumed run
@@ -32,7 +37,11 @@ The task protocol (:class:`TrainTask`)::
                                           # carry: recurrent state for the next batch (TBPTT) or None.
                                           # The trainer passes carry=None at the start of every epoch.
     evaluate(split) -> dict[str, float]   # optional; called in eval mode under torch.no_grad()
-    begin_step(step) -> None              # optional; called before each loss (e.g. teacher forcing schedule)
+    metrics: Collection[str]              # optional; the names evaluate() returns (select_metric is checked
+                                          # against them before training starts)
+    samples(n) -> list[dict[str, str]]    # optional; n examples of the last evaluate() (e.g. source,
+                                          # reference, hypothesis), logged with each evaluation
+    begin_step(step) -> None              # optional; called before each step's losses (e.g. teacher forcing)
 
 Minimal example::
 
@@ -71,7 +80,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -81,16 +90,20 @@ from torch import Tensor, nn
 
 from rnnkit import cancel
 from rnnkit.checkpoint import (
+    BEST_PREFIX,
     CONFIG_FILE,
+    STEP_PREFIX,
     WEIGHTS_FILE,
     CheckpointError,
     checkpoint_dir,
     has_checkpoint,
+    kept_checkpoints,
     load_checkpoint,
     read_config,
     save_checkpoint,
     write_config,
 )
+from rnnkit.checks import check_choice, check_int
 from rnnkit.state import detach_state  # re-exported: truncated BPTT's cut, for the tasks
 
 __all__ = [
@@ -108,11 +121,16 @@ __all__ = [
     "DECAYS",
     "NAN_POLICIES",
     "METRICS_FILE",
+    "LOWER_IS_BETTER",
     "log_event",
+    "higher_is_better",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-DECAYS = ("none", "step", "plateau", "cosine")
+DECAYS = ("none", "step", "plateau", "cosine", "inverse-sqrt")
+# Metrics for which lower is better, by the last part of their name (``loss``, ``naive_rmse``, ``wer``); any
+# other metric (accuracy, F1, BLEU, chrF, exact match) is better higher.
+LOWER_IS_BETTER = frozenset({"loss", "perplexity", "bits_per_char", "mae", "rmse", "mase", "wer", "per"})
 NAN_POLICIES = ("skip", "stop")
 METRICS_FILE = "metrics.jsonl"
 STOP_REASONS = ("completed", "early_stopping", "max_steps", "time_budget")
@@ -157,16 +175,27 @@ class TrainingConfig:
       plateau: max(min_lr, lr * decay_gamma ** k), k = times ``plateau_patience`` evaluations in a row
                did not improve the primary metric
       cosine:  min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2, p = (s - warmup) / (T - warmup) in [0, 1],
-               T = ``cosine_steps``, else epochs x batches per epoch, else ``max_steps`` (Loshchilov &
+               T = ``cosine_steps``, else epochs x steps per epoch, else ``max_steps`` (Loshchilov &
                Hutter 2017, without restarts)
+      inverse-sqrt: max(min_lr, lr * sqrt(W / max(s, W))), W = max(1, warmup_steps): after the warm-up the
+               rate falls as 1 / sqrt(s) (Vaswani et al. 2017; fairseq's inverse_sqrt, JoeyNMT's noam shape)
 
-    Gradients: ``clip_grad_norm`` rescales g to g * c / ||g|| when the global norm ||g|| > c (None: off).
+    Gradients: ``accumulate`` batches make one optimiser step, with the gradient of their item-weighted mean
+    loss, sum_b n_b grad(L_b) / sum_b n_b: the step of one batch ``accumulate`` times larger (fairseq's
+    --update-freq); ``max_steps``, ``eval_every``, ``checkpoint_every`` and the schedules count these steps.
+    ``clip_grad_norm`` rescales g to g * c / ||g|| when the global norm ||g|| > c (None: off).
     ``nan_policy``: "skip" a step whose loss or gradient norm is not finite (and count it), or "stop".
+
+    Selection: ``select_metric`` (None: the task's ``primary_metric``) picks the best weights and drives
+    ``patience`` and plateau decay; lower is better for the names in LOWER_IS_BETTER, higher for the others.
+    ``keep_best`` (>= 1) keeps the weights of the N best evaluations as ``checkpoints/best-STEP``, and
+    ``keep_last`` (>= 0) those of the N latest checkpoints as ``checkpoints/step-STEP``, for averaging.
 
     Bookkeeping: ``eval_split``; ``eval_every`` and ``checkpoint_every`` (steps; None, or 0 where None cannot be
     written as in a TOML file: at epoch ends only);
     ``eval_on_stop`` (default True: a run stopped by max_steps or time_budget between evaluations evaluates
     once more, so its last figures are of its final weights and the best model includes the last steps);
+    ``log_samples`` (examples logged with each evaluation, if the task gives samples; 0: none);
     ``log_every`` (steps per train event); ``seed``; ``progress`` (None: only on a terminal);
     ``tensorboard`` (write ``RUN_DIR/tensorboard`` if torch.utils.tensorboard imports).
     """
@@ -187,14 +216,19 @@ class TrainingConfig:
     plateau_patience: int = 1
     cosine_steps: int | None = None
     min_lr: float = 0.0
+    accumulate: int = 1
     clip_grad_norm: float | None = 5.0
     nan_policy: str = "stop"
+    select_metric: str | None = None
     patience: int | None = None
     min_delta: float = 0.0
     eval_split: str = "valid"
     eval_every: int | None = None
     eval_on_stop: bool = True
     checkpoint_every: int | None = None
+    keep_best: int = 1
+    keep_last: int = 0
+    log_samples: int = 3
     log_every: int = 10
     seed: int = 0
     progress: bool | None = None
@@ -203,23 +237,24 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         self.optimizer = str(self.optimizer).lower()
         self.decay = str(self.decay).lower()
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("decay", self.decay, DECAYS)
-        _check_choice("nan_policy", self.nan_policy, NAN_POLICIES)
-        _check_int("epochs", self.epochs, minimum=0)
-        for name in ("warmup_steps",):
-            _check_int(name, getattr(self, name), minimum=0)
-        for name in ("decay_every", "plateau_patience", "log_every"):
-            _check_int(name, getattr(self, name), minimum=1)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("decay", self.decay, DECAYS)
+        check_choice("nan_policy", self.nan_policy, NAN_POLICIES)
+        for name in ("epochs", "warmup_steps", "keep_last", "log_samples", "seed"):
+            check_int(name, getattr(self, name), minimum=0)
+        for name in ("decay_every", "plateau_patience", "log_every", "accumulate", "keep_best"):
+            check_int(name, getattr(self, name), minimum=1)
         if self.decay_start is not None:
-            _check_int("decay_start", self.decay_start, minimum=0)
+            check_int("decay_start", self.decay_start, minimum=0)
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) == 0 and not isinstance(getattr(self, name), bool):
                 setattr(self, name, None)  # 0: at epoch ends only (a config file cannot write None)
         for name in ("max_steps", "cosine_steps", "patience", "eval_every", "checkpoint_every"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
-        _check_int("seed", self.seed, minimum=0)
+                check_int(name, getattr(self, name), minimum=1)
+        if self.select_metric is not None and (not isinstance(self.select_metric, str) or not self.select_metric):
+            raise ValueError(f"select_metric must be a metric name or None (the task's own), got "
+                             f"{self.select_metric!r}")
         if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not (isinstance(self.min_lr, int | float) and 0 <= self.min_lr <= self.lr):
@@ -245,20 +280,11 @@ class TrainingConfig:
         return asdict(self)
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 # Settings that change the trajectory: a resumed run with different values cannot continue exactly.
 _TRAJECTORY_SETTINGS = ("optimizer", "lr", "weight_decay", "momentum", "betas", "warmup_steps", "decay",
                         "decay_gamma", "decay_every", "decay_start", "plateau_patience", "cosine_steps", "min_lr",
-                        "clip_grad_norm", "nan_policy", "seed", "eval_every", "min_delta")
+                        "clip_grad_norm", "nan_policy", "seed", "eval_every", "min_delta", "accumulate",
+                        "select_metric")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -329,6 +355,10 @@ class LearningRateSchedule:
             span = max(1, self.total_steps - s.warmup_steps)
             progress = min(1.0, max(0.0, (step - s.warmup_steps) / span))
             decayed = s.min_lr + (s.lr - s.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif s.decay == "inverse-sqrt":
+            # Vaswani et al. 2017 (eq. 3) without the model-size factor: lr * sqrt(W) / sqrt(s) after warm-up
+            horizon = max(1, s.warmup_steps)
+            decayed = max(s.min_lr, s.lr * math.sqrt(horizon / max(step, horizon)))
         else:
             decayed = s.lr
         return warmup * decayed
@@ -354,6 +384,15 @@ class LearningRateSchedule:
         self.plateau_reductions = int(state["plateau_reductions"])
         self.plateau_best = state["plateau_best"]
         self.plateau_bad = int(state["plateau_bad"])
+
+
+def higher_is_better(metric: str, task: Any = None) -> bool:
+    """Whether a larger ``metric`` is better: the task's own ``higher_is_better`` for its ``primary_metric``,
+    else False for error-like names (the last part of the name in LOWER_IS_BETTER: ``loss``, ``naive_rmse``,
+    ``wer``), True for the others (accuracy, F1, BLEU, chrF, exact match)."""
+    if task is not None and metric == getattr(task, "primary_metric", "loss"):
+        return bool(getattr(task, "higher_is_better", False))
+    return metric.rsplit("_", 1)[-1] not in LOWER_IS_BETTER and metric not in LOWER_IS_BETTER
 
 
 def _improves(value: float, best: float | None, higher_is_better: bool, min_delta: float) -> bool:
@@ -388,7 +427,7 @@ class _LoopState:
 
     epoch: int = 0  # 0-based epoch being trained
     batch: int = 0  # batches of this epoch already done
-    step: int = 0  # steps done (batches consumed, skipped ones included)
+    step: int = 0  # optimiser steps done, skipped ones included (each of ``accumulate`` batches)
     updates: int = 0  # optimiser updates (steps - skipped)
     clip_events: int = 0
     nonfinite_steps: int = 0
@@ -405,6 +444,7 @@ class _LoopState:
     window_items: int = 0
     window_steps: int = 0
     carry: Any = None
+    kept_best: list = field(default_factory=list)  # [metric, step] of each kept best checkpoint, best first
 
 
 def _check_loop_state(loop: _LoopState) -> None:
@@ -424,6 +464,9 @@ def _check_loop_state(loop: _LoopState) -> None:
     checks.update({name: (is_number, "a number") for name in ("elapsed", "window_loss")})
     checks["best_metric"] = (lambda v: v is None or is_number(v), "a number or null")
     checks["early_stopped"] = (lambda v: isinstance(v, bool), "true or false")
+    checks["kept_best"] = (lambda v: isinstance(v, list) and all(
+        isinstance(e, list) and len(e) == 2 and is_number(e[0]) and is_int(e[1]) for e in v),
+        "a list of [metric, step] pairs")
     for name, (ok, expected) in checks.items():
         if not ok(getattr(loop, name)):
             raise ValueError(f"loop.{name} is {getattr(loop, name)!r}, expected {expected}")
@@ -489,9 +532,13 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run_config = dict(run_config) if run_config is not None else None
         self.on_event = on_event
-        self.primary_metric: str = getattr(task, "primary_metric", "loss")
-        self.higher_is_better: bool = bool(getattr(task, "higher_is_better", False))
+        self.primary_metric: str = self.settings.select_metric or getattr(task, "primary_metric", "loss")
+        self.higher_is_better: bool = higher_is_better(self.primary_metric, task)
         self.has_validation = callable(getattr(task, "evaluate", None))
+        known = getattr(task, "metrics", None)
+        if self.has_validation and known is not None and self.primary_metric not in known:
+            raise ValueError(f"select_metric {self.primary_metric!r} is not among the metrics this task reports: "
+                             f"{', '.join(known)}")
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = _build_optimizer(self.settings, trainable)
         self.schedule = LearningRateSchedule(self.settings, self.higher_is_better)
@@ -504,6 +551,7 @@ class Trainer:
         self._last_grad_norm = float("nan")
         self._last_logged: tuple[float | None, float | None] = (None, None)  # loss, items/s
         self._last_saved_step: int | None = None
+        self._show_progress = False
 
     # -- public entry points ---------------------------------------------------------------------------
 
@@ -597,6 +645,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         s, st = self.settings, self.state
         self._session_start = time.monotonic()
+        self._show_progress = s.progress if s.progress is not None else sys.stderr.isatty()
         self._open_logs()
         try:
             reason = "early_stopping" if st.early_stopped else None
@@ -618,16 +667,17 @@ class Trainer:
         batches = self.task.train_batches(epoch, random.Random(epoch_seed(s.seed, epoch)))
         size = len(batches) if hasattr(batches, "__len__") else None
         if self.schedule.total_steps is None and s.decay == "cosine":
-            self.schedule.total_steps = s.epochs * size if size is not None else s.max_steps
+            self.schedule.total_steps = s.epochs * -(-size // s.accumulate) if size is not None else s.max_steps
         remaining = itertools.islice(iter(batches), st.batch, None)  # resume: skip the batches already done
         self.model.train()
         with self._progress_bar(epoch, size) as bar:
-            for batch in remaining:
+            # One step per ``accumulate`` batches (the epoch's last step may have fewer).
+            while group := list(itertools.islice(remaining, s.accumulate)):
                 cancel.check()  # run under a cancelled CancelToken (rnnkit.cancel), training stops between steps
-                self._train_step(batch)
+                self._train_step(group)
                 reason = self._after_step()
                 bar.set_postfix(self._postfix(), refresh=False)
-                bar.update(1)  # redraws at most every 0.1 s
+                bar.update(len(group))  # redraws at most every 0.1 s
                 if reason is not None:
                     return reason
         # End of epoch: validate, move the position to the next epoch, checkpoint.
@@ -641,7 +691,9 @@ class Trainer:
             return "early_stopping"
         return self._out_of_time()
 
-    def _train_step(self, batch: Any) -> None:
+    def _train_step(self, batches: list[Any]) -> None:
+        """One optimiser step on ``batches`` (``accumulate`` of them): the gradient of their item-weighted mean
+        loss, sum_b n_b grad(L_b) / sum_b n_b, then clipping and the update."""
         st = self.state
         started = time.perf_counter()
         step = st.step + 1
@@ -651,31 +703,42 @@ class Trainer:
         if hasattr(self.task, "begin_step"):
             self.task.begin_step(step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, n_items, carry = self.task.loss(batch, st.carry)
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise ValueError(f"task.loss must return (scalar loss tensor, n_items, carry), got a loss of "
-                             f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
-        n_items = int(n_items)
-        loss_value = float(loss.detach())
-        problem = None
-        if not math.isfinite(loss_value):
-            problem = f"the loss is {loss_value}"
-        else:
-            loss.backward()
+        carry, loss_sum, items, problem = st.carry, 0.0, 0, None
+        for batch in batches:
+            loss, n_items, carry = self.task.loss(batch, carry)
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise ValueError(f"task.loss must return (scalar loss tensor, n_items, carry), got a loss of "
+                                 f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
+            n_items = int(n_items)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                problem = f"the loss is {loss_value}"
+                break
+            # One batch: its mean loss as it is. Several: each weighted by its items, divided by all below.
+            (loss if len(batches) == 1 else loss * n_items).backward()
+            carry = detach_state(carry)  # TBPTT: the next batch continues from this state, not through it
+            loss_sum += loss_value * n_items
+            items += n_items
+        if problem is None:
+            if len(batches) > 1 and items > 0:
+                for group in self.optimizer.param_groups:
+                    for parameter in group["params"]:
+                        if parameter.grad is not None:
+                            parameter.grad.div_(items)
             grad_norm = self._clip_gradients()
             if not math.isfinite(grad_norm):
                 problem = f"the gradient norm is {grad_norm}"
         if problem is None:
             self.optimizer.step()
             st.updates += 1
-            st.carry = detach_state(carry)
-            st.window_loss += loss_value * n_items
-            st.window_items += n_items
+            st.carry = carry
+            st.window_loss += loss_sum
+            st.window_items += items
         else:
             self.optimizer.zero_grad(set_to_none=True)  # the step is dropped; the previous carry is kept
             self._non_finite(step, problem, lr)
         st.window_steps += 1
-        st.step, st.batch = step, st.batch + 1
+        st.step, st.batch = step, st.batch + len(batches)
         self._window_seconds += time.perf_counter() - started
 
     def _clip_gradients(self) -> float:
@@ -766,17 +829,58 @@ class Trainer:
         if improved:
             st.best_metric, st.best_step, st.best_epoch = value, st.step, st.epoch
             self._save_best({"selected": "best", self.primary_metric: repr(value)})
+        if s.keep_best > 1:
+            self._keep_best(value)
         if not at_stop:
             st.bad_evaluations = 0 if improved else st.bad_evaluations + 1
             self.schedule.observe(value)
         self.last_metrics = metrics
+        samples = self._samples()
         self._emit({"event": "eval", "split": s.eval_split, "step": st.step, "epoch": st.epoch,
                     "loss": metrics.get("loss"), "metrics": metrics, "primary_metric": self.primary_metric,
-                    "improved": improved, "best_metric": st.best_metric,
-                    "lr": self.optimizer.param_groups[0]["lr"]} | ({"at_stop": True} if at_stop else {}), log=True)
+                    "improved": improved, "best_metric": st.best_metric, "lr": self.optimizer.param_groups[0]["lr"]}
+                   | ({"samples": samples} if samples else {}) | ({"at_stop": True} if at_stop else {}), log=True)
+        if self._show_progress:
+            self._print_evaluation(metrics, improved, samples)
         return s.patience is not None and st.bad_evaluations >= s.patience
 
+    def _samples(self) -> list[dict[str, str]]:
+        """``log_samples`` examples of the last evaluation from the task's ``samples(n)``, as strings."""
+        n, samples = self.settings.log_samples, getattr(self.task, "samples", None)
+        if not n or not callable(samples):
+            return []
+        return [{str(key): str(value) for key, value in dict(sample).items()} for sample in samples(n)][:n]
+
+    def _print_evaluation(self, metrics: Mapping[str, float], improved: bool,
+                          samples: list[dict[str, str]]) -> None:
+        """The evaluation and its samples above the progress bar (which stays at the bottom)."""
+        from tqdm.auto import tqdm
+
+        figures = ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+        lines = [f"step {self.state.step} {self.settings.eval_split}: {figures}"
+                 + (f"  (best {self.primary_metric})" if improved else "")]
+        for sample in samples:
+            lines += [f"    {key}: {value}" for key, value in sample.items()] + [""]
+        tqdm.write("\n".join(lines).rstrip("\n"), file=sys.stderr)
+
     # -- checkpoints -----------------------------------------------------------------------------------
+
+    def _keep_best(self, value: float) -> None:
+        """Keep this evaluation's weights as ``checkpoints/best-STEP`` if it ranks among the ``keep_best``
+        best so far (ties: the earlier stays ahead), and drop the one it pushes out."""
+        s, st = self.settings, self.state
+        kept = st.kept_best
+        if not math.isfinite(value) or (len(kept) >= s.keep_best
+                                        and not _improves(value, kept[-1][0], self.higher_is_better, 0.0)):
+            return
+        save_checkpoint(self.run_dir, self.model, name=f"{BEST_PREFIX}{st.step}",
+                        metadata={"step": str(st.step), "epoch": str(st.epoch), "metric": self.primary_metric,
+                                  "value": repr(value), "higher_is_better": str(self.higher_is_better)})
+        kept[:] = [entry for entry in kept if entry[1] != st.step] + [[value, st.step]]
+        kept.sort(key=lambda entry: -entry[0] if self.higher_is_better else entry[0])  # stable
+        for _, step in kept[s.keep_best:]:
+            shutil.rmtree(checkpoint_dir(self.run_dir, f"{BEST_PREFIX}{step}"), ignore_errors=True)
+        del kept[s.keep_best:]
 
     def _save_best(self, metadata: dict[str, str]) -> None:
         st = self.state
@@ -800,6 +904,11 @@ class Trainer:
         path = save_checkpoint(self.run_dir, self.model, name="last", trainer_state=trainer_state,
                                metadata={"step": str(st.step), "epoch": str(st.epoch)})
         self._last_saved_step = st.step
+        if self.settings.keep_last:  # the weights of the latest checkpoints, kept for averaging
+            save_checkpoint(self.run_dir, self.model, name=f"{STEP_PREFIX}{st.step}",
+                            metadata={"step": str(st.step), "epoch": str(st.epoch)})
+            for step, _ in kept_checkpoints(self.run_dir, STEP_PREFIX)[self.settings.keep_last:]:
+                shutil.rmtree(checkpoint_dir(self.run_dir, f"{STEP_PREFIX}{step}"), ignore_errors=True)
         self._emit({"event": "checkpoint", "name": "last", "step": st.step, "path": str(path)}, log=False)
 
     def _write_config(self) -> None:
@@ -898,11 +1007,8 @@ class Trainer:
     def _progress_bar(self, epoch: int, size: int | None):
         from tqdm.auto import tqdm
 
-        show = self.settings.progress
-        if show is None:
-            show = sys.stderr.isatty()
         return tqdm(total=size, initial=self.state.batch, desc=f"epoch {epoch + 1}/{self.settings.epochs}",
-                    unit="batch", disable=not show, leave=True, dynamic_ncols=True, file=sys.stderr)
+                    unit="batch", disable=not self._show_progress, leave=True, dynamic_ncols=True, file=sys.stderr)
 
 
 def _check_task(task: Any) -> None:

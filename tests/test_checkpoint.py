@@ -656,3 +656,34 @@ def test_a_trainer_state_with_a_foreign_device_is_a_checkpoint_error(tmp_path):
     path.write_text(json.dumps(document))
     with pytest.raises(CheckpointError, match="trainer.json: does not match trainer.safetensors.*unknown device"):
         load_checkpoint(tmp_path, "last")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint averaging (issue 21)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_averaging_two_checkpoints_gives_the_mean_of_their_weights(tmp_path):
+    from rnnkit.checkpoint import average_checkpoints, average_weights
+
+    a, b = fresh(1), fresh(2)
+    for model in (a, b):
+        model.register_buffer("counter", torch.tensor(7 if model is a else 9))
+    save_checkpoint(tmp_path / "run", a, {"task": "lm", "model": {}}, name="step-4")
+    save_checkpoint(tmp_path / "run", b, name="step-8")
+    (tmp_path / "run" / "vocab.json").write_text("{}")
+    out = average_checkpoints(tmp_path / "run", ["step-8", "step-4"], tmp_path / "averaged")
+    averaged = fresh(3)
+    averaged.register_buffer("counter", torch.tensor(0))
+    load_weights(out, averaged)
+    for name, value in averaged.state_dict().items():
+        if name == "counter":
+            assert int(value) == 7  # integer buffers: the last checkpoint's, not a mean
+        else:
+            torch.testing.assert_close(value, (a.state_dict()[name] + b.state_dict()[name]) / 2, rtol=0, atol=1e-7)
+    assert averaged.output.weight is averaged.embedding.weight  # still tied after loading
+    assert (out / "config.json").is_file() and (out / "vocab.json").read_text() == "{}"  # loads like the run
+    one = average_weights([a.state_dict()])
+    assert all(torch.equal(one[k], v) for k, v in a.state_dict().items())
+    with pytest.raises(CheckpointError, match="other parameters"):
+        average_weights([a.state_dict(), {"embedding.weight": a.embedding.weight}])

@@ -15,8 +15,8 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "train", "eval", "generate", "translate", "predict", "experiment", "data", "bench",
-                    "export", "serve"):
+    for command in ("demo", "train", "eval", "average", "generate", "translate", "predict", "experiment", "data",
+                    "bench", "export", "serve"):
         assert command in out
 
 
@@ -233,3 +233,45 @@ def test_translate_uses_the_runs_own_beam_size(tmp_path, capsys, monkeypatch):
     expected = translate.load(run).translate(["5 mars 2024"], beam_size=2, n_best=2)[0]
     printed = capsys.readouterr().out.rstrip("\n").split("\t")
     assert printed[::2] == [o["text"] for o in expected]
+
+
+# -- issue 21: training a translator the way peers do, from the command line ---------------------------------
+
+def test_translation_training_flags_and_checkpoint_averaging(tmp_path, capsys):
+    """Token batches, gradient accumulation, inverse-sqrt warm-up, selection by BLEU, kept checkpoints and
+    samples in the log, all as flags; `rnnkit average` writes a run whose weights are the checkpoints' mean."""
+    import torch
+
+    from rnnkit.checkpoint import kept_checkpoints, load_checkpoint
+
+    run = tmp_path / "run"
+    assert main(["train", "translate", "--data", TINY, "--out", str(run), "--hidden-size", "8", "--embedding-size",
+                 "4", "--max-steps", "6", "--eval-every", "3", "--checkpoint-every", "2", "--keep-last", "2",
+                 "--keep-best", "2", "--batch-tokens", "300", "--accumulate", "2", "--decay", "inverse-sqrt",
+                 "--warmup-steps", "2", "--select-metric", "bleu", "--log-samples", "2", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 6 and "best_bleu" in summary
+    assert summary["test_metrics"]["examples"] == 40  # the catalog dataset's own test split
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in events if e["event"] == "eval"]
+    assert evals and {e["primary_metric"] for e in evals} == {"bleu"}
+    assert all(len(e["samples"]) == 2 and set(e["samples"][0]) == {"source", "reference", "hypothesis"}
+               for e in evals)
+    assert [e["event"] for e in events][-1] == "test"
+    best = [name for _, name in kept_checkpoints(run, "best-")]
+    assert len(best) == min(2, len(evals)) and {int(n[5:]) for n in best} <= {e["step"] for e in evals}
+    last = [name for _, name in kept_checkpoints(run, "step-")]
+    assert len(last) == 2 and last[0] == "step-6"  # checkpoints every 2 steps (and at epoch ends): the 2 latest
+
+    assert main(["average", str(run), "--last", "2", "--out", str(tmp_path / "avg")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["averaged"] == last
+    assert set(printed["valid"]) >= {"bleu", "chrf", "examples"} and printed["valid_best"]["examples"] == 40
+    averaged = load_checkpoint(tmp_path / "avg", "best").weights
+    first, second = (load_checkpoint(run, name).weights for name in last)
+    for name, value in averaged.items():
+        torch.testing.assert_close(value, (first[name] + second[name]) / 2, rtol=0, atol=1e-6)
+    assert main(["eval", str(tmp_path / "avg")]) == 0  # the averaged run loads and scores like the run
+    assert json.loads(capsys.readouterr().out)["examples"] == 40
+    assert main(["average", str(run), "--last", "3"]) == 2
+    assert "keeps 2 such checkpoints" in capsys.readouterr().err

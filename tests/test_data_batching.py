@@ -135,3 +135,27 @@ def test_bptt_chunks_shift_targets_and_cover_the_rows():
     first_x, first_y = chunks[0]
     assert first_x[0].tolist() == [0, 1, 2, 3] and first_y[0].tolist() == [1, 2, 3, 4]
     assert first_x[1].tolist() == [11, 12, 13, 14]
+
+
+def test_token_batches_never_exceed_the_token_limit_and_cover_every_example_once():
+    from rnnkit.data import token_batches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 60) for _ in range(2000)] + [150]  # one example longer than the limit
+    for seed in (0, 1):
+        batches = token_batches(lengths, max_tokens=120, seed=seed, pool_batches=10)
+        assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+        for batch in batches:
+            padded = len(batch) * max(lengths[i] for i in batch)
+            assert padded <= 120 or (len(batch) == 1 and lengths[batch[0]] > 120)
+        assert padded_fraction(batches, lengths) < 0.1  # sorted pools: little padding
+    assert token_batches(lengths, 120, seed=3) == token_batches(lengths, 120, seed=3)
+    assert token_batches(lengths, 120, seed=3) != token_batches(lengths, 120, seed=4)
+    ordered = token_batches(lengths, 120, shuffle=False)
+    flat = [i for batch in ordered for i in batch]
+    assert [lengths[i] for i in flat] == sorted(lengths)
+    # Greedy: no batch could have taken the next example in length order without passing the limit.
+    for batch, following in zip(ordered, ordered[1:], strict=False):
+        assert (len(batch) + 1) * lengths[following[0]] > 120
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        token_batches(lengths, 0)

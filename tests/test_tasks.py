@@ -154,9 +154,10 @@ class RisingThenFlat:
 
     primary_metric, higher_is_better = "score", True
 
-    def __init__(self, rise: int) -> None:
+    def __init__(self, rise: int, metric: str | None) -> None:
         import torch
 
+        self.metric = metric or self.primary_metric  # the task's selection metric, rising too
         torch.manual_seed(0)
         self.model = torch.nn.Linear(2, 1)
         self.x, self.rise, self.evaluations = torch.randn(8, 2), rise, 0
@@ -169,7 +170,7 @@ class RisingThenFlat:
 
     def evaluate(self, split):
         self.evaluations += 1
-        return {"score": float(min(self.evaluations, self.rise)), "loss": 0.0}
+        return {self.metric: float(min(self.evaluations, self.rise)), "loss": 0.0}
 
 
 @pytest.mark.parametrize("task", ["lm", "classify", "tag", "translate", "forecast"])
@@ -180,7 +181,7 @@ def test_default_settings_train_until_validation_stops_improving(tmp_path, task)
     from rnnkit.training import Trainer
 
     settings = training_settings(resolve_settings(task, {"progress": False}))
-    scripted = RisingThenFlat(rise=40)
+    scripted = RisingThenFlat(rise=40, metric=settings.select_metric)
     result = Trainer(scripted, tmp_path, settings).train()
     assert result.stop_reason == "early_stopping"
     assert result.best_metric == 40.0 and scripted.evaluations == 40 + settings.patience

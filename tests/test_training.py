@@ -700,3 +700,186 @@ def test_a_nan_injected_into_a_real_task_stops_with_remedies_and_the_run_recover
     assert [e["step"] for e in skipped] == [7]
     clipped = [e["clip_events"] for e in read_events(run_dir) if e["event"] == "train"]
     assert clipped == sorted(clipped)  # a running count in every train event
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Issue 21: training a translator the way peers do
+# ----------------------------------------------------------------------------------------------------------
+
+
+class FixedBatches:
+    """Least squares on 12 fixed examples (float64), in batches the test chooses: the loss of a batch is its
+    mean over its examples."""
+
+    primary_metric, higher_is_better = "loss", False
+
+    def __init__(self, batches):
+        generator = torch.Generator().manual_seed(3)
+        self.x = torch.randn(12, 3, generator=generator, dtype=torch.float64)
+        self.y = torch.randn(12, generator=generator, dtype=torch.float64)
+        torch.manual_seed(0)
+        self.model = nn.Linear(3, 1).double()
+        self.batches = batches
+
+    def train_batches(self, epoch, rng):
+        return [list(batch) for batch in self.batches]
+
+    def loss(self, batch, carry):
+        return F.mse_loss(self.model(self.x[batch]).squeeze(-1), self.y[batch]), len(batch), None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_accumulating_k_batches_steps_as_one_batch_k_times_larger(tmp_path, optimizer):
+    """Gradient accumulation: batches of 3, 5 and 4 examples in one step give the step of one batch of all 12
+    (each batch's mean loss weighted by its size), clipping included; the steps counted are optimiser steps."""
+    settings = dict(epochs=2, optimizer=optimizer, lr=0.1, clip_grad_norm=0.5, momentum=0.0, progress=False)
+    pieces = FixedBatches([range(0, 3), range(3, 8), range(8, 12)])
+    whole = FixedBatches([range(0, 12)])
+    accumulated = Trainer(pieces, tmp_path / "pieces", accumulate=3, **settings).train()
+    single = Trainer(whole, tmp_path / "whole", **settings).train()
+    assert accumulated.step == single.step == 2
+    for name, value in whole.model.state_dict().items():
+        torch.testing.assert_close(pieces.model.state_dict()[name], value, rtol=0, atol=1e-12)
+    # Without the weighting by batch size (a plain mean of the three batch means) the step would differ.
+    plain = FixedBatches([range(0, 12)])
+    with torch.no_grad():
+        losses = [F.mse_loss(plain.model(plain.x[list(b)]).squeeze(-1), plain.y[list(b)]) for b in pieces.batches]
+        full = F.mse_loss(plain.model(plain.x).squeeze(-1), plain.y)
+    assert abs(float(sum(losses) / 3) - float(full)) > 1e-3
+
+
+def test_accumulation_counts_steps_for_evaluation_and_a_short_last_step(tmp_path):
+    task = FixedBatches([[i] for i in range(7)])  # 7 batches, 3 a step: steps of 3, 3 and 1 batches
+    result = Trainer(task, tmp_path, epochs=2, accumulate=3, log_every=1, progress=False).train()
+    events = read_events(tmp_path)
+    assert result.step == 6
+    assert [e["items"] for e in events if e["event"] == "train"] == [3, 3, 1] * 2
+
+
+def test_inverse_sqrt_schedule_is_noam_normalised_to_its_peak():
+    """decay="inverse-sqrt" against JoeyNMT's NoamScheduler (1-based step), factor chosen so that the peak,
+    at the end of warm-up, is lr: rate = factor * d^-0.5 * min(step^-0.5, step * warmup^-1.5)."""
+    lr, warmup = 2e-3, 8
+
+    def noam(step, model_size=1):  # joeynmt/builders.py NoamScheduler._compute_rate, step counted from 1
+        factor = lr * math.sqrt(warmup)
+        return factor * model_size ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+
+    schedule = LearningRateSchedule(TrainingConfig(lr=lr, warmup_steps=warmup, decay="inverse-sqrt"), False)
+    assert [schedule.lr(s, 0) for s in range(1, 60)] == pytest.approx([noam(s) for s in range(1, 60)], rel=1e-12)
+    assert schedule.lr(warmup, 0) == pytest.approx(lr)
+    floor = LearningRateSchedule(TrainingConfig(lr=lr, warmup_steps=warmup, decay="inverse-sqrt", min_lr=1e-3), False)
+    assert floor.lr(10_000, 0) == 1e-3
+
+
+def test_plateau_decay_matches_torchs_reduce_lr_on_plateau():
+    """decay="plateau" cuts the rate as torch.optim.lr_scheduler.ReduceLROnPlateau does (absolute threshold =
+    min_delta; torch's patience counts the bad evaluations it tolerates, ours the ones that trigger a cut)."""
+    values = [5.0, 4.0, 4.02, 3.99, 4.1, 3.5, 3.49, 3.6, 3.7, 3.45, 3.46, 3.47, 3.2, 3.3, 3.4, 3.5, 3.6]
+    for patience in (1, 2, 3):
+        settings = TrainingConfig(lr=1.0, decay="plateau", plateau_patience=patience, decay_gamma=0.5,
+                                  min_delta=0.05, min_lr=0.1)
+        ours = LearningRateSchedule(settings, higher_is_better=False)
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        reference = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5,
+                                                               patience=patience - 1, threshold=0.05,
+                                                               threshold_mode="abs", min_lr=0.1)
+        for value in values:
+            ours.observe(value)
+            reference.step(value)
+            assert ours.lr(1000, 0) == pytest.approx(optimizer.param_groups[0]["lr"])
+
+
+class BleuPeaks(ScriptedValidation):
+    """The loss keeps falling while BLEU peaks at the 3rd evaluation: the selection metric decides."""
+
+    metrics = ("loss", "bleu", "chrf")
+
+    def __init__(self):
+        super().__init__([], higher_is_better=False)
+        self.primary_metric = "loss"
+
+    def evaluate(self, split):
+        self.snapshots.append(weights(self.model))
+        k = len(self.snapshots)
+        bleu = [10.0, 20.0, 30.0, 25.0, 24.0, 23.0, 22.0, 21.0][k - 1]
+        return {"loss": 1.0 / k, "bleu": bleu, "chrf": 2 * bleu}
+
+
+def test_selection_and_early_stopping_by_bleu(tmp_path):
+    by_loss = BleuPeaks()
+    result = Trainer(by_loss, tmp_path / "loss", epochs=8, lr=0.05, patience=2, progress=False).train()
+    assert result.stop_reason == "completed" and result.best_step == 16  # the loss improves to the end
+    by_bleu = BleuPeaks()
+    result = Trainer(by_bleu, tmp_path / "bleu", epochs=8, lr=0.05, patience=2, select_metric="bleu",
+                     progress=False).train()
+    assert result.stop_reason == "early_stopping" and len(by_bleu.snapshots) == 5
+    assert result.best_step == 6 and result.best_metric == 30.0
+    fresh = nn.Linear(2, 1)
+    load_weights(tmp_path / "bleu", fresh)
+    assert_same_weights(weights(fresh), by_bleu.snapshots[2])
+    assert {e["primary_metric"] for e in read_events(tmp_path / "bleu") if e["event"] == "eval"} == {"bleu"}
+
+
+def test_a_selection_metric_the_task_does_not_report_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="select_metric 'blue' is not among the metrics this task reports: loss, bleu"):
+        Trainer(BleuPeaks(), tmp_path, select_metric="blue", progress=False)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_higher_is_better_by_metric_name():
+    from rnnkit.training import higher_is_better
+
+    assert [higher_is_better(m) for m in ("bleu", "chrf", "exact_match", "accuracy", "entity_f1")] == [True] * 5
+    assert [higher_is_better(m) for m in ("loss", "perplexity", "wer", "per", "naive_rmse", "mase")] == [False] * 6
+
+
+def test_keep_best_keeps_the_weights_of_the_n_best_evaluations(tmp_path):
+    script = [0.5, 0.9, 0.7, 0.95, 0.6, 0.8, 0.85]
+    task = ScriptedValidation(script, higher_is_better=True)
+    Trainer(task, tmp_path, epochs=len(script), lr=0.05, keep_best=3, progress=False).train()
+    from rnnkit.checkpoint import BEST_PREFIX, kept_checkpoints
+
+    kept = kept_checkpoints(tmp_path, BEST_PREFIX)
+    best_three = sorted(range(len(script)), key=lambda i: -script[i])[:3]  # evaluation i is at step 2 (i + 1)
+    assert sorted(step for step, _ in kept) == sorted(2 * (i + 1) for i in best_three)
+    for step, name in kept:
+        assert_same_weights(load_checkpoint(tmp_path, name).weights, task.snapshots[step // 2 - 1])
+
+
+def test_keep_last_keeps_the_weights_of_the_latest_checkpoints(tmp_path):
+    from rnnkit.checkpoint import STEP_PREFIX, kept_checkpoints
+
+    saved = {}
+    task = make_lm_task()
+
+    def remember(event):
+        if event["event"] == "checkpoint" and event["name"] == "last":
+            saved[event["step"]] = weights(task.model)
+
+    result = Trainer(task, tmp_path, **common(keep_last=3), on_event=remember).train()
+    kept = kept_checkpoints(tmp_path, STEP_PREFIX)
+    assert [step for step, _ in kept] == sorted(saved, reverse=True)[:3] and kept[0][0] == result.step
+    for step, name in kept:
+        assert_same_weights(load_checkpoint(tmp_path, name).weights, saved[step])
+
+
+class WithSamples(ScriptedValidation):
+    def samples(self, n):
+        return [{"source": f"source {i}", "reference": f"ref {i}", "hypothesis": f"hyp {len(self.snapshots)}"}
+                for i in range(5)][:n]
+
+
+def test_samples_are_logged_with_each_evaluation_and_shown_with_the_progress(tmp_path, capsys):
+    task = WithSamples([0.1, 0.2], higher_is_better=True)
+    Trainer(task, tmp_path, epochs=2, log_samples=2, progress=True).train()
+    evals = [e for e in read_events(tmp_path) if e["event"] == "eval"]
+    assert [e["samples"] for e in evals] == [
+        [{"source": f"source {i}", "reference": f"ref {i}", "hypothesis": f"hyp {k}"} for i in range(2)]
+        for k in (1, 2)]
+    err = capsys.readouterr().err
+    assert "step 2 valid: score 0.1" in err and "hypothesis: hyp 2" in err and "source: source 1" in err
+    quiet = WithSamples([0.1], higher_is_better=True)
+    Trainer(quiet, tmp_path / "quiet", epochs=1, log_samples=0, progress=False).train()
+    assert "samples" not in [e for e in read_events(tmp_path / "quiet") if e["event"] == "eval"][0]
+    assert "hypothesis" not in capsys.readouterr().err

@@ -143,6 +143,46 @@ def bucketed_batches(
     return batches
 
 
+def token_batches(lengths: Sequence[int], max_tokens: int, seed: int = 0, pool_batches: int = 100,
+                  shuffle: bool = True) -> list[list[int]]:
+    """Batches of example indices holding at most ``max_tokens`` padded tokens each, |b| * max_{i in b} len_i
+    <= max_tokens (fairseq's --max-tokens, JoeyNMT's batch_type "token"), every index exactly once.
+
+    Like :func:`bucketed_batches`: the examples are shuffled, cut into pools of about ``pool_batches`` batches,
+    each pool is sorted by length and cut greedily (a batch grows while its padded size fits), and the batches
+    are shuffled. An example longer than ``max_tokens`` on its own makes a batch of one. With ``shuffle=False``
+    the whole set is sorted by length and batches come in that order.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if len(lengths) == 0:
+        raise ValueError("need at least one example to batch, got none")
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    if shuffle:
+        rng.shuffle(order)
+        mean = max(1, round(sum(lengths) / len(lengths)))
+        pool_size = pool_batches * max(1, max_tokens // mean)
+    else:
+        pool_size = len(order)
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool_size):
+        batch: list[int] = []
+        longest = 0
+        for index in sorted(order[start: start + pool_size], key=lambda i: lengths[i]):  # stable
+            grown = max(longest, lengths[index])
+            if batch and (len(batch) + 1) * grown > max_tokens:
+                batches.append(batch)
+                batch, grown = [], lengths[index]
+            batch.append(index)
+            longest = grown
+        if batch:
+            batches.append(batch)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
 def padded_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
     """Fraction of the (B, T) cells of all batches that are padding:
     sum_batches (|b| * max_{i in b} len_i - sum_{i in b} len_i) / sum_batches |b| * max_{i in b} len_i."""

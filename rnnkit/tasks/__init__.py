@@ -48,13 +48,38 @@ from rnnkit.tasks.runner import (
 )
 from rnnkit.training import TrainingConfig
 
-__all__ = ["TASK_NAMES", "SPLITS", "TRAINING_KEYS", "TaskRunner", "NoSourceError", "task_module", "load_run",
-           "read_config_file", "resolve_settings", "training_settings", "common_defaults", "jsonable_settings",
-           "split_source", "run_sources", "recorded_source", "evaluation_source", "evaluate_test", "run_file",
-           "check_vocabulary_size", "is_catalog_source"]
+__all__ = ["TASK_NAMES", "SPLITS", "TRAINING_KEYS", "TRAINING_HELP", "TaskRunner", "NoSourceError", "task_module",
+           "load_run", "read_config_file", "resolve_settings", "training_settings", "common_defaults",
+           "jsonable_settings", "split_source", "run_sources", "recorded_source", "evaluation_source",
+           "evaluate_test", "run_file", "check_vocabulary_size", "is_catalog_source"]
 
 TASK_NAMES = ("lm", "classify", "tag", "translate", "forecast")
 TRAINING_KEYS = tuple(f.name for f in fields(TrainingConfig))
+# One line per training setting, for `rnnkit train TASK --help` (the formulas: rnnkit.training.TrainingConfig).
+TRAINING_HELP: dict[str, str] = {
+    "epochs": "at most this many passes over the training data (a cap: patience and --time-budget end runs)",
+    "max_steps": "stop after this many optimiser steps",
+    "time_budget": "stop after this many seconds of training (then evaluate once more)",
+    "optimizer": "adam | adamw | sgd",
+    "lr": "peak learning rate",
+    "warmup_steps": "linear warm-up from 0 over this many steps",
+    "decay": "after warm-up: none | step | plateau | cosine | inverse-sqrt (lr * sqrt(warmup / step))",
+    "decay_gamma": "factor of step and plateau decay",
+    "plateau_patience": "plateau decay: evaluations without improvement before the rate is cut",
+    "accumulate": "batches per optimiser step (gradient accumulation: a batch N times larger)",
+    "clip_grad_norm": "clip the gradient's global norm to this",
+    "select_metric": "validation metric that picks the best checkpoint and drives early stopping and plateau "
+                     "decay (default: the task's own)",
+    "patience": "stop after this many evaluations without improvement of the selection metric",
+    "min_delta": "smallest change that counts as an improvement",
+    "eval_every": "evaluate every N steps (and at each epoch's end)",
+    "eval_on_stop": "evaluate once more when max_steps or the time budget stops a run between evaluations",
+    "checkpoint_every": "write the resumable checkpoint every N steps (and at each epoch's end)",
+    "keep_best": "keep the weights of the N best evaluations (checkpoints/best-STEP) for `rnnkit average --best`",
+    "keep_last": "keep the weights of the N latest checkpoints (checkpoints/step-STEP) for `rnnkit average --last`",
+    "log_samples": "validation examples with the model's outputs logged at each evaluation (metrics.jsonl, "
+                   "progress output)",
+}
 
 
 def task_module(name: str) -> ModuleType:

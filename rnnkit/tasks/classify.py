@@ -116,6 +116,7 @@ class ClassifyTask:
 
     primary_metric = "accuracy"
     higher_is_better = True
+    metrics = ("accuracy", "macro_f1", "majority_accuracy")
 
     def __init__(self, model: SequenceClassifier, train: tuple[list[list[int]], list[int]],
                  valid: tuple[list[list[int]], list[int]], majority: int, batch_size: int) -> None:

@@ -159,6 +159,8 @@ class ForecastTask:
         scaled = torch.as_tensor(model.scaler.transform(parts["train"]), dtype=torch.float32)  # (N,)
         self.inputs, self.targets = make_windows(scaled, config.input_len, config.horizon)  # (W, n), (W, h)
         self.valid = held_out_windows(parts, "valid", config.input_len, config.horizon)
+        baselines = ("", "naive_") + (("seasonal_naive_",) if season <= config.input_len else ())
+        self.metrics = tuple(f"{p}{m}" for p in baselines for m in ("mae", "rmse", "mase")) + ("loss",)
 
     def train_batches(self, epoch: int, rng: random.Random) -> list[list[int]]:
         order = list(range(len(self.inputs)))

@@ -110,6 +110,7 @@ class LanguageModelTask:
     def __init__(self, model: LanguageModel, train: Tensor, valid: Tensor, settings: dict[str, Any]) -> None:
         self.model = model
         self.level = settings["level"]
+        self.metrics = ("loss", "bits_per_char" if self.level == "char" else "perplexity")
         self.bptt = int(settings["bptt"])
         self.rows = batchify(train, int(settings["batch_size"]))  # (B, L)
         limit = int(settings["eval_tokens"])

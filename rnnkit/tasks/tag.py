@@ -150,6 +150,7 @@ class TagTask:
 
     def __init__(self, model: SequenceTagger, tagging: Tagging, train, valid, batch_size: int, bio: bool) -> None:
         self.model, self.tagging, self.batch_size, self.bio = model, tagging, batch_size, bio
+        self.metrics = ("token_accuracy",) + (("entity_precision", "entity_recall", "entity_f1") if bio else ())
         self.train_ids = [tagging.encode(s.tokens) for s in train]
         self.train_tags = [tagging.tags.encode_all(s.tags) for s in train]
         self.valid = list(valid)

@@ -35,6 +35,7 @@ from rnnkit.data import (
     load_tokenizer,
     pad_sequences,
     source_file,
+    token_batches,
     tokenize_corpus,
 )
 from rnnkit.decoding import Hypothesis
@@ -49,6 +50,7 @@ SCHEDULES = ("constant", "linear", "exponential", "inverse-sigmoid")
 # over roughly 10,000 steps.
 SCHEDULE_K = {"constant": 0.0, "linear": 1e-4, "exponential": 0.9997, "inverse-sigmoid": 1000.0}
 _SCHEDULE_ARG = {"linear": "slope", "exponential": "k", "inverse-sigmoid": "k"}
+SAMPLES = 10  # validation translations kept from each evaluation for the log (log_samples picks how many)
 
 DEFAULTS: dict[str, Any] = common_defaults(
     data="dates",
@@ -68,11 +70,13 @@ DEFAULTS: dict[str, Any] = common_defaults(
     teacher_forcing_ratio=1.0,
     schedule_k=0.0,
     batch_size=64,
+    batch_tokens=0,
     max_train_examples=0,
     eval_examples=1000,
     beam_size=5,
     alpha=0.0,
     lr=3e-3,
+    select_metric="chrf",
     patience=10,
     eval_every=200,
     checkpoint_every=200,
@@ -96,6 +100,9 @@ HELP: dict[str, str] = {
     "schedule_k": "the schedule's constant: linear slope, exponential k < 1, inverse-sigmoid k (0 = default)",
     "teacher_forcing_ratio": "the ratio of the constant schedule (1 = always feed the gold previous token)",
     "batch_size": "sentence pairs per batch (length-bucketed)",
+    "batch_tokens": "batch by target tokens instead: at most N padded target tokens a batch (0 = by --batch-size)",
+    "select_metric": "validation metric that picks the best checkpoint and drives early stopping: chrf | bleu | "
+                     "loss | exact_match | wer | per (wer, per: word-level targets)",
     "max_train_examples": "use only the first N training pairs (0 = all)",
     "eval_examples": "validation pairs decoded at each evaluation (0 = all)",
     "beam_size": "beam size at final evaluation and in `rnnkit translate`",
@@ -139,7 +146,7 @@ def score_texts(hypotheses: Sequence[str], references: Sequence[str], phonemes: 
 class TranslateTask:
     """The :class:`rnnkit.training.TrainTask` of translation."""
 
-    primary_metric = "exact_match"
+    primary_metric = "chrf"  # exact match stays 0 on real sentences; chrF moves from the first evaluation
     higher_is_better = True
 
     def __init__(self, model: Seq2Seq, source_vocab, target_vocab, train: TokenizedPairs, valid: TokenizedPairs,
@@ -148,19 +155,30 @@ class TranslateTask:
         self.source_vocab, self.target_vocab = source_vocab, target_vocab
         self.train, self.valid = train, valid
         self.batch_size = int(settings["batch_size"])
+        self.batch_tokens = int(settings["batch_tokens"])
         self.eval_examples = int(settings["eval_examples"])
+        self.metrics = ("loss", "exact_match", "bleu", "chrf") + (("wer", "per") if self.phonemes else ())
+        self._samples: list[dict[str, str]] = []
         name = settings["teacher_forcing"]
         k = float(settings["schedule_k"]) or SCHEDULE_K[name]
         self.schedule = (make_schedule("constant", value=float(settings["teacher_forcing_ratio"]))
                          if name == "constant" else make_schedule(name, **{_SCHEDULE_ARG[name]: k}))
         self.teacher_forcing_ratio = 1.0
         self._lengths = train.lengths().tolist()
+        self._target_lengths = (train.targets.lengths() - 1).tolist()  # T: BOS y_1..y_n in, y_1..EOS out
+
+    @property
+    def phonemes(self) -> bool:
+        """Word-level targets: the G2P word and phoneme error rates are reported too."""
+        return self.target_vocab.level == "word"
 
     def begin_step(self, step: int) -> None:
         self.teacher_forcing_ratio = self.schedule(step)
 
     def train_batches(self, epoch: int, rng: random.Random):
         seed = rng.randrange(2**31)
+        if self.batch_tokens:
+            return token_batches(self._target_lengths, self.batch_tokens, seed=seed)
         return bucketed_batches(self._lengths, self.batch_size, seed=seed)
 
     def batch_loss(self, batch: dict[str, Tensor], teacher_forcing_ratio: float = 1.0) -> tuple[Tensor, int]:
@@ -185,8 +203,15 @@ class TranslateTask:
             tokens += count
         hypotheses = decode_texts(self.model, pairs.sources[:n], method="greedy")
         texts = [hypothesis_text(self.target_vocab, h[0]) for h in hypotheses]
-        return {"loss": total / tokens, **score_texts(texts, pairs.target_text[:n],
-                                                      phonemes=self.target_vocab.level == "word")}
+        references = pairs.target_text[:n]
+        shown = range(min(n, SAMPLES))
+        self._samples = [{"source": pairs.source_text[i], "reference": references[i], "hypothesis": texts[i]}
+                         for i in shown]
+        return {"loss": total / tokens, **score_texts(texts, references, phonemes=self.phonemes)}
+
+    def samples(self, n: int) -> list[dict[str, str]]:
+        """The first ``n`` validation pairs of the last evaluation with the model's greedy translations."""
+        return self._samples[:n]
 
 
 def _model_config(settings: dict[str, Any], source_vocab, target_vocab) -> Seq2SeqConfig:
