@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rnnkit.checkpoint import load_weights, read_config
+from rnnkit.checks import check_int
 from rnnkit.data import BPETokenizer, Vocab, bucketed_batches, load_source, load_tokenizer, pad_sequences
-from rnnkit.decoding import Hypothesis, beam_search, greedy_decode
+from rnnkit.decoding import Hypothesis, beam_search, greedy_decode, length_limits
 from rnnkit.metrics import bleu, chrf, exact_match
 from rnnkit.seq2seq import Seq2Seq, Seq2SeqConfig, make_schedule
 from rnnkit.tasks import check_vocabulary_size, common_defaults, run_file, split_source
@@ -49,6 +49,15 @@ DEFAULTS: dict[str, Any] = common_defaults(
     attention="general",
     input_feeding=False,
     dropout=0.0,
+    label_smoothing=0.0,
+    coverage=False,
+    copy_attention=False,
+    tie_weights=False,
+    share_embeddings=False,
+    coverage_penalty=0.0,
+    no_repeat_ngram=0,
+    max_len_a=2.0,
+    max_len_b=10,
     teacher_forcing="constant",
     teacher_forcing_ratio=1.0,
     schedule_k=0.0,
@@ -82,6 +91,15 @@ HELP: dict[str, str] = {
     "eval_examples": "validation pairs decoded at each evaluation (0 = all)",
     "beam_size": "beam size at final evaluation and in `rnnkit translate`",
     "alpha": "length normalisation exponent: score = log p / len^alpha",
+    "label_smoothing": "epsilon of the label-smoothed training loss (0 = plain cross-entropy)",
+    "coverage": "coverage attention (Tu et al. 2016): past attention enters the score (additive | concat)",
+    "copy_attention": "pointer-generator (See et al. 2017): copy source tokens; builds one shared vocabulary",
+    "tie_weights": "decoder output layer uses the decoder embedding matrix (needs embedding size == hidden size)",
+    "share_embeddings": "one embedding for encoder and decoder; builds one shared vocabulary",
+    "coverage_penalty": "beta of the GNMT coverage penalty in beam search (0 = off)",
+    "no_repeat_ngram": "never repeat an n-gram of this size in an output (0 = off)",
+    "max_len_a": "output length limit: max_len_a * source length + max_len_b tokens, per sentence",
+    "max_len_b": "see max_len_a",
 }
 
 
@@ -122,23 +140,27 @@ def make_batch(pairs: Pairs, indices: Sequence[int]) -> dict[str, Tensor]:
 
 def decode_texts(model: Seq2Seq, target_vocab, sources: Sequence[list[int]], *, beam_size: int = 1,
                  alpha: float = 0.0, n_best: int = 1, max_len: int | None = None,
-                 batch_size: int = 128) -> list[list[Hypothesis]]:
-    """Decode encoded sources in batches (greedy for beam_size 1, else beam search), best first."""
+                 batch_size: int = 128, coverage_penalty: float = 0.0, no_repeat_ngram: int = 0,
+                 max_len_a: float = 2.0, max_len_b: int = 10) -> list[list[Hypothesis]]:
+    """Decode encoded sources in batches (greedy for beam_size 1, else beam search), best first; each output at
+    most ``max_len`` or else max_len_a * its source length + max_len_b tokens."""
     model.eval()
     results: list[list[Hypothesis]] = []
     with torch.no_grad():
         for start in range(0, len(sources), batch_size):
             chunk = sources[start:start + batch_size]
             src, src_lengths = pad_sequences(chunk)
-            limit = max_len or int(2 * src_lengths.max()) + 10
+            limit = max_len or length_limits(src_lengths, max_len_a, max_len_b)
             state = model.start(src, src_lengths)
             if beam_size == 1:
                 results += greedy_decode(model, state, bos_id=model.bos_id, eos_id=model.eos_id,
-                                         pad_id=model.pad_id, max_len=limit).hypotheses()
+                                         pad_id=model.pad_id, max_len=limit,
+                                         no_repeat_ngram_size=no_repeat_ngram).hypotheses()
             else:
                 results += beam_search(model, state, bos_id=model.bos_id, eos_id=model.eos_id,
                                        pad_id=model.pad_id, beam_size=beam_size, n_best=n_best,
-                                       max_len=limit, alpha=alpha)
+                                       max_len=limit, alpha=alpha, coverage_penalty=coverage_penalty,
+                                       no_repeat_ngram_size=no_repeat_ngram)
     return results
 
 
@@ -169,6 +191,7 @@ class TranslateTask:
         self.schedule = (make_schedule("constant", value=float(settings["teacher_forcing_ratio"]))
                          if name == "constant" else make_schedule(name, **{_SCHEDULE_ARG[name]: k}))
         self.teacher_forcing_ratio = 1.0
+        self.decode_options = decode_options(settings)
         self._lengths = [len(s) + len(t) for s, t in zip(train.sources, train.targets, strict=True)]
 
     def begin_step(self, step: int) -> None:
@@ -178,12 +201,14 @@ class TranslateTask:
         seed = rng.randrange(2**31)
         return bucketed_batches(self._lengths, self.batch_size, seed=seed)
 
-    def batch_loss(self, batch: dict[str, Tensor], teacher_forcing_ratio: float = 1.0) -> tuple[Tensor, int]:
+    def batch_loss(self, batch: dict[str, Tensor], teacher_forcing_ratio: float = 1.0,
+                   label_smoothing: float | None = None) -> tuple[Tensor, int]:
+        """Mean token loss (label-smoothed as the model is configured, unless ``label_smoothing`` says otherwise)
+        and the number of target tokens."""
         logits = self.model(batch["src"], batch["src_lengths"], batch["tgt_in"],
                             teacher_forcing_ratio=teacher_forcing_ratio)  # (B, T, V)
         n_tokens = int((batch["tgt_out"] != self.model.pad_id).sum())
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=self.model.pad_id)
-        return loss, n_tokens
+        return self.model.loss(logits, batch["tgt_out"], label_smoothing=label_smoothing), n_tokens
 
     def loss(self, batch: Sequence[int], carry: Any) -> tuple[Tensor, int, None]:
         loss, n_tokens = self.batch_loss(make_batch(self.train, batch), self.teacher_forcing_ratio)
@@ -195,12 +220,29 @@ class TranslateTask:
         indices = list(range(n))
         total, tokens = 0.0, 0
         for start in range(0, n, 256):
-            loss, count = self.batch_loss(make_batch(pairs, indices[start:start + 256]))
+            loss, count = self.batch_loss(make_batch(pairs, indices[start:start + 256]), label_smoothing=0.0)
             total += float(loss) * count
             tokens += count
-        hypotheses = decode_texts(self.model, self.target_vocab, pairs.sources[:n])
+        hypotheses = decode_texts(self.model, self.target_vocab, pairs.sources[:n], **self.decode_options)
         texts = [hypothesis_text(self.target_vocab, h[0]) for h in hypotheses]
         return {"loss": total / tokens, **score_texts(texts, pairs.target_text[:n])}
+
+
+def decode_options(settings: dict[str, Any]) -> dict[str, Any]:
+    """The decoding settings of a run (their defaults for runs made before they existed), checked."""
+    options = {key: settings.get(key, DEFAULTS[key])
+               for key in ("coverage_penalty", "no_repeat_ngram", "max_len_a", "max_len_b")}
+    check_int("no_repeat_ngram", options["no_repeat_ngram"], 0)
+    penalty = options["coverage_penalty"]
+    if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not penalty >= 0:
+        raise ValueError(f"coverage_penalty must be a number >= 0, got {options['coverage_penalty']!r}")
+    length_limits(torch.ones(1, dtype=torch.long), options["max_len_a"], options["max_len_b"])  # checks both
+    return options
+
+
+def _shared_vocabulary(settings: dict[str, Any]) -> bool:
+    """Copy attention and shared embeddings need one vocabulary for source and target."""
+    return bool(settings["copy_attention"]) or bool(settings["share_embeddings"])
 
 
 def _model_config(settings: dict[str, Any], source_vocab, target_vocab) -> Seq2SeqConfig:
@@ -211,7 +253,9 @@ def _model_config(settings: dict[str, Any], source_vocab, target_vocab) -> Seq2S
         num_layers=int(settings["num_layers"]), cell=settings["cell"], decoder=decoder,
         attention=None if decoder == "none" else settings["attention"],
         input_feeding=bool(settings["input_feeding"]) and decoder == "luong",
-        dropout=float(settings["dropout"]),
+        dropout=float(settings["dropout"]), label_smoothing=float(settings["label_smoothing"]),
+        coverage=bool(settings["coverage"]), copy_attention=bool(settings["copy_attention"]),
+        tie_weights=bool(settings["tie_weights"]), share_embeddings=bool(settings["share_embeddings"]),
     )
 
 
@@ -226,8 +270,11 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TranslateTas
     valid_records = load_source(split_source(settings, "valid"), "translate", "valid")
     limit = int(settings["max_train_examples"])
     texts = list(train_records)[:limit] if limit else list(train_records)
-    source_vocab = _tokenizer(settings["level"], [r.source for r in texts], int(settings["bpe_vocab_size"]))
-    target_vocab = _tokenizer(settings["level"], [r.target for r in texts], int(settings["bpe_vocab_size"]))
+    shared = _shared_vocabulary(settings)  # one tokenizer trained on both sides
+    source_texts = [r.source for r in texts] + ([r.target for r in texts] if shared else [])
+    source_vocab = _tokenizer(settings["level"], source_texts, int(settings["bpe_vocab_size"]))
+    target_vocab = source_vocab if shared else _tokenizer(settings["level"], [r.target for r in texts],
+                                                          int(settings["bpe_vocab_size"]))
     run_dir.mkdir(parents=True, exist_ok=True)
     source_vocab.save(run_dir / "source_vocab.json")
     target_vocab.save(run_dir / "target_vocab.json")
@@ -289,7 +336,8 @@ class TranslateRunner:
         encoded = self.encode(lines)
         hypotheses = decode_texts(self.model, self.target_vocab, encoded, beam_size=beam,
                                   n_best=n_best, alpha=float(alpha if alpha is not None
-                                                            else self.settings.get("alpha", 0.0)))
+                                                            else self.settings.get("alpha", 0.0)),
+                                  **decode_options(self.settings))
         results = []
         for line, ids, options in zip(lines, encoded, hypotheses, strict=True):
             results.append([{
