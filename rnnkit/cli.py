@@ -254,7 +254,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         if not (Path(run_dir) / "config.json").is_file():
             raise CommandError(f"{run_dir} is not a run directory (it has no config.json)")
-    serve_main(args.run_dirs, host=args.host, port=args.port)
+    serve_main(args.run_dirs, host=args.host, port=args.port, allow_hosts=args.allow_host)
     return 0
 
 
@@ -340,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories to load (any number)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests for this host name (repeatable; .example.org: and its "
+                            "subdomains; '*': any). Default: localhost, loopback addresses and --host only, "
+                            "which stops DNS-rebinding pages from reaching the server")
     serve.set_defaults(func=_cmd_serve)
 
     data = sub.add_parser("data", help="the dataset catalog: list and fetch offline datasets")

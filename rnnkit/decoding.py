@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from rnnkit import cancel
 from rnnkit.checks import check_int
 from rnnkit.state import map_state, named_state_tensors, select_rows
 
@@ -360,6 +361,7 @@ def _generate(
     token_columns: list[Tensor] = []
     attention_columns: list[Tensor] = []
     for t in range(int(max_len.max()) if n else 0):
+        cancel.check()  # a cancelled request (rnnkit serve) stops here, between two steps
         log_probs, state = model.step(prev, state)  # (N, V)
         attention = _attention_of(state)  # (N, S) or None
         _check_step_output(log_probs, n, attention)
@@ -683,6 +685,7 @@ def beam_search(
     pool: _FinishedPool | None = None
 
     for t in range(longest):  # step t emits token t + 1 (1-based): candidates have length t + 1
+        cancel.check()  # a cancelled request (rnnkit serve) stops here, between two steps
         b = sentence.size(0)
         log_probs, state = model.step(prev, state)  # (B*K, V)
         attention = _attention_of(state)  # (B*K, S) or None

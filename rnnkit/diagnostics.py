@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from rnnkit import cancel
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.layers import _RecurrentLayer
 from rnnkit.parameters import FORMULA_NOTE, GATES, count_parameters
@@ -372,6 +373,7 @@ def _recording(model: nn.Module, gates: bool) -> Iterator[list[_Call]]:
         original = cell.recur  # the bound method of the cell's class
 
         def recur(xp_t: Tensor, state, recurrent_mask: Tensor | None = None):
+            cancel.check()  # a cancelled request (rnnkit serve) stops here, between two time steps
             h_t, new_state = original(xp_t, state, recurrent_mask)
             call = active.get(module_id)
             if call is not None:

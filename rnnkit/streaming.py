@@ -40,9 +40,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rnnkit.checks import check_size
+from rnnkit.decoding import filter_log_probs
 from rnnkit.layers import GRU, LSTM, RNN
-from rnnkit.models import LanguageModel, _evaluating
+from rnnkit.models import LanguageModel, evaluating
 from rnnkit.seq2seq import Seq2Seq
+from rnnkit.state import state_tensors  # re-exported: to check that a streamer's memory stays constant
 
 __all__ = [
     "LayerStreamer",
@@ -52,20 +55,6 @@ __all__ = [
     "sse_events",
     "state_tensors",
 ]
-
-
-def state_tensors(state: Any) -> list[Tensor]:
-    """Every tensor of a state (tensor, tuple/list or dict, nested), in a fixed order: to check that a
-    streamer's memory stays constant (same count and shapes after any number of steps)."""
-    if state is None:
-        return []
-    if isinstance(state, Tensor):
-        return [state]
-    if isinstance(state, dict):
-        return [t for key in sorted(state) for t in state_tensors(state[key])]
-    if isinstance(state, (tuple, list)):
-        return [t for part in state for t in state_tensors(part)]
-    raise ValueError(f"a state holds tensors in tuples, lists or dicts, got {type(state).__name__}")
 
 
 class LayerStreamer:
@@ -109,7 +98,7 @@ class LayerStreamer:
         single = frame.dim() == 1
         frames = frame.unsqueeze(0) if single else frame  # (B, D)
         time_axis = 1 if self.layer.batch_first else 0
-        with _evaluating(self.layer):
+        with evaluating(self.layer):
             output, self.state = self.layer(frames.unsqueeze(time_axis), self.state)  # (B, 1, H) or (1, B, H)
         self.steps += 1
         output = output.squeeze(time_axis)  # (B, H_out)
@@ -146,7 +135,7 @@ class LanguageModelStreamer:
         tokens = torch.as_tensor(token, dtype=torch.long, device=device).reshape(-1)  # (B,)
         if tokens.shape[0] != self.batch_size:
             raise ValueError(f"feed expects {self.batch_size} token id(s), one per stream, got {tokens.shape[0]}")
-        with _evaluating(self.model):
+        with evaluating(self.model):
             log_probs, self.state = self.model.step(tokens, self.state)  # (B, V)
         self.steps += 1
         return log_probs.squeeze(0) if single else log_probs
@@ -170,16 +159,13 @@ class LanguageModelStreamer:
         is greedy. With the same ``seed`` the tokens are those of ``model.generate`` with a
         ``torch.Generator`` seeded alike.
         """
-        from rnnkit.decoding import filter_log_probs
-
         if self.batch_size != 1:
             raise ValueError(f"generate_stream runs one stream: expected batch_size=1, got {self.batch_size}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n, the number of tokens to generate, must be an int >= 1, got {n!r}")
+        check_size("n, the number of tokens to generate,", n)
         if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= 0):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be an int >= 1 (or None), got {top_k!r}")
+        if top_k is not None:
+            check_size("top_k", top_k)
         prompt_ids = [int(t) for t in (prompt.tolist() if isinstance(prompt, Tensor) else prompt)]
         vocab_size = self.model.config.vocab_size
         if any(not 0 <= t < vocab_size for t in prompt_ids):
@@ -219,7 +205,7 @@ class DecoderStreamer:
     @torch.no_grad()
     def start(self, src: Tensor, src_lengths: Tensor | Sequence[int]) -> None:
         """Encode a source batch src (B, S) with lengths (B,): the decoder's initial state."""
-        with _evaluating(self.model):
+        with evaluating(self.model):
             self._initial = self.model.start(src, torch.as_tensor(src_lengths))
         self.reset()
 
@@ -235,7 +221,7 @@ class DecoderStreamer:
             raise ValueError("call start(src, src_lengths) before feed: the decoder needs an encoded source")
         single = isinstance(prev_tokens, int)
         tokens = torch.as_tensor(prev_tokens, dtype=torch.long).reshape(-1)  # (N,)
-        with _evaluating(self.model):
+        with evaluating(self.model):
             log_probs, self.state = self.model.step(tokens, self.state)  # (N, V)
         self.steps += 1
         return log_probs.squeeze(0) if single else log_probs

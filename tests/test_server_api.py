@@ -24,6 +24,12 @@ from rnnkit.training import Trainer
 PLOTLY_SHA256 = "79542150855a52c567260e3137095dbe2b744e6d702a5cabe67da246942fba7a"
 
 
+def local_client(app) -> TestClient:
+    """A test client that asks for the server by a loopback address, as a browser on this machine does (the
+    server refuses other Host names: see tests/test_server_security.py)."""
+    return TestClient(app, base_url="http://127.0.0.1:8000")
+
+
 def make_translate_run(run_dir: Path) -> Path:
     """A tiny translate run (a few seconds): the server only needs something real to load."""
     settings = resolve_settings("translate", {
@@ -41,7 +47,7 @@ def translate_run(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def client(translate_run) -> TestClient:
-    return TestClient(create_app([translate_run], Limits(max_input_chars=200, max_beam=8, max_jobs=1)))
+    return local_client(create_app([translate_run], Limits(max_input_chars=200, max_beam=8, max_jobs=1)))
 
 
 def test_models_lists_the_run_with_its_task_and_metrics(client, translate_run):
@@ -96,7 +102,7 @@ def test_generate_and_predict_name_the_task_they_need(client):
 
 
 def test_request_timeout_is_a_4xx_naming_the_limit(translate_run):
-    client = TestClient(create_app([translate_run], Limits(request_timeout=1e-6)))
+    client = local_client(create_app([translate_run], Limits(request_timeout=1e-6)))
     response = client.post("/api/translate", json={"text": "1 May 2020", "beam_size": 8, "n_best": 1})
     assert response.status_code == 408 and "request_timeout" in response.json()["detail"]
 
@@ -353,7 +359,7 @@ def tag_run(tmp_path_factory) -> Path:
 
 def test_generate_and_predict_use_the_runners(translate_run, lm_and_classify_runs):
     lm_run, classify_run = lm_and_classify_runs
-    client = TestClient(create_app([translate_run, lm_run, classify_run]))
+    client = local_client(create_app([translate_run, lm_run, classify_run]))
     assert [(m["name"], m["task"]) for m in client.get("/api/models").json()] == [
         ("dates", "translate"), ("lm", "lm"), ("classify", "classify")]
     generated = client.post("/api/generate", json={"prompt": "the", "length": 12, "temperature": 0.0})
@@ -369,7 +375,7 @@ def test_generate_and_predict_use_the_runners(translate_run, lm_and_classify_run
 
 
 def test_runs_with_the_same_directory_name_get_distinct_names(translate_run):
-    client = TestClient(create_app([translate_run, translate_run]))
+    client = local_client(create_app([translate_run, translate_run]))
     assert [m["name"] for m in client.get("/api/models").json()] == ["dates", "dates-2"]
 
 
@@ -389,7 +395,7 @@ def read_sse(response) -> list[tuple[str, dict]]:
 @pytest.mark.parametrize("temperature,seed", [(0.0, None), (1.0, 3)])
 def test_generate_stream_sends_each_token_and_adds_up_to_generate(lm_and_classify_runs, temperature, seed):
     lm_run, _ = lm_and_classify_runs
-    client = TestClient(create_app([lm_run]))
+    client = local_client(create_app([lm_run]))
     body = {"prompt": "the qu", "length": 20, "temperature": temperature, "top_k": 5, "seed": seed}
     response = client.post("/api/generate/stream", json=body)
     assert response.status_code == 200, response.text
@@ -405,7 +411,7 @@ def test_generate_stream_sends_each_token_and_adds_up_to_generate(lm_and_classif
 
 def test_generate_stream_error_paths(translate_run, lm_and_classify_runs):
     lm_run, _ = lm_and_classify_runs
-    client = TestClient(create_app([translate_run, lm_run], Limits(max_input_chars=10, max_generation=100)))
+    client = local_client(create_app([translate_run, lm_run], Limits(max_input_chars=10, max_generation=100)))
     unknown = client.post("/api/generate/stream", json={"prompt": "a", "model": "nope"})
     assert unknown.status_code == 404 and "unknown model 'nope'" in unknown.json()["detail"]
     wrong = client.post("/api/generate/stream", json={"prompt": "a", "model": "dates"})
@@ -416,7 +422,7 @@ def test_generate_stream_error_paths(translate_run, lm_and_classify_runs):
     assert too_many.status_code == 422 and "max_generation" in too_many.json()["detail"]
     bad_temperature = client.post("/api/generate/stream", json={"prompt": "a", "temperature": -1})
     assert bad_temperature.status_code == 422
-    only_translate = TestClient(create_app([translate_run]))
+    only_translate = local_client(create_app([translate_run]))
     none = only_translate.post("/api/generate/stream", json={"prompt": "a"})
     assert none.status_code == 404 and "task lm" in none.json()["detail"]
 
@@ -440,7 +446,7 @@ def test_a_stream_past_request_timeout_ends_with_an_error_event():
 
 def test_classify_and_tag_endpoints_need_their_own_task(lm_and_classify_runs, tag_run):
     _, classify_run = lm_and_classify_runs
-    client = TestClient(create_app([classify_run, tag_run]))
+    client = local_client(create_app([classify_run, tag_run]))
     labels = client.post("/api/classify", json={"lines": ["good great", "bad awful"]})
     assert labels.status_code == 200, labels.text
     assert labels.json()["predictions"] == task_module("classify").load(classify_run).predict(["good great",
@@ -461,7 +467,7 @@ def test_classify_and_tag_endpoints_need_their_own_task(lm_and_classify_runs, ta
 
 def test_diagnostics_of_a_language_model(lm_and_classify_runs):
     lm_run, _ = lm_and_classify_runs
-    client = TestClient(create_app([lm_run]))
+    client = local_client(create_app([lm_run]))
     response = client.post("/api/diagnostics", json={"text": "the lazy dog"})
     assert response.status_code == 200, response.text
     result = response.json()
@@ -489,7 +495,7 @@ def test_diagnostics_of_a_language_model(lm_and_classify_runs):
 
 def test_diagnostics_of_a_classifier_with_attention_pooling(lm_and_classify_runs):
     _, classify_run = lm_and_classify_runs
-    client = TestClient(create_app([classify_run]))
+    client = local_client(create_app([classify_run]))
     runner = task_module("classify").load(classify_run)
     predicted = runner.predict(["good great fine"])[0]
     result = client.post("/api/diagnostics", json={"text": "good great fine"}).json()
@@ -508,7 +514,7 @@ def test_diagnostics_of_a_classifier_with_attention_pooling(lm_and_classify_runs
 
 
 def test_diagnostics_of_a_tagger(tag_run):
-    client = TestClient(create_app([tag_run]))
+    client = local_client(create_app([tag_run]))
     runner = task_module("tag").load(tag_run)
     result = client.post("/api/diagnostics", json={"text": "the dog sat"}).json()
     assert result["target"] == runner.predict(["the dog sat"])[0]
@@ -549,12 +555,12 @@ def test_diagnostics_error_paths(client, translate_run, lm_and_classify_runs):
     assert long_target.status_code == 413 and "max_input_chars" in long_target.json()["detail"]
     assert client.post("/api/diagnostics", json={"text": ""}).status_code == 422
     lm_run, _ = lm_and_classify_runs
-    lm_client = TestClient(create_app([lm_run]))
+    lm_client = local_client(create_app([lm_run]))
     short = lm_client.post("/api/diagnostics", json={"text": "t"})
     assert short.status_code == 422 and "at least 2 tokens" in short.json()["detail"]
     target = lm_client.post("/api/diagnostics", json={"text": "the", "target": "he"})
     assert target.status_code == 422 and "leave target out" in target.json()["detail"]
-    nothing = TestClient(create_app([])).post("/api/diagnostics", json={"text": "a"})
+    nothing = local_client(create_app([])).post("/api/diagnostics", json={"text": "a"})
     assert nothing.status_code == 404 and "no loaded run can diagnose" in nothing.json()["detail"]
     from rnnkit.probe import diagnose_input
 

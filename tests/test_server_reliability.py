@@ -9,21 +9,30 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import schemathesis
+import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from rnnkit.cancel import Cancelled
 from rnnkit.checkpoint import save_checkpoint
+from rnnkit.data.vocab import EOS_ID
 from rnnkit.server import Limits, create_app
+from rnnkit.server import app as app_module
 from rnnkit.tasks import resolve_settings, task_module
+from tests.test_server_api import local_client
+from tests.test_server_browser import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = Limits(max_input_chars=200, max_lines=8, max_generation=20, max_beam=4, max_hidden=32, max_layers=2,
@@ -64,7 +73,7 @@ def app(runs):
 
 @pytest.fixture()
 def client(app) -> TestClient:
-    return TestClient(app)
+    return local_client(app)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -86,7 +95,8 @@ def with_model(case, name: str | None):
 
 
 def test_schemathesis_finds_no_server_error(app, capsys):
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    # requests name the server as a browser on this machine does (any other Host is refused unread)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Host": "127.0.0.1:8000"})
     names = sorted(app.state.runs)
     statuses: Counter[int] = Counter()
     failures: list[str] = []
@@ -105,7 +115,7 @@ def test_schemathesis_finds_no_server_error(app, capsys):
                       suppress_health_check=list(HealthCheck))
             @given(case=strategy)
             def no_server_error(case):
-                response = case.call()
+                response = case.call(base_url="http://127.0.0.1:8000")
                 statuses[response.status_code] += 1
                 if response.status_code >= 500:
                     failures.append(f"{case.method} {case.formatted_path} {case.body!r:.300} -> "
@@ -247,6 +257,185 @@ def test_a_damaged_metrics_file_does_not_break_the_listing(client, runs, content
         assert listing["classify"]["records"][0] == json.loads(saved)  # the good lines are still there
     finally:
         metrics.write_bytes(saved)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Job retention: finished jobs and their per-step history are capped, so memory levels off
+# ----------------------------------------------------------------------------------------------------------
+
+
+def kept_numbers(jobs) -> int:
+    """Numbers the server holds for its jobs: one loss per step, plus every kept ||dL/dh_t||."""
+    return sum(1 + len(event["grad_norms"] or ()) for job in jobs.values() for event in job.events)
+
+
+def test_finished_jobs_and_their_history_are_capped_so_memory_levels_off(capsys):
+    """18 jobs, 6 at a time: what the server keeps for its jobs stays at the cap (3 jobs: every step's loss,
+    ||dL/dh_t|| of their last 4 steps) instead of growing with every job."""
+    limits = Limits(max_jobs=1, max_kept_jobs=3, max_job_history=4)
+    app = create_app([], limits)
+    client = local_client(app)
+    shown = client.get("/api/limits").json()
+    assert (shown["max_kept_jobs"], shown["max_job_history"]) == (3, 4)
+    steps, seq_len = 12, 20
+    started, kept = [], []
+    for _ in range(3):
+        for _ in range(6):
+            response = client.post("/api/jobs", json={"steps": steps, "seq_len": seq_len, "hidden_size": 4})
+            assert response.status_code == 201, response.text
+            started.append(response.json()["id"])
+            app.state.jobs[started[-1]].thread.join(timeout=60)
+        kept.append(kept_numbers(app.state.jobs))
+    with capsys.disabled():
+        print(f"\n[jobs] numbers kept after 6, 12, 18 jobs: {kept} (all of them would be "
+              f"{[n * steps * (1 + seq_len) for n in (6, 12, 18)]})")
+    assert list(app.state.jobs) == started[-3:]  # the newest three; the oldest finished went first
+    assert kept == [3 * (steps + 4 * seq_len)] * 3
+    history = client.get(f"/api/jobs/{started[-1]}").json()["history"]
+    assert [event["step"] for event in history] == list(range(1, steps + 1))
+    assert [event["grad_norms"] is not None for event in history] == [False] * (steps - 4) + [True] * 4
+    assert all(len(event["grad_norms"]) == seq_len for event in history[-4:])
+    evicted = client.get(f"/api/jobs/{started[0]}")
+    assert evicted.status_code == 404 and "beyond the newest 3" in evicted.text
+
+
+def test_limits_refuse_keeping_fewer_jobs_than_may_run():
+    with pytest.raises(ValueError, match="max_kept_jobs"):
+        Limits(max_jobs=3, max_kept_jobs=2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cancellation: a request answered 408, or whose client went away, stops its work within a step
+# ----------------------------------------------------------------------------------------------------------
+
+
+class SlowSteps:
+    """Installed as ``model.step``: each decoding step sleeps first, and EOS is made all but impossible, so that
+    the work would run for ``max_len`` steps (seconds) unless something stops it."""
+
+    def __init__(self, model, seconds: float) -> None:
+        self.original, self.seconds, self.calls = model.step, seconds, 0
+        model.step = self
+
+    def __call__(self, prev_tokens, state):
+        self.calls += 1
+        time.sleep(self.seconds)
+        log_probs, state = self.original(prev_tokens, state)
+        log_probs = log_probs.clone()
+        log_probs[:, EOS_ID] = -1e4
+        return log_probs, state
+
+
+class Watched:
+    """Wraps a function the server runs in a worker thread; records when and how it ended."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.ended, self.error = fn, threading.Event(), None
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self.fn(*args, **kwargs)
+        except BaseException as err:
+            self.error = err
+            raise
+        finally:
+            self.ended.set()
+
+
+def slow_work(app, endpoint: str, monkeypatch) -> tuple[Watched, dict, list]:
+    """Make ``endpoint``'s work take many seconds, a step at a time: (the watched function, the request body,
+    a list whose length counts the steps done so far)."""
+    if endpoint == "diagnostics":  # diagnostics record every time step of the LM's recurrent layer
+        runner = app.state.runs["lm"].runner()
+        recurrent = next(m for m in runner.model.modules() if hasattr(m, "cells"))
+        cell_class = type(recurrent.cells[0])
+        original, steps = cell_class.recur, []
+
+        def slow_recur(self, *args):
+            steps.append(1)
+            time.sleep(0.05)
+            return original(self, *args)
+
+        monkeypatch.setattr(cell_class, "recur", slow_recur)
+        watched = Watched(app_module.diagnose_input)
+        monkeypatch.setattr(app_module, "diagnose_input", watched)
+        return watched, {"text": "the quick brown fox " * 9, "model": "lm"}, steps
+    name, method = ("lm", "generate") if endpoint.startswith("generate") else ("translate", "translate")
+    runner = app.state.runs[name].runner()
+    slow = SlowSteps(runner.model, 0.05)
+    watched = Watched(getattr(runner, method))
+    setattr(runner, method, watched)
+    steps = type("Steps", (), {"__len__": lambda self: slow.calls})()
+    body = {"prompt": "the", "length": 200, "model": "lm"} if name == "lm" else {"text": "abcab" * 8}
+    return watched, body, steps
+
+
+@pytest.mark.parametrize("endpoint", ["generate", "translate", "diagnostics"])
+def test_a_timed_out_request_stops_its_work_within_a_second(runs, endpoint, monkeypatch):
+    app = create_app(runs, Limits(request_timeout=0.5, max_generation=200, max_input_chars=200))
+    watched, body, steps = slow_work(app, endpoint, monkeypatch)
+    response = local_client(app).post(f"/api/{endpoint}", json=body)
+    assert response.status_code == 408 and "request_timeout" in response.text
+    assert watched.ended.wait(1.0), f"{len(steps)} steps done and still running 1 s after the 408"
+    assert isinstance(watched.error, Cancelled) and "request_timeout" in str(watched.error)
+    done = len(steps)
+    time.sleep(0.2)
+    assert len(steps) == done and done < 40  # of 200 (generate), 90 (translate), 180 (diagnostics)
+
+
+def real_server(app) -> tuple[uvicorn.Server, threading.Thread, int]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start within 30 s"
+        time.sleep(0.05)
+    return server, thread, port
+
+
+@pytest.mark.parametrize("endpoint", ["generate", "translate", "diagnostics", "generate/stream"])
+def test_a_request_whose_client_disconnects_stops_its_work_within_a_second(runs, endpoint, monkeypatch):
+    app = create_app(runs, Limits(request_timeout=60, max_generation=200, max_input_chars=200))
+    watched, body, steps = slow_work(app, endpoint.split("/")[0], monkeypatch)
+    server, thread, port = real_server(app)
+    try:
+        payload = json.dumps(body).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(f"POST /api/{endpoint} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                           f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+                           + payload)
+            deadline = time.monotonic() + 10
+            while len(steps) < 3:  # the work has started
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        closed = len(steps)
+        if endpoint == "generate/stream":  # a stream's steps are pulled one at a time: they simply stop
+            time.sleep(1.0)
+            done = len(steps)
+            time.sleep(0.3)
+            assert len(steps) == done < closed + 20
+        else:
+            assert watched.ended.wait(1.0), f"{len(steps)} steps done and still running 1 s after the disconnect"
+            assert isinstance(watched.error, Cancelled) and "disconnected" in str(watched.error)
+            assert len(steps) < closed + 20
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_deleted_job_stops_within_a_step():
+    app = create_app([], Limits(max_jobs=1, max_job_steps=2000))
+    client = local_client(app)
+    job = client.post("/api/jobs", json={"steps": 2000, "seq_len": 20, "hidden_size": 4}).json()
+    events = app.state.jobs[job["id"]].events
+    while len(events) < 3:
+        time.sleep(0.01)
+    started = time.monotonic()
+    answer = client.delete(f"/api/jobs/{job['id']}").json()
+    assert time.monotonic() - started < 1.0 and not app.state.jobs[job["id"]].thread.is_alive()
+    assert answer["status"] == "cancelled" and answer["events"] < 2000
 
 
 # ----------------------------------------------------------------------------------------------------------

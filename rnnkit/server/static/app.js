@@ -623,7 +623,7 @@ async function loadRuns() {
     const card = el("div", {class: "run", "data-run": run.name});
     const files = run.files.filter((f) => !f.startsWith("checkpoints/"));
     const report = files.find((f) => f.startsWith("report."));
-    card.innerHTML = `<h3>${escapeHtml(run.name)} <small>(${run.task})</small></h3><div class="path">${escapeHtml(run.path)}</div>` +
+    card.innerHTML = `<h3>${escapeHtml(run.name)} <small>(${run.task})</small></h3>` +
       (report ? `<a class="report-link" href="${fileUrl(run, report)}" target="_blank">open the report</a>` : "") +
       '<div class="two-columns"><div><h4>Settings</h4>' + keyValueTable(run.config) + "</div><div><h4>Last evaluation</h4>" +
       (Object.keys(run.metrics).length ? keyValueTable(run.metrics) : "<p class=\"note\">none</p>") + "</div></div>" +
