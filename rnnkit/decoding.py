@@ -174,10 +174,6 @@ def _row_max_lengths(max_len: int | Tensor, min_len: int, n: int, device: torch.
     return limits
 
 
-def _check_decoding_options(no_repeat_ngram_size: int) -> int:
-    return check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0)
-
-
 def _first_tokens(bos_id: int | Tensor, state: Any) -> Tensor:
     """The (N,) first input tokens, checking that every state tensor has the same batch N as dim 0.
 
@@ -373,7 +369,8 @@ def _generate(
             token = torch.full_like(prev, eos_id)  # every row ends: choose() might see an all -inf row
         else:  # choose() never sees a forced row (it may be all -inf); those rows get EOS
             token = choose(log_probs.masked_fill(forced.unsqueeze(1), 0.0))  # (N,)
-            token = token.masked_fill(forced, eos_id if eos_id is not None else 0)
+            if eos_id is not None:
+                token = token.masked_fill(forced, eos_id)
         token_log_prob = log_probs.gather(1, token.unsqueeze(1)).squeeze(1)  # (N,)
         step_score = torch.where(ended, torch.zeros_like(token_log_prob), token_log_prob)
         scores = step_score if scores is None else scores + step_score
@@ -426,7 +423,7 @@ def greedy_decode(
     return _generate(
         model, state, lambda lp: lp.argmax(dim=1),
         first=first, eos_id=eos_id, pad_id=pad_id, max_len=max_len, min_len=min_len,
-        no_repeat_ngram_size=_check_decoding_options(no_repeat_ngram_size),
+        no_repeat_ngram_size=check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0),
     )  # fmt: skip
 
 
@@ -509,7 +506,7 @@ def sample_decode(
 
     return _generate(
         model, state, choose, first=first, eos_id=eos_id, pad_id=pad_id, max_len=max_len, min_len=min_len,
-        no_repeat_ngram_size=_check_decoding_options(no_repeat_ngram_size),
+        no_repeat_ngram_size=check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0),
     )  # fmt: skip
 
 
@@ -666,7 +663,7 @@ def beam_search(
         raise ValueError(f"n_best must be an int in [1, beam_size={beam_size}], got {n_best!r}")
     _check_penalty(length_penalty, alpha)
     _check_coverage_penalty(coverage_penalty)
-    ngram = _check_decoding_options(no_repeat_ngram_size)
+    ngram = check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0)
     first = _first_tokens(bos_id, state)
     n, k = first.size(0), beam_size
     sentence_max_len = _row_max_lengths(max_len, min_len, n, first.device)  # (N,)

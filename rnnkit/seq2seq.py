@@ -652,6 +652,14 @@ class Seq2SeqConfig:
     copy_attention: bool = False
 
 
+def _check_one_vocabulary(config: Seq2SeqConfig, feature: str) -> None:
+    if config.source_vocab_size != config.target_vocab_size:
+        raise ValueError(
+            f"{feature} needs one vocabulary for source and target, got source_vocab_size="
+            f"{config.source_vocab_size} and target_vocab_size={config.target_vocab_size}"
+        )
+
+
 class Seq2Seq(nn.Module):
     """An encoder-decoder model: training ``forward`` and the decoding step interface.
 
@@ -668,6 +676,9 @@ class Seq2Seq(nn.Module):
         loss = model.loss(logits, tgt_out)                             # mean over the non-pad targets
         state = model.start(src, src_lengths)
         log_probs, state = model.step(torch.full((B,), model.bos_id), state)
+
+    With copy attention the decoder's "logits" are the log-probabilities of the pointer-generator mixture: already
+    normalised, so cross-entropy, argmax and log_softmax treat them as they treat logits.
     """
 
     def __init__(
@@ -744,12 +755,7 @@ class Seq2Seq(nn.Module):
         if check_bool("copy_attention", config.copy_attention):
             if config.decoder == "none":
                 raise ValueError("copy attention copies through the attention weights: decoder='none' has none")
-            if config.source_vocab_size != config.target_vocab_size:
-                raise ValueError(
-                    "copy attention copies source token ids into the output, so it needs one vocabulary for source "
-                    f"and target, got source_vocab_size={config.source_vocab_size} and target_vocab_size="
-                    f"{config.target_vocab_size}"
-                )
+            _check_one_vocabulary(config, "copy attention copies source token ids into the output, so it")
             options["copy_attention"] = True
         if config.decoder == "luong":
             options["input_feeding"] = config.input_feeding
@@ -759,11 +765,7 @@ class Seq2Seq(nn.Module):
             config.target_vocab_size, config.embedding_size, hidden, encoder.output_size, **options
         )
         if check_bool("share_embeddings", config.share_embeddings):
-            if config.source_vocab_size != config.target_vocab_size:
-                raise ValueError(
-                    "share_embeddings needs one vocabulary for source and target, got source_vocab_size="
-                    f"{config.source_vocab_size} and target_vocab_size={config.target_vocab_size}"
-                )
+            _check_one_vocabulary(config, "share_embeddings")
             decoder.embedding = encoder.embedding  # one (V, E) matrix for both sides
         if check_bool("tie_weights", config.tie_weights):
             decoder.tie_weights()

@@ -226,7 +226,7 @@ def _progress_bar(progress: bool | None, what: str):
 
 def tokenize_corpus(run_dir: str | Path, train: str | Path, valid: str | Path, *, source_level: str,
                     target_level: str, bpe_vocab_size: int = 8000, limit: int = 0,
-                    progress: bool | None = None) -> TokenizedCorpus:
+                    progress: bool | None = None, shared: bool = False) -> TokenizedCorpus:
     """Build (or reuse) the tokenizers and memory-mapped ids of a ``source<TAB>target`` corpus in ``run_dir``.
 
     Args:
@@ -237,21 +237,31 @@ def tokenize_corpus(run_dir: str | Path, train: str | Path, valid: str | Path, *
         bpe_vocab_size: vocabulary size of a BPE side.
         limit: use only the first ``limit`` training pairs (0 = all).
         progress: a progress bar while encoding (None: only on a terminal).
+        shared: one tokenizer for both sides, learnt from the sources and the targets (copy attention and shared
+            embeddings need one vocabulary); needs ``source_level == target_level``.
     """
     for side, level in (("source_level", source_level), ("target_level", target_level)):
         if level not in TOKEN_LEVELS:
             raise ValueError(f"{side} must be one of {', '.join(TOKEN_LEVELS)}, got {level!r}")
+    if shared and source_level != target_level:
+        raise ValueError(f"one shared vocabulary needs the same tokens on both sides, got source_level "
+                         f"{source_level!r} and target_level {target_level!r}")
     run_dir = Path(run_dir)
     train, valid = Path(train), Path(valid)
     data = run_dir / DATA_FOLDER
     wanted = {"format": MANIFEST_FORMAT, "version": FORMAT_VERSION, "source_level": source_level,
               "target_level": target_level, "bpe_vocab_size": bpe_vocab_size if "bpe" in (source_level, target_level)
-              else None, "limit": limit, "train": _fingerprint(train), "valid": _fingerprint(valid)}
+              else None, "limit": limit, "shared": bool(shared), "train": _fingerprint(train),
+              "valid": _fingerprint(valid)}
     reused = _reuse(run_dir, wanted)
     if reused is not None:
         return reused
-    source_tokenizer = build_tokenizer(source_level, (p.source for p in _pairs(train, limit)), bpe_vocab_size)
-    target_tokenizer = build_tokenizer(target_level, (p.target for p in _pairs(train, limit)), bpe_vocab_size)
+    if shared:
+        texts = (text for p in _pairs(train, limit) for text in (p.source, p.target))
+        source_tokenizer = target_tokenizer = build_tokenizer(source_level, texts, bpe_vocab_size)
+    else:
+        source_tokenizer = build_tokenizer(source_level, (p.source for p in _pairs(train, limit)), bpe_vocab_size)
+        target_tokenizer = build_tokenizer(target_level, (p.target for p in _pairs(train, limit)), bpe_vocab_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     source_tokenizer.save(run_dir / SOURCE_VOCAB_FILE)
     target_tokenizer.save(run_dir / TARGET_VOCAB_FILE)

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.checks import check_choice
+from rnnkit.checks import check_choice, check_int
 from rnnkit.data import (
     SOURCE_VOCAB_FILE,
     TARGET_VOCAB_FILE,
@@ -38,7 +37,7 @@ from rnnkit.data import (
     token_batches,
     tokenize_corpus,
 )
-from rnnkit.decoding import Hypothesis
+from rnnkit.decoding import Hypothesis, length_limits
 from rnnkit.decoding import translate as decode_batch
 from rnnkit.metrics import bleu, chrf, exact_match, phoneme_error_rate, word_error_rate
 from rnnkit.seq2seq import Seq2Seq, Seq2SeqConfig, make_schedule
@@ -66,6 +65,15 @@ DEFAULTS: dict[str, Any] = common_defaults(
     attention="general",
     input_feeding=False,
     dropout=0.0,
+    label_smoothing=0.0,
+    coverage=False,
+    copy_attention=False,
+    tie_weights=False,
+    share_embeddings=False,
+    coverage_penalty=0.0,
+    no_repeat_ngram=0,
+    max_len_a=2.0,
+    max_len_b=10,
     teacher_forcing="constant",
     teacher_forcing_ratio=1.0,
     schedule_k=0.0,
@@ -107,6 +115,15 @@ HELP: dict[str, str] = {
     "eval_examples": "validation pairs decoded at each evaluation (0 = all)",
     "beam_size": "beam size at final evaluation and in `rnnkit translate`",
     "alpha": "length normalisation exponent: score = log p / len^alpha",
+    "label_smoothing": "epsilon of the label-smoothed training loss (0 = plain cross-entropy)",
+    "coverage": "coverage attention (Tu et al. 2016): past attention enters the score (additive | concat)",
+    "copy_attention": "pointer-generator (See et al. 2017): copy source tokens; builds one shared vocabulary",
+    "tie_weights": "decoder output layer uses the decoder embedding matrix (needs embedding size == hidden size)",
+    "share_embeddings": "one embedding for encoder and decoder; builds one shared vocabulary",
+    "coverage_penalty": "beta of the GNMT coverage penalty in beam search (0 = off)",
+    "no_repeat_ngram": "never repeat an n-gram of this size in an output (0 = off)",
+    "max_len_a": "output length limit: max_len_a * source length + max_len_b tokens, per sentence",
+    "max_len_b": "see max_len_a",
 }
 
 
@@ -127,6 +144,24 @@ def decode_texts(model: Seq2Seq, sources: Sequence[list[int]], *, method: str = 
         src, src_lengths = pad_sequences(sources[start:start + batch_size])  # (B, S), (B,)
         results += decode_batch(model, src, src_lengths, method=method, **options)
     return results
+
+
+def decode_options(settings: dict[str, Any], method: str = "beam") -> dict[str, Any]:
+    """A run's decoding settings as options of :func:`rnnkit.decoding.translate` for ``method`` (their defaults
+    for runs made before they existed), checked: the per-sentence length limit, n-gram blocking and, for beam
+    search, the coverage penalty."""
+    options = {key: settings.get(key, DEFAULTS[key])
+               for key in ("coverage_penalty", "no_repeat_ngram", "max_len_a", "max_len_b")}
+    check_int("no_repeat_ngram", options["no_repeat_ngram"], 0)
+    penalty = options["coverage_penalty"]
+    if isinstance(penalty, bool) or not isinstance(penalty, int | float) or not penalty >= 0:
+        raise ValueError(f"coverage_penalty must be a number >= 0, got {options['coverage_penalty']!r}")
+    length_limits(torch.ones(1, dtype=torch.long), options["max_len_a"], options["max_len_b"])  # checks both
+    chosen = {"max_len_a": options["max_len_a"], "max_len_b": options["max_len_b"],
+              "no_repeat_ngram_size": options["no_repeat_ngram"]}
+    if method == "beam":
+        chosen["coverage_penalty"] = penalty
+    return chosen
 
 
 def hypothesis_text(target_vocab, hypothesis: Hypothesis) -> str:
@@ -164,6 +199,7 @@ class TranslateTask:
         self.schedule = (make_schedule("constant", value=float(settings["teacher_forcing_ratio"]))
                          if name == "constant" else make_schedule(name, **{_SCHEDULE_ARG[name]: k}))
         self.teacher_forcing_ratio = 1.0
+        self.decode_options = decode_options(settings, "greedy")
         self._lengths = train.lengths().tolist()
         self._target_lengths = (train.targets.lengths() - 1).tolist()  # T: BOS y_1..y_n in, y_1..EOS out
 
@@ -181,12 +217,14 @@ class TranslateTask:
             return token_batches(self._target_lengths, self.batch_tokens, seed=seed)
         return bucketed_batches(self._lengths, self.batch_size, seed=seed)
 
-    def batch_loss(self, batch: dict[str, Tensor], teacher_forcing_ratio: float = 1.0) -> tuple[Tensor, int]:
+    def batch_loss(self, batch: dict[str, Tensor], teacher_forcing_ratio: float = 1.0,
+                   label_smoothing: float | None = None) -> tuple[Tensor, int]:
+        """Mean token loss (label-smoothed as the model is configured, unless ``label_smoothing`` says otherwise)
+        and the number of target tokens."""
         logits = self.model(batch["src"], batch["src_lengths"], batch["tgt_in"],
                             teacher_forcing_ratio=teacher_forcing_ratio)  # (B, T, V)
         n_tokens = int((batch["tgt_out"] != self.model.pad_id).sum())
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=self.model.pad_id)
-        return loss, n_tokens
+        return self.model.loss(logits, batch["tgt_out"], label_smoothing=label_smoothing), n_tokens
 
     def loss(self, batch: Sequence[int], carry: Any) -> tuple[Tensor, int, None]:
         loss, n_tokens = self.batch_loss(make_batch(self.train, batch), self.teacher_forcing_ratio)
@@ -198,10 +236,10 @@ class TranslateTask:
         indices = list(range(n))
         total, tokens = 0.0, 0
         for start in range(0, n, 256):
-            loss, count = self.batch_loss(make_batch(pairs, indices[start:start + 256]))
+            loss, count = self.batch_loss(make_batch(pairs, indices[start:start + 256]), label_smoothing=0.0)
             total += float(loss) * count
             tokens += count
-        hypotheses = decode_texts(self.model, pairs.sources[:n], method="greedy")
+        hypotheses = decode_texts(self.model, pairs.sources[:n], method="greedy", **self.decode_options)
         texts = [hypothesis_text(self.target_vocab, h[0]) for h in hypotheses]
         references = pairs.target_text[:n]
         shown = range(min(n, SAMPLES))
@@ -222,7 +260,9 @@ def _model_config(settings: dict[str, Any], source_vocab, target_vocab) -> Seq2S
         num_layers=int(settings["num_layers"]), cell=settings["cell"], decoder=decoder,
         attention=None if decoder == "none" else settings["attention"],
         input_feeding=bool(settings["input_feeding"]) and decoder == "luong",
-        dropout=float(settings["dropout"]),
+        dropout=float(settings["dropout"]), label_smoothing=float(settings["label_smoothing"]),
+        coverage=bool(settings["coverage"]), copy_attention=bool(settings["copy_attention"]),
+        tie_weights=bool(settings["tie_weights"]), share_embeddings=bool(settings["share_embeddings"]),
     )
 
 
@@ -239,7 +279,9 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TranslateTas
         run_dir, source_file(sources["train"], "translate", "train", cache_dir=cache, quiet=True),
         source_file(sources["valid"], "translate", "valid", cache_dir=cache, quiet=True),
         source_level=source_level, target_level=target_level, bpe_vocab_size=int(settings["bpe_vocab_size"]),
-        limit=int(settings["max_train_examples"]), progress=settings.get("progress"))
+        limit=int(settings["max_train_examples"]), progress=settings.get("progress"),
+        # copy attention and shared embeddings need one vocabulary for source and target
+        shared=bool(settings["copy_attention"]) or bool(settings["share_embeddings"]))
     source_vocab, target_vocab = corpus.source_tokenizer, corpus.target_tokenizer
     torch.manual_seed(int(settings["seed"]))
     config = _model_config(settings, source_vocab, target_vocab)
@@ -276,7 +318,8 @@ class TranslateRunner(TaskRunner):
         """The run's decoding settings as options of :func:`rnnkit.decoding.beam_search`, each overridden
         where given."""
         return {"beam_size": int(beam_size if beam_size is not None else self.beam_size),
-                "alpha": float(alpha if alpha is not None else self.settings.get("alpha", 0.0))}
+                "alpha": float(alpha if alpha is not None else self.settings.get("alpha", 0.0)),
+                **decode_options(self.settings)}
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
         return [self.source_vocab.encode(line) or [self.source_vocab.unk_id] for line in lines]

@@ -1,0 +1,84 @@
+"""Tests for the translation task's peer-feature settings (rnnkit.tasks.translate): they reach the model config,
+the loss and the decoding, and become command-line flags."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rnnkit.checkpoint import save_checkpoint
+from rnnkit.tasks import resolve_settings
+from rnnkit.tasks import translate as task
+
+FEATURES = ("label_smoothing", "coverage", "copy_attention", "tie_weights", "share_embeddings",
+            "coverage_penalty", "no_repeat_ngram", "max_len_a", "max_len_b")
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("ab\tba\nabc\tcba\nbca\tacb\nxy\tZ\n" * 5, encoding="utf-8")  # x, y source only; Z target only
+    return str(path)
+
+
+def _prepare(pairs, run_dir, **settings):
+    resolved = resolve_settings("translate", {"data": pairs, "valid": pairs, "hidden_size": 8, **settings})
+    return task.prepare(resolved, run_dir)
+
+
+def test_every_feature_is_a_documented_setting():
+    for key in FEATURES:
+        assert key in task.DEFAULTS and task.HELP.get(key), key
+
+
+def test_model_features_reach_the_config_and_copy_builds_one_vocabulary(pairs, tmp_path):
+    translate_task, config = _prepare(pairs, tmp_path / "plain")
+    assert len(translate_task.source_vocab) == len(translate_task.target_vocab) + 1  # {a b c x y}, {a b c Z}
+    shared_task, shared_config = _prepare(
+        pairs, tmp_path / "shared", attention="additive", coverage=True, copy_attention=True, tie_weights=True,
+        share_embeddings=True, embedding_size=8, label_smoothing=0.1,
+    )
+    model = shared_task.model
+    assert shared_task.source_vocab is shared_task.target_vocab
+    assert len(shared_task.source_vocab) == len(translate_task.source_vocab) + 1  # {a b c x y Z}
+    run_dir = tmp_path / "shared"
+    assert (run_dir / "source_vocab.json").read_text() == (run_dir / "target_vocab.json").read_text()
+    for key in ("coverage", "copy_attention", "tie_weights", "share_embeddings"):
+        assert shared_config["model"][key] is True and config["model"][key] is False
+    assert model.decoder.pointer is not None and model.decoder.attention.coverage
+    assert model.decoder.output_layer.weight is model.encoder.embedding.weight
+    assert model.label_smoothing == 0.1
+    # training uses the smoothed loss, evaluation the plain negative log-likelihood
+    batch = task.make_batch(shared_task.train, range(8))
+    smoothed, _ = shared_task.batch_loss(batch)
+    plain, _ = shared_task.batch_loss(batch, label_smoothing=0.0)
+    with torch.no_grad():
+        logits = model(batch["src"], batch["src_lengths"], batch["tgt_in"])
+    assert torch.allclose(smoothed, model.loss(logits, batch["tgt_out"]))
+    assert torch.allclose(plain, model.loss(logits, batch["tgt_out"], label_smoothing=0.0))
+    assert not torch.allclose(smoothed, plain)
+
+
+def test_decoding_settings_reach_translation(pairs, tmp_path):
+    translate_task, config = _prepare(pairs, tmp_path / "run", no_repeat_ngram=1, max_len_a=0.0, max_len_b=3,
+                                      coverage_penalty=0.5, beam_size=3)  # fmt: skip
+    save_checkpoint(tmp_path / "run", translate_task.model, config, name="best")
+    runner = task.TranslateRunner(tmp_path / "run")
+    assert task.decode_options(runner.settings) == {"coverage_penalty": 0.5, "no_repeat_ngram": 1,
+                                                    "max_len_a": 0.0, "max_len_b": 3}  # fmt: skip
+    for beam in (1, 3):
+        for options in runner.translate(["abc", "bca", "xyxy"], beam_size=beam):
+            tokens = options[0]["tokens"]
+            assert len(tokens) <= 3 and len(set(tokens)) == len(tokens)  # the limit, and no token twice
+    # a run made before these settings existed decodes with their defaults
+    assert task.decode_options({}) == {"coverage_penalty": 0.0, "no_repeat_ngram": 0, "max_len_a": 2.0,
+                                       "max_len_b": 10}  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "value"), [("no_repeat_ngram", -1), ("coverage_penalty", -0.5),
+                                            ("max_len_a", -1.0), ("max_len_b", -2), ("max_len_a", math.nan)])
+def test_bad_decoding_settings_are_refused_when_the_run_is_prepared(pairs, tmp_path, key, value):
+    with pytest.raises(ValueError, match=key):
+        _prepare(pairs, tmp_path / "run", **{key: value})
