@@ -41,7 +41,7 @@ def test_model_features_reach_the_config_and_copy_builds_one_vocabulary(pairs, t
         share_embeddings=True, embedding_size=8, label_smoothing=0.1,
     )
     model = shared_task.model
-    assert shared_task.source_vocab is shared_task.target_vocab
+    assert shared_task.source_vocab.to_json() == shared_task.target_vocab.to_json()
     assert len(shared_task.source_vocab) == len(translate_task.source_vocab) + 1  # {a b c x y Z}
     run_dir = tmp_path / "shared"
     assert (run_dir / "source_vocab.json").read_text() == (run_dir / "target_vocab.json").read_text()
@@ -66,14 +66,15 @@ def test_decoding_settings_reach_translation(pairs, tmp_path):
                                       coverage_penalty=0.5, beam_size=3)  # fmt: skip
     save_checkpoint(tmp_path / "run", translate_task.model, config, name="best")
     runner = task.TranslateRunner(tmp_path / "run")
-    assert task.decode_options(runner.settings) == {"coverage_penalty": 0.5, "no_repeat_ngram": 1,
+    assert task.decode_options(runner.settings) == {"coverage_penalty": 0.5, "no_repeat_ngram_size": 1,
                                                     "max_len_a": 0.0, "max_len_b": 3}  # fmt: skip
+    assert "coverage_penalty" not in task.decode_options(runner.settings, "greedy")  # beam search only
     for beam in (1, 3):
         for options in runner.translate(["abc", "bca", "xyxy"], beam_size=beam):
             tokens = options[0]["tokens"]
             assert len(tokens) <= 3 and len(set(tokens)) == len(tokens)  # the limit, and no token twice
     # a run made before these settings existed decodes with their defaults
-    assert task.decode_options({}) == {"coverage_penalty": 0.0, "no_repeat_ngram": 0, "max_len_a": 2.0,
+    assert task.decode_options({}) == {"coverage_penalty": 0.0, "no_repeat_ngram_size": 0, "max_len_a": 2.0,
                                        "max_len_b": 10}  # fmt: skip
 
 
