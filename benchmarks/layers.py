@@ -134,14 +134,15 @@ def _copy(module: nn.Module, reference: nn.Module) -> nn.Module:
     return module
 
 
-def groups(batch: int, steps: int, hidden: int) -> list[Group]:
-    """The groups of one size; every contender's ``key`` names it for the memory probe."""
+def groups(batch: int, steps: int, hidden: int, package=rnnkit) -> list[Group]:
+    """The groups of one size; every contender's ``key`` names it for the memory probe. ``package``: the rnnkit
+    whose layers are measured (benchmarks/layers_ab.py passes an earlier commit's beside this one)."""
     torch.manual_seed(0)
     x = torch.randn(steps, batch, hidden, requires_grad=True)  # (T, B, D)
     tokens = batch * steps
     result = []
-    for name, theirs, ours in (("LSTM", nn.LSTM, rnnkit.LSTM), ("GRU", nn.GRU, rnnkit.GRU),
-                               ("RNN", nn.RNN, rnnkit.RNN)):
+    for name, theirs, ours in (("LSTM", nn.LSTM, package.LSTM), ("GRU", nn.GRU, package.GRU),
+                               ("RNN", nn.RNN, package.RNN)):
         reference = theirs(hidden, hidden)
         contenders = [
             Contender(f"torch.nn.{name}", _layer_run(reference, x, None, False), f"torch.nn.{name}"),
@@ -160,20 +161,20 @@ def groups(batch: int, steps: int, hidden: int) -> list[Group]:
         result.append(Group(name, contenders, tokens))
     result.append(Group("layer-norm LSTM, reset-before GRU", [
         Contender("torch.nn.LSTM", _layer_run(nn.LSTM(hidden, hidden), x, None, False), "torch.nn.LSTM"),
-        Contender("rnnkit.LSTM(layer_norm=True)", _layer_run(rnnkit.LSTM(hidden, hidden, layer_norm=True), x,
+        Contender("rnnkit.LSTM(layer_norm=True)", _layer_run(package.LSTM(hidden, hidden, layer_norm=True), x,
                                                              None, False), "rnnkit.LSTM layer_norm"),
         Contender("rnnkit.LSTM(layer_norm=True) reference path", _layer_run(
-            rnnkit.LSTM(hidden, hidden, layer_norm=True, use_fast_path=False), x, None, False),
+            package.LSTM(hidden, hidden, layer_norm=True, use_fast_path=False), x, None, False),
             "rnnkit.LSTM layer_norm reference"),
-        Contender("rnnkit.GRU(reset_after=False)", _layer_run(rnnkit.GRU(hidden, hidden, reset_after=False), x,
+        Contender("rnnkit.GRU(reset_after=False)", _layer_run(package.GRU(hidden, hidden, reset_after=False), x,
                                                               None, False), "rnnkit.GRU reset_before"),
         Contender("torch.nn.GRU", _layer_run(nn.GRU(hidden, hidden), x, None, False), "torch.nn.GRU"),
     ], tokens))
     generator = torch.Generator().manual_seed(1)
     lengths = torch.randint(max(1, steps // 4), steps + 1, (batch,), generator=generator)
     lengths[0] = steps
-    for name, theirs, ours in (("LSTM", nn.LSTM, rnnkit.LSTM), ("GRU", nn.GRU, rnnkit.GRU),
-                               ("RNN", nn.RNN, rnnkit.RNN)):
+    for name, theirs, ours in (("LSTM", nn.LSTM, package.LSTM), ("GRU", nn.GRU, package.GRU),
+                               ("RNN", nn.RNN, package.RNN)):
         reference = theirs(hidden, hidden)
         result.append(Group(f"{name}, variable lengths", [
             Contender(f"torch.nn.{name} + PackedSequence", _layer_run(reference, x, lengths, True),

@@ -228,9 +228,9 @@ def test_memory_probe_prints_json(module, capsys, monkeypatch):
 def test_linear_benchmark_quick_table(tmp_path):
     """The products' benchmark at tiny sizes: one row per product, each saying what rnnkit.fast.products uses."""
     from benchmarks import linear as products
-    from rnnkit import linear
+    from rnnkit.fast import dispatch
 
-    if not linear._SUPPORTED:
+    if not dispatch.ONEDNN_SUPPORTED:
         pytest.skip("this torch has no oneDNN build: the benchmark refuses to run")
     output = tmp_path / "linear.md"
     assert products.main(["--quick", "--output", str(output)]) == 0
