@@ -161,7 +161,7 @@ class TrainingConfig:
     """Training settings (saved in ``config.json`` under ``"training"``).
 
     Stopping: ``epochs``; ``max_steps`` (optimiser steps, counting skipped ones); ``time_budget`` (seconds of
-    this session); ``patience`` (evaluations without an improvement of more than ``min_delta``; None: never).
+    this session); ``patience`` (evaluations without an improvement of more than ``min_delta``; None or 0: never).
 
     Optimiser: ``optimizer`` in OPTIMIZERS, ``lr``, ``weight_decay``, ``momentum`` (sgd), ``betas`` (adam/w).
 
@@ -249,7 +249,9 @@ class TrainingConfig:
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) == 0 and not isinstance(getattr(self, name), bool):
                 setattr(self, name, None)  # 0: at epoch ends only (a config file cannot write None)
-        for name in ("max_steps", "cosine_steps", "patience", "eval_every", "checkpoint_every"):
+        if self.patience is not None:
+            check_int("patience", self.patience, minimum=0)  # 0: never stop early, as None
+        for name in ("max_steps", "cosine_steps", "eval_every", "checkpoint_every"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), minimum=1)
         if self.select_metric is not None and (not isinstance(self.select_metric, str) or not self.select_metric):
@@ -842,7 +844,7 @@ class Trainer:
                    | ({"samples": samples} if samples else {}) | ({"at_stop": True} if at_stop else {}), log=True)
         if self._show_progress:
             self._print_evaluation(metrics, improved, samples)
-        return s.patience is not None and st.bad_evaluations >= s.patience
+        return bool(s.patience) and st.bad_evaluations >= s.patience
 
     def _samples(self) -> list[dict[str, str]]:
         """``log_samples`` examples of the last evaluation from the task's ``samples(n)``, as strings."""

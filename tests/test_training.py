@@ -342,6 +342,14 @@ def test_min_delta_counts_small_gains_as_no_improvement(tmp_path):
     assert result.stop_reason == "early_stopping" and len(task.snapshots) == 3 and result.best_metric == 1.0
 
 
+def test_patience_zero_never_stops_early(tmp_path):
+    """patience 0 is "no early stopping", as None: a run the configuration file sets to 0 uses all its epochs
+    (before, 0 was refused as a patience below 1)."""
+    task = ScriptedValidation([1.0, 0.5, 0.4, 0.3, 0.2], higher_is_better=True)
+    result = Trainer(task, tmp_path, epochs=5, lr=0.05, patience=0, progress=False).train()
+    assert result.stop_reason != "early_stopping" and len(task.snapshots) == 5 and result.best_metric == 1.0
+
+
 def test_missing_primary_metric_is_a_clear_error(tmp_path):
     task = ScriptedValidation([1.0], higher_is_better=True)
     task.primary_metric = "accuracy"

@@ -70,7 +70,7 @@ TRAINING_HELP: dict[str, str] = {
     "clip_grad_norm": "clip the gradient's global norm to this",
     "select_metric": "validation metric that picks the best checkpoint and drives early stopping and plateau "
                      "decay (default: the task's own)",
-    "patience": "stop after this many evaluations without improvement of the selection metric",
+    "patience": "stop after this many evaluations without improvement of the selection metric (0: never)",
     "min_delta": "smallest change that counts as an improvement",
     "eval_every": "evaluate every N steps (and at each epoch's end)",
     "eval_on_stop": "evaluate once more when max_steps or the time budget stops a run between evaluations",
