@@ -441,5 +441,14 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``rnnkit`` command: subnormal floats flushed to zero for the whole process first, before any
+    computation creates torch's worker threads (rnnkit.denormals says why), then :func:`main`."""
+    from rnnkit.denormals import flush_denormals
+
+    flush_denormals()
     raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()
