@@ -98,6 +98,8 @@ def _task_parser(task: str, module) -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML/YAML file of settings")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="data-parallel training in N processes on this machine (taken before the other flags)")
     task_help = getattr(module, "HELP", {})
     groups = {"task": parser.add_argument_group(f"{task} settings"),
               "training": parser.add_argument_group("training settings (rnnkit.training.TrainingConfig)")}
@@ -131,6 +133,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     module = task_module(args.task)
     options = vars(_task_parser(args.task, module).parse_args(rest))
     out, config_file, resume, overwrite = (options.pop(k) for k in ("out", "config", "resume", "overwrite"))
+    options.pop("nproc")  # taken out of the arguments above; here for --help
     given: dict = {}
     if resume:
         saved = read_config(resume)

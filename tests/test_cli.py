@@ -25,6 +25,7 @@ def test_train_task_help_shows_settings(capsys):
         main(["train", "translate", "--help"])
     out = capsys.readouterr().out
     assert "--hidden-size" in out and "--time-budget" in out and "--teacher-forcing" in out
+    assert "--nproc N" in out  # data-parallel training: taken before the other flags, listed all the same
 
 
 def test_unknown_task_and_flag_are_errors(capsys):

@@ -2,10 +2,13 @@
 of each learns (the full runs are in scripts/results.sh; their figures are in the README).
 
 Penn Treebank, Zaremba et al. (2014) "small": configs/ptb-small.toml.
+CMUdict grapheme-to-phoneme against Yao & Zweig (2015) and Bisani & Ney (2008): configs/cmudict-g2p.toml.
 """
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from rnnkit.training import LearningRateSchedule, TrainingConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PTB_SMALL = ROOT / "configs" / "ptb-small.toml"
+CMUDICT_G2P = ROOT / "configs" / "cmudict-g2p.toml"
 
 
 def test_step_decay_can_start_late():
@@ -88,3 +92,30 @@ def test_ptb_small_shortened_learns(tmp_path):
     unigram = math.exp(-float(frequencies[valid].clamp_min(1e-12).log().mean()))
     assert unigram > 500  # sanity: PTB's unigram perplexity is in the high hundreds
     assert perplexity < 0.6 * unigram, (perplexity, unigram)
+
+
+def test_cmudict_g2p_config_is_the_issues_setting():
+    """Letters in, phoneme symbols out, an attention model, 30 minutes of training, the best weights by WER."""
+    settings = resolve_settings("translate", read_config_file(CMUDICT_G2P), str(CMUDICT_G2P))
+    assert settings["data"] == "cmudict"
+    assert (settings["source_level"], settings["target_level"]) == ("char", "word")
+    assert settings["attention"] != "none" and settings["decoder"] in ("luong", "bahdanau")
+    training = training_settings(settings)
+    assert training.time_budget == 1800 and training.select_metric == "wer"
+
+
+@pytest.mark.slow
+def test_cmudict_g2p_shortened_learns(tmp_path):
+    """The configuration of the 30-minute run on a budget of 300 s, scored on the whole held-out test split (the
+    words of no other split) with greedy decoding: WER <= 40% (the issue's bar for the short run)."""
+    run = tmp_path / "g2p"
+    # As a user runs it: the rnnkit command in its own process (all threads, subnormal floats flushed).
+    done = subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", "translate", "--config", str(CMUDICT_G2P),
+                           "--out", str(run), "--time-budget", "300", "--beam-size", "1", "--no-progress"],
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tests = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    test = [e for e in tests if e.get("event") == "test"][-1]
+    assert test["source"] == "cmudict" and test["metrics"]["examples"] == 11_749
+    assert test["metrics"]["wer"] <= 0.40, test["metrics"]
+    assert test["metrics"]["per"] < test["metrics"]["wer"]  # a wrong word is rarely wrong in every phoneme
