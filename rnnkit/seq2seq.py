@@ -422,7 +422,9 @@ class BahdanauDecoder(Decoder):
         s_i = RNN([E y_{i-1}; c_i], s_{i-1})
         t_i = tanh(W_r [s_i; c_i; E y_{i-1}])   logits_i = W_o t_i
 
-    Attention depends on s_{i-1}, so the steps run one after another even under teacher forcing.
+    Attention depends on s_{i-1}, so the steps run one after another even under teacher forcing; there
+    ``forward_parallel`` steps only the attention and the RNN, and computes the deep output and the logits of all
+    T steps as one product each (the tests check it equals the step loop).
     """
 
     has_attention = True
@@ -448,6 +450,10 @@ class BahdanauDecoder(Decoder):
     def output_layer(self) -> nn.Linear:
         return self.deep_output.output
 
+    @property
+    def supports_parallel(self) -> bool:
+        return True  # the recurrence steps inside forward_parallel; the output layer runs once
+
     def _rnn_input_size(self) -> int:
         return self.embedding_size + self.context_size
 
@@ -465,6 +471,22 @@ class BahdanauDecoder(Decoder):
             logits = self.pointer(logits, weights, state["source"], context, outputs.squeeze(1), embedded)
         return logits, {**state, **recurrent, **attended, "step": state["step"] + 1}
 
+    def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor]:
+        embedded = self.dropout(self.embedding(tgt_in))  # E y_{i-1} for every i: (B, T, E)
+        outputs, contexts, weights = [], [], []
+        for inputs in embedded.unbind(1):  # (B, E)
+            context, step_weights, attended = _attend(self.attention, state["hidden"][:, -1], state)  # c_i, a_i
+            output, recurrent = self._run_rnn(torch.cat([inputs, context], dim=-1).unsqueeze(1), state)
+            state = {**state, **recurrent, **attended, "step": state["step"] + 1}
+            outputs.append(output.squeeze(1))
+            contexts.append(context)
+            weights.append(step_weights)
+        hidden, context, attention = (torch.stack(x, dim=1) for x in (outputs, contexts, weights))  # s, c, a
+        logits = self.deep_output(hidden, context, embedded)  # (B, T, V): one product for all steps
+        if self.pointer is not None:
+            logits = self.pointer(logits, attention, state["source"], context, hidden, embedded)
+        return logits, attention  # (B, T, V), (B, T, S)
+
 
 class LuongDecoder(Decoder):
     """Decoder with attention after the RNN (Luong et al. 2015, section 3), optional input feeding.
@@ -478,7 +500,8 @@ class LuongDecoder(Decoder):
 
     Without input feeding (and without coverage attention), h_t does not depend on the attention, so under full
     teacher forcing ``forward_parallel`` runs the RNN over all T steps in one call and the attention for all
-    steps as batched matrix products; the tests check it equals the step loop.
+    steps as batched matrix products; with them it steps the RNN and the attention, and computes the logits of
+    all T steps as one product. The tests check both equal the step loop.
     """
 
     has_attention = True
@@ -509,7 +532,11 @@ class LuongDecoder(Decoder):
 
     @property
     def supports_parallel(self) -> bool:
-        return not (self.input_feeding or self.attention.coverage)
+        return True  # with input feeding or coverage, the recurrence steps inside forward_parallel
+
+    @property
+    def _steps_depend_on_attention(self) -> bool:
+        return self.input_feeding or self.attention.coverage
 
     def _rnn_input_size(self) -> int:
         return self.embedding_size + (self.hidden_size if self.input_feeding else 0)
@@ -540,19 +567,38 @@ class LuongDecoder(Decoder):
         return logits, new_state
 
     def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor]:
-        if not self.supports_parallel:
-            raise ValueError("input feeding or coverage makes each step depend on the last one: decode step by step")
         embedded = self.dropout(self.embedding(tgt_in))  # (B, T, E)
-        hidden, _ = self._run_rnn(embedded, state)  # h_t for every t: (B, T, H)
-        steps = state["step"].unsqueeze(1) + torch.arange(tgt_in.shape[1], device=tgt_in.device)  # (B, T)
-        contexts, weights = self.attention.attend_all(
-            hidden, state["keys"], state["valid"], precomputed=state.get("keys_proj"), steps=steps
-        )
-        attentional = self._attentional(contexts, hidden)  # (B, T, H)
-        logits = self.output(self.dropout(attentional))  # (B, T, V)
+        if self._steps_depend_on_attention:
+            hidden, contexts, weights, attentional = self._step_all(embedded, state)
+        else:
+            hidden, _ = self._run_rnn(embedded, state)  # h_t for every t: (B, T, H)
+            steps = state["step"].unsqueeze(1) + torch.arange(tgt_in.shape[1], device=tgt_in.device)  # (B, T)
+            contexts, weights = self.attention.attend_all(
+                hidden, state["keys"], state["valid"], precomputed=state.get("keys_proj"), steps=steps
+            )
+            attentional = self._attentional(contexts, hidden)  # (B, T, H)
+        logits = self.output(self.dropout(attentional))  # (B, T, V): one product for all steps
         if self.pointer is not None:
             logits = self.pointer(logits, weights, state["source"], contexts, hidden, embedded)
         return logits, weights  # (B, T, V), (B, T, S)
+
+    def _step_all(self, embedded: Tensor, state: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The recurrence of :meth:`step` over inputs (B, T, E), without the output layer: h_t, c_t, a_t and
+        h~_t for every t, each stacked on dim 1."""
+        hiddens, contexts, weights, attentionals = [], [], [], []
+        for inputs in embedded.unbind(1):  # (B, E)
+            rnn_input = torch.cat([inputs, state["feed"]], dim=-1) if self.input_feeding else inputs
+            outputs, recurrent = self._run_rnn(rnn_input.unsqueeze(1), state)
+            hidden = outputs.squeeze(1)  # h_t: (B, H)
+            context, step_weights, attended = _attend(self.attention, hidden, state)
+            attentional = self._attentional(context, hidden)  # h~_t: (B, H)
+            state = {**state, **recurrent, **attended, "step": state["step"] + 1}
+            if self.input_feeding:
+                state["feed"] = attentional
+            for stack, value in zip((hiddens, contexts, weights, attentionals),
+                                    (hidden, context, step_weights, attentional), strict=True):
+                stack.append(value)
+        return tuple(torch.stack(stack, dim=1) for stack in (hiddens, contexts, weights, attentionals))
 
 
 class PlainDecoder(Decoder):

@@ -132,10 +132,50 @@ def test_fast_teacher_forced_luong_path_equals_the_step_loop_with_gradients(atte
         assert torch.allclose(fast_grads[name], loop_grads[name], atol=1e-5), name
 
 
+STEPPING = [("bahdanau", {}), ("bahdanau", {"coverage": True}), ("bahdanau", {"copy_attention": True}),
+            ("bahdanau", {"num_layers": 2}), ("luong", {"input_feeding": True}),
+            ("luong", {"input_feeding": True, "copy_attention": True}),
+            ("luong", {"coverage": True, "attention": "concat"})]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize(("decoder", "options"), STEPPING)
+def test_teacher_forced_stepping_path_equals_the_step_loop_with_gradients(decoder, options, cell):
+    """Where each step needs the last one's attention (Bahdanau; Luong with input feeding or coverage),
+    forward_parallel steps the attention and the RNN and runs the output layer once: the same logits, attention
+    and gradients as the step loop (dropout off: it draws its masks per call)."""
+    model = _model(decoder, cell, **options)
+    src, lengths, tgt_in = _batch(target_length=7)
+    target = torch.randint(0, V_TGT, tgt_in.shape, generator=torch.Generator().manual_seed(3))
+    results = []
+    for fast_path in (True, False):
+        model.zero_grad()
+        logits, weights = model(src, lengths, tgt_in, return_attention=True, fast_path=fast_path)
+        F.cross_entropy(logits.transpose(1, 2), target).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), weights.detach(), grads))
+    (fast_logits, fast_weights, fast_grads), (loop_logits, loop_weights, loop_grads) = results
+    assert torch.allclose(fast_logits, loop_logits, atol=1e-5)
+    assert torch.allclose(fast_weights, loop_weights, atol=1e-6)
+    assert fast_grads.keys() == loop_grads.keys() and len(fast_grads) == len(list(model.parameters()))
+    for name in fast_grads:
+        assert torch.allclose(fast_grads[name], loop_grads[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("decoder, options", [("bahdanau", {}), ("luong", {"input_feeding": True}),
+                                              ("luong", {"coverage": True, "attention": "concat"})])
+def test_teacher_forced_stepping_path_runs_the_output_layer_once(decoder, options):
+    model = _model(decoder, **options)
+    calls = []
+    model.decoder.output_layer.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape))
+    src, lengths, tgt_in = _batch()
+    model(src, lengths, tgt_in)
+    assert calls == [(len(lengths), tgt_in.shape[1], model.decoder.hidden_size)]
+
+
 @pytest.mark.parametrize("decoder, attention", [("bahdanau", "additive"), ("luong", "concat")])
 def test_coverage_is_the_running_sum_of_attention_and_changes_it(decoder, attention):
     model = _model(decoder, attention=attention, coverage=True)
-    assert not model.decoder.supports_parallel  # each step's attention depends on the last ones
     src, lengths, tgt_in = _batch(target_length=6)
     with torch.no_grad():
         _, weights = model(src, lengths, tgt_in, return_attention=True)  # (B, T, S)
