@@ -3,10 +3,10 @@
 A confident model's softmax gives probabilities below float32's smallest normal number (1.2e-38) to most
 classes or source positions; they reach matrix products in attention (weights x encoder states) and in the
 cross-entropy's gradient (dL/dlogits x output weights). Each contender is one such product at a G2P model's
-sizes, on softmax outputs of logits drawn at a scale that makes about a third of the probabilities subnormal,
-against the same product on probabilities of ordinary size. Each mode runs in its own process (the flush mode
-of torch's worker threads is fixed when they start); the two inputs are timed in alternating rounds
-(benchmarks/harness.py's rules).
+sizes, on softmax outputs of logits drawn at a scale that makes some of the probabilities subnormal (the table
+gives the share), against the same product on probabilities of ordinary size. Each mode runs in its own process
+(the flush mode of torch's worker threads is fixed when they start); the two inputs are timed in alternating
+rounds (benchmarks/harness.py's rules).
 
 Usage: ``python -m benchmarks.denormals [--repeats N] [--threads N] [--output PATH]``.
 """

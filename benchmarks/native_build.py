@@ -84,7 +84,8 @@ def child_cffi(directory: str) -> dict:
         body = header.split('extern "C" {', 1)[1].rsplit("#ifdef __cplusplus", 1)[0]  # the declarations only
         ffi.cdef(body.replace("#endif", ""))
         ffi.set_source("_rnnkit_cffi", '#include "kernels.h"', sources=[str(csrc / "kernels.c")],
-                       include_dirs=[str(csrc)], extra_compile_args=[f for f in native.C_FLAGS if f != "-std=c99"])
+                       include_dirs=[str(csrc)], libraries=["mvec", "m"],  # glibc's vector expf, tanhf
+                       extra_compile_args=[f for f in native.C_FLAGS if f != "-std=c99"])
         ffi.compile(tmpdir=directory)
         import _rnnkit_cffi as module
     seconds = time.perf_counter() - started

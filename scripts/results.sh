@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the README's results table: train each task on its real dataset with the CLI, evaluate on the
-# held-out test split, and print the metrics. Runs take the time budgets shown (about 45 minutes in all on
+# held-out test split, and print the metrics. Runs take the time budgets shown (about 80 minutes in all on
 # 2 cores). Usage: bash scripts/results.sh [OUT_DIR]   (default runs/results)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,4 +27,6 @@ train lm ptb-small --config configs/ptb-small.toml
 .venv/bin/python scripts/plot_perplexity.py "$OUT/ptb-small" "$OUT/ptb-small.png" \
     --reference "Zaremba et al. 2014, valid=120.7" --reference "Zaremba et al. 2014, test=114.5" \
     --title "PTB word LM, Zaremba et al. small (2x200 LSTM, no dropout)"
+# CMUdict grapheme-to-phoneme: 30 minutes of training (Yao & Zweig 2015 for comparison)
+train translate cmudict-g2p --config configs/cmudict-g2p.toml
 uptime
