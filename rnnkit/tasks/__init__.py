@@ -26,16 +26,15 @@ A run records where each split comes from (:func:`run_sources`): evaluation read
 
 from __future__ import annotations
 
-import importlib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from rnnkit.tasks.runner import (
     SPLITS,
+    TASK_NAMES,
     NoSourceError,
     TaskRunner,
     check_vocabulary_size,
@@ -45,6 +44,7 @@ from rnnkit.tasks.runner import (
     load_run,
     recorded_source,
     run_file,
+    task_module,
 )
 from rnnkit.training import TrainingConfig
 
@@ -53,7 +53,6 @@ __all__ = ["TASK_NAMES", "SPLITS", "TRAINING_KEYS", "TRAINING_HELP", "TaskRunner
            "jsonable_settings", "split_source", "run_sources", "recorded_source", "evaluation_source",
            "evaluate_test", "run_file", "check_vocabulary_size", "is_catalog_source"]
 
-TASK_NAMES = ("lm", "classify", "tag", "translate", "forecast")
 TRAINING_KEYS = tuple(f.name for f in fields(TrainingConfig))
 # One line per training setting, for `rnnkit train TASK --help` (the formulas: rnnkit.training.TrainingConfig).
 TRAINING_HELP: dict[str, str] = {
@@ -80,13 +79,6 @@ TRAINING_HELP: dict[str, str] = {
     "log_samples": "validation examples with the model's outputs logged at each evaluation (metrics.jsonl, "
                    "progress output)",
 }
-
-
-def task_module(name: str) -> ModuleType:
-    """The module implementing task ``name``; unknown names raise ValueError listing the known ones."""
-    if name not in TASK_NAMES:
-        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASK_NAMES)}")
-    return importlib.import_module(f"rnnkit.tasks.{name}")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

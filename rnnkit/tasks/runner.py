@@ -17,8 +17,10 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
 from torch import nn
@@ -26,6 +28,15 @@ from torch import nn
 from rnnkit.checkpoint import CONFIG_FILE, CheckpointError, load_weights, read_config
 
 SPLITS = ("train", "valid", "test")
+TASK_NAMES = ("lm", "classify", "tag", "translate", "forecast")
+
+
+def task_module(name: str) -> ModuleType:
+    """The module implementing task ``name`` (``rnnkit.tasks.<name>``); unknown names raise ValueError listing
+    the known ones."""
+    if name not in TASK_NAMES:
+        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASK_NAMES)}")
+    return importlib.import_module(f"rnnkit.tasks.{name}")
 
 
 def is_catalog_source(source: Any) -> bool:
@@ -189,8 +200,6 @@ def load_run(run_dir: str | Path) -> TaskRunner:
     task = read_config(run_dir).get("task")
     if not isinstance(task, str):
         raise ValueError(f"{Path(run_dir) / CONFIG_FILE} names no task")
-    from rnnkit.tasks import task_module
-
     return task_module(task).load(run_dir)
 
 
