@@ -104,17 +104,8 @@ def test_state_is_batch_first_and_reorders_generically(variant):
     assert torch.allclose(expanded_log_probs, log_probs[rows], atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "attention", ["general", "dot", "scaled-dot", "concat", "additive", "location", "local-m", "local-p"]
-)
-def test_fast_teacher_forced_luong_path_equals_the_step_loop_with_gradients(attention):
-    options = {}
-    if attention == "location":
-        options["attention_options"] = {"max_source_length": 6}
-    if attention.startswith("local"):
-        options["attention_options"] = {"window": 1}  # narrow, so that a wrong step index shows
-    model = _model("luong", "lstm", attention=attention, num_layers=2, **options)
-    assert model.decoder.supports_parallel
+def _assert_fast_path_equals_step_loop(model):
+    """forward(fast_path=True) against the step loop: logits, attention and every gradient."""
     src, lengths, tgt_in = _batch(target_length=7)
     target = torch.randint(0, V_TGT, tgt_in.shape, generator=torch.Generator().manual_seed(3))
     results = []
@@ -130,6 +121,20 @@ def test_fast_teacher_forced_luong_path_equals_the_step_loop_with_gradients(atte
     assert fast_grads.keys() == loop_grads.keys() and len(fast_grads) == len(list(model.parameters()))
     for name in fast_grads:
         assert torch.allclose(fast_grads[name], loop_grads[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize(
+    "attention", ["general", "dot", "scaled-dot", "concat", "additive", "location", "local-m", "local-p"]
+)
+def test_fast_teacher_forced_luong_path_equals_the_step_loop_with_gradients(attention):
+    options = {}
+    if attention == "location":
+        options["attention_options"] = {"max_source_length": 6}
+    if attention.startswith("local"):
+        options["attention_options"] = {"window": 1}  # narrow, so that a wrong step index shows
+    model = _model("luong", "lstm", attention=attention, num_layers=2, **options)
+    assert model.decoder.supports_parallel
+    _assert_fast_path_equals_step_loop(model)
 
 
 STEPPING = [("bahdanau", {}), ("bahdanau", {"coverage": True}), ("bahdanau", {"copy_attention": True}),
@@ -145,21 +150,7 @@ def test_teacher_forced_stepping_path_equals_the_step_loop_with_gradients(decode
     forward_parallel steps the attention and the RNN and runs the output layer once: the same logits, attention
     and gradients as the step loop (dropout off: it draws its masks per call)."""
     model = _model(decoder, cell, **options)
-    src, lengths, tgt_in = _batch(target_length=7)
-    target = torch.randint(0, V_TGT, tgt_in.shape, generator=torch.Generator().manual_seed(3))
-    results = []
-    for fast_path in (True, False):
-        model.zero_grad()
-        logits, weights = model(src, lengths, tgt_in, return_attention=True, fast_path=fast_path)
-        F.cross_entropy(logits.transpose(1, 2), target).backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        results.append((logits.detach(), weights.detach(), grads))
-    (fast_logits, fast_weights, fast_grads), (loop_logits, loop_weights, loop_grads) = results
-    assert torch.allclose(fast_logits, loop_logits, atol=1e-5)
-    assert torch.allclose(fast_weights, loop_weights, atol=1e-6)
-    assert fast_grads.keys() == loop_grads.keys() and len(fast_grads) == len(list(model.parameters()))
-    for name in fast_grads:
-        assert torch.allclose(fast_grads[name], loop_grads[name], atol=1e-5), name
+    _assert_fast_path_equals_step_loop(model)
 
 
 @pytest.mark.parametrize("decoder, options", [("bahdanau", {}), ("luong", {"input_feeding": True}),
