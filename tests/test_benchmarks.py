@@ -35,6 +35,18 @@ def test_rate_and_load():
     assert harness.load_average().count(",") == 2 or harness.load_average() == "unknown"
 
 
+def test_layers_ab_alternates_call_by_call():
+    from benchmarks.layers_ab import alternate
+
+    calls = []
+    ratios = alternate(lambda backward: calls.append(("before", backward)),
+                       lambda backward: calls.append(("after", backward)), True, seconds=0.0)
+    assert len(ratios) == 5 and all(r > 0 for r in ratios)
+    assert calls[:4] == [("before", True), ("after", True)] * 2  # warm-up
+    pairs = [tuple(name for name, _ in calls[i : i + 2]) for i in range(4, len(calls), 2)]
+    assert pairs == [("before", "after"), ("after", "before")] * 2 + [("before", "after")]  # neither always first
+
+
 class Calls:
     """Records, while active, every module call (module, args, kwargs) and every call of a cell's ``recur``
     (the reference path steps the cells; the fast path and torch's kernels do not)."""
