@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -187,11 +188,17 @@ def test_patches_apply_once_and_refuse_another_version(tmp_path):
         bench.apply_patches(tmp_path)
 
 
-def test_rnnkit_child_reports_peak_rss(tmp_path, capsys):
+def test_rnnkit_child_runs_as_the_rnnkit_command(tmp_path):
+    """The rnnkit side runs in its own process, as the ``rnnkit`` command does: subnormal floats flushed before
+    anything computes (rnnkit.denormals), and its peak RSS reported."""
+    from benchmarks.harness import ROOT
+
     report = tmp_path / "rss.json"
-    assert bench.main(["--child-rnnkit", str(report), "--", "data", "list"]) == 0
+    subprocess.run([sys.executable, "-m", "benchmarks.peers.joeynmt", "--child-rnnkit", str(report), "--", "data",
+                    "list"], cwd=ROOT, check=True, capture_output=True, timeout=300)
     figures = json.loads(report.read_text())
     assert figures["peak_rss_mib"] > 0 and figures["threads"] >= 1
+    assert figures["subnormals_flushed"] is True
 
 
 def test_joeynmt_environment_pins_rnnkits_torch():

@@ -272,11 +272,18 @@ def _run_logged(command: list[str], log: Path, label: str, budget: float, **opti
 
 
 def rnnkit_child(report: Path, argv: list[str]) -> int:
-    """``--child-rnnkit``: run the rnnkit CLI in this process, then write its peak RSS to ``report``."""
+    """``--child-rnnkit``: run the rnnkit CLI in this process as the ``rnnkit`` command does (subnormal floats
+    flushed to zero first, rnnkit.denormals; JoeyNMT's command does not), then write its peak RSS to ``report``."""
     from rnnkit.cli import main as rnnkit_main
+    from rnnkit.denormals import denormals_flushed, flush_denormals
 
+    flush_denormals()
+    flushed = denormals_flushed()
+    if not flushed:
+        raise RuntimeError("subnormal floats are not flushed in the rnnkit child: flushed too late")
     code = rnnkit_main(argv)
-    report.write_text(json.dumps({"peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads()}))
+    report.write_text(json.dumps({"peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(),
+                                  "subnormals_flushed": flushed}))
     return code or 0
 
 
