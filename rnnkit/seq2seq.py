@@ -460,28 +460,30 @@ class BahdanauDecoder(Decoder):
     def init_state(self, encoded: EncoderOutput) -> State:
         return {**super().init_state(encoded), **_attention_state(self.attention, encoded, self.pointer)}
 
-    def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        embedded = self.dropout(self.embedding(prev_tokens))  # E y_{i-1}: (N, E)
+    def _recur(self, embedded: Tensor, state: State) -> tuple[Tensor, Tensor, Tensor, State]:
+        """One step of the recurrence from E y_{i-1} (N, E), without the output layer: s_i (N, H), c_i (N, K),
+        a_i (N, S) and the next state."""
         query = state["hidden"][:, -1]  # s_{i-1}, top layer: (N, H)
         context, weights, attended = _attend(self.attention, query, state)  # c_i: (N, K), a_i: (N, S)
         rnn_input = torch.cat([embedded, context], dim=-1).unsqueeze(1)  # (N, 1, E + K)
         outputs, recurrent = self._run_rnn(rnn_input, state)
-        logits = self.deep_output(outputs.squeeze(1), context, embedded)  # (N, V)
+        return outputs.squeeze(1), context, weights, {**state, **recurrent, **attended, "step": state["step"] + 1}
+
+    def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        embedded = self.dropout(self.embedding(prev_tokens))  # E y_{i-1}: (N, E)
+        hidden, context, weights, state = self._recur(embedded, state)
+        logits = self.deep_output(hidden, context, embedded)  # (N, V)
         if self.pointer is not None:  # log P of the pointer-generator mixture
-            logits = self.pointer(logits, weights, state["source"], context, outputs.squeeze(1), embedded)
-        return logits, {**state, **recurrent, **attended, "step": state["step"] + 1}
+            logits = self.pointer(logits, weights, state["source"], context, hidden, embedded)
+        return logits, state
 
     def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor]:
         embedded = self.dropout(self.embedding(tgt_in))  # E y_{i-1} for every i: (B, T, E)
-        outputs, contexts, weights = [], [], []
+        steps = []
         for inputs in embedded.unbind(1):  # (B, E)
-            context, step_weights, attended = _attend(self.attention, state["hidden"][:, -1], state)  # c_i, a_i
-            output, recurrent = self._run_rnn(torch.cat([inputs, context], dim=-1).unsqueeze(1), state)
-            state = {**state, **recurrent, **attended, "step": state["step"] + 1}
-            outputs.append(output.squeeze(1))
-            contexts.append(context)
-            weights.append(step_weights)
-        hidden, context, attention = (torch.stack(x, dim=1) for x in (outputs, contexts, weights))  # s, c, a
+            *values, state = self._recur(inputs, state)
+            steps.append(values)
+        hidden, context, attention = (torch.stack(x, dim=1) for x in zip(*steps, strict=True))  # s, c, a
         logits = self.deep_output(hidden, context, embedded)  # (B, T, V): one product for all steps
         if self.pointer is not None:
             logits = self.pointer(logits, attention, state["source"], context, hidden, embedded)
@@ -551,20 +553,26 @@ class LuongDecoder(Decoder):
         # Luong et al. 2015, eq. 5: attentional hidden state h~ = tanh(W_c [c; h])
         return torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))  # (..., H)
 
-    def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        embedded = self.dropout(self.embedding(prev_tokens))  # (N, E)
+    def _recur(self, embedded: Tensor, state: State) -> tuple[Tensor, Tensor, Tensor, Tensor, State]:
+        """One step of the recurrence from the input embedding (N, E), without the output layer: h_t (N, H),
+        c_t (N, K), a_t (N, S), h~_t (N, H) and the next state."""
         rnn_input = torch.cat([embedded, state["feed"]], dim=-1) if self.input_feeding else embedded  # (N, E[+H])
         outputs, recurrent = self._run_rnn(rnn_input.unsqueeze(1), state)
         hidden = outputs.squeeze(1)  # h_t: (N, H)
         context, weights, attended = _attend(self.attention, hidden, state)  # c_t: (N, K), a_t: (N, S)
         attentional = self._attentional(context, hidden)  # (N, H)
-        logits = self.output(self.dropout(attentional))  # (N, V)
-        if self.pointer is not None:  # log P of the pointer-generator mixture
-            logits = self.pointer(logits, weights, state["source"], context, hidden, embedded)
         new_state = {**state, **recurrent, **attended, "step": state["step"] + 1}
         if self.input_feeding:
             new_state["feed"] = attentional
-        return logits, new_state
+        return hidden, context, weights, attentional, new_state
+
+    def step(self, prev_tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        embedded = self.dropout(self.embedding(prev_tokens))  # (N, E)
+        hidden, context, weights, attentional, state = self._recur(embedded, state)
+        logits = self.output(self.dropout(attentional))  # (N, V)
+        if self.pointer is not None:  # log P of the pointer-generator mixture
+            logits = self.pointer(logits, weights, state["source"], context, hidden, embedded)
+        return logits, state
 
     def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor]:
         embedded = self.dropout(self.embedding(tgt_in))  # (B, T, E)
@@ -585,20 +593,11 @@ class LuongDecoder(Decoder):
     def _step_all(self, embedded: Tensor, state: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The recurrence of :meth:`step` over inputs (B, T, E), without the output layer: h_t, c_t, a_t and
         h~_t for every t, each stacked on dim 1."""
-        hiddens, contexts, weights, attentionals = [], [], [], []
+        steps = []
         for inputs in embedded.unbind(1):  # (B, E)
-            rnn_input = torch.cat([inputs, state["feed"]], dim=-1) if self.input_feeding else inputs
-            outputs, recurrent = self._run_rnn(rnn_input.unsqueeze(1), state)
-            hidden = outputs.squeeze(1)  # h_t: (B, H)
-            context, step_weights, attended = _attend(self.attention, hidden, state)
-            attentional = self._attentional(context, hidden)  # h~_t: (B, H)
-            state = {**state, **recurrent, **attended, "step": state["step"] + 1}
-            if self.input_feeding:
-                state["feed"] = attentional
-            for stack, value in zip((hiddens, contexts, weights, attentionals),
-                                    (hidden, context, step_weights, attentional), strict=True):
-                stack.append(value)
-        return tuple(torch.stack(stack, dim=1) for stack in (hiddens, contexts, weights, attentionals))
+            *values, state = self._recur(inputs, state)
+            steps.append(values)
+        return tuple(torch.stack(values, dim=1) for values in zip(*steps, strict=True))
 
 
 class PlainDecoder(Decoder):
