@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +24,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch
 
-from benchmarks.harness import ROOT, Contender, Peak, load_average, machine, run_rounds, set_threads
+from benchmarks.harness import (
+    Contender,
+    Peak,
+    child_json,
+    load_average,
+    machine,
+    run_rounds,
+    set_threads,
+    write_results,
+)
 
 SUBNORMAL = torch.finfo(torch.float32).tiny
 
@@ -70,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("plain", "flush"):
         command = [sys.executable, "-m", "benchmarks.denormals", "--child", mode, "--repeats", str(args.repeats),
                    "--threads", str(torch.get_num_threads())]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-        results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        results[mode] = child_json(command)
     lines = [
         "# Subnormal floats in matrix products",
         "",
@@ -87,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         flushed = results["flush"][label]
         lines.append(f"| {label} | {plain['subnormal_share']:.0%} | {1e3 * plain['seconds']:.3f} | "
                      f"{1e3 * flushed['seconds']:.3f} | {plain['seconds'] / flushed['seconds']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output is not None:
-        args.output.write_text(text)
+    write_results("\n".join(lines) + "\n", args.output)
     return 0
 
 

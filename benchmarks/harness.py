@@ -212,9 +212,19 @@ def rounds(parser: argparse.ArgumentParser, repeats: int | None, quick: bool) ->
     return repeats
 
 
-def write_results(text: str, output: Path) -> None:
-    """Print a results table and write it to ``output`` (its folder created), saying where on stderr."""
+def child_json(command: list[str], env: dict | None = None) -> dict:
+    """Run ``command`` (a benchmark's child process) from the repository and return the JSON object on the last
+    line of its output; a failing child raises CalledProcessError."""
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_results(text: str, output: Path | None) -> None:
+    """Print a results table and write it to ``output`` (its folder created; None: print only), saying where on
+    stderr."""
     print(text)
+    if output is None:
+        return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     print(f"written to {output}", file=sys.stderr)

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch
 
-from benchmarks.harness import ROOT, load_average, machine
+from benchmarks.harness import child_json, load_average, machine, write_results
 
 CALLS = 20_000
 
@@ -100,9 +99,7 @@ def child_cffi(directory: str) -> dict:
 
 
 def _child(*arguments: str, env: dict | None = None) -> dict:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.native_build", "--child", *arguments], cwd=ROOT,
-                          capture_output=True, text=True, env=env, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child_json([sys.executable, "-m", "benchmarks.native_build", "--child", *arguments], env=env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         lines.append(f"| {label} | {first['load_seconds']:.2f} | {cached['load_seconds']:.3f} | "
                      f"{1e6 * cached['call_seconds']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output is not None:
-        args.output.write_text(text)
+    write_results("\n".join(lines) + "\n", args.output)
     return 0
 
 
