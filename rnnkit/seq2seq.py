@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from rnnkit import layers
 from rnnkit.attention import Attention, make_attention
 from rnnkit.checks import check_bool, check_probability, check_size
+from rnnkit.losses import linear_cross_entropy
 from rnnkit.teacher_forcing import (  # re-exported: their home before rnnkit.teacher_forcing
     ConstantSchedule,
     ExponentialSchedule,
@@ -267,6 +268,7 @@ class Decoder(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=pad_id)
         self.dropout = nn.Dropout(check_probability("dropout", dropout))
         self.rnn = _make_rnn(self.cell, self._rnn_input_size(), hidden_size, num_layers, dropout)
+        self.pointer: nn.Module | None = None  # copy attention's pointer-generator (attention decoders only)
 
     @property
     def supports_parallel(self) -> bool:
@@ -309,6 +311,25 @@ class Decoder(nn.Module):
 
     def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor | None]:
         """All T steps at once, inputs ``tgt_in`` (B, T): logits (B, T, V) and attention (B, T, S) or None."""
+        features, attention, copy_inputs = self._parallel(tgt_in, state)
+        logits = self.output_layer(features)  # (B, T, V): one product for all steps
+        if self.pointer is not None:  # log P of the pointer-generator mixture
+            logits = self.pointer(logits, attention, *copy_inputs)
+        return logits, attention
+
+    def parallel_features(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor | None]:
+        """What :meth:`forward_parallel` feeds its output layer, (B, T, F), and the attention: logits =
+        ``output_layer(features)``. A decoder with copy attention has no such features (its output mixes the
+        output layer's distribution with the attention's), so it raises."""
+        if self.pointer is not None:
+            raise ValueError("with copy attention the output is a mixture, not the output layer's logits")
+        features, attention, _ = self._parallel(tgt_in, state)
+        return features, attention
+
+    def _parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor | None, tuple]:
+        """Under full teacher forcing, all T steps: the output layer's input (B, T, F), the attention
+        (B, T, S) or None, and the pointer-generator's other inputs (source ids, contexts, RNN outputs, input
+        embeddings) after the logits and weights."""
         raise NotImplementedError(f"{type(self).__name__} decodes step by step only")
 
     # -- helpers shared by the subclasses -----------------------------------------------------------------
@@ -376,9 +397,12 @@ class _DeepOutput(nn.Module):
         self.output = nn.Linear(hidden_size, vocab_size)  # W_o
         self.dropout = dropout
 
+    def features(self, state: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
+        """t_i after dropout, the output layer's input: (..., H)."""
+        return self.dropout(torch.tanh(self.readout(torch.cat([state, context, embedded], dim=-1))))
+
     def forward(self, state: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
-        readout = torch.tanh(self.readout(torch.cat([state, context, embedded], dim=-1)))  # (..., H)
-        return self.output(self.dropout(readout))  # (..., V)
+        return self.output(self.features(state, context, embedded))  # (..., V)
 
 
 class PointerGenerator(nn.Module):
@@ -477,17 +501,16 @@ class BahdanauDecoder(Decoder):
             logits = self.pointer(logits, weights, state["source"], context, hidden, embedded)
         return logits, state
 
-    def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor]:
+    def _parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor, tuple]:
         embedded = self.dropout(self.embedding(tgt_in))  # E y_{i-1} for every i: (B, T, E)
+        source = state.get("source")
         steps = []
         for inputs in embedded.unbind(1):  # (B, E)
             *values, state = self._recur(inputs, state)
             steps.append(values)
         hidden, context, attention = (torch.stack(x, dim=1) for x in zip(*steps, strict=True))  # s, c, a
-        logits = self.deep_output(hidden, context, embedded)  # (B, T, V): one product for all steps
-        if self.pointer is not None:
-            logits = self.pointer(logits, attention, state["source"], context, hidden, embedded)
-        return logits, attention  # (B, T, V), (B, T, S)
+        features = self.deep_output.features(hidden, context, embedded)  # (B, T, H)
+        return features, attention, (source, context, hidden, embedded)
 
 
 class LuongDecoder(Decoder):
@@ -574,7 +597,7 @@ class LuongDecoder(Decoder):
             logits = self.pointer(logits, weights, state["source"], context, hidden, embedded)
         return logits, state
 
-    def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor]:
+    def _parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, Tensor, tuple]:
         embedded = self.dropout(self.embedding(tgt_in))  # (B, T, E)
         if self._steps_depend_on_attention:
             hidden, contexts, weights, attentional = self._step_all(embedded, state)
@@ -585,10 +608,7 @@ class LuongDecoder(Decoder):
                 hidden, state["keys"], state["valid"], precomputed=state.get("keys_proj"), steps=steps
             )
             attentional = self._attentional(contexts, hidden)  # (B, T, H)
-        logits = self.output(self.dropout(attentional))  # (B, T, V): one product for all steps
-        if self.pointer is not None:
-            logits = self.pointer(logits, weights, state["source"], contexts, hidden, embedded)
-        return logits, weights  # (B, T, V), (B, T, S)
+        return self.dropout(attentional), weights, (state.get("source"), contexts, hidden, embedded)
 
     def _step_all(self, embedded: Tensor, state: State) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The recurrence of :meth:`step` over inputs (B, T, E), without the output layer: h_t, c_t, a_t and
@@ -637,11 +657,11 @@ class PlainDecoder(Decoder):
         logits = self.deep_output(outputs.squeeze(1), context, embedded)  # (N, V)
         return logits, {**state, **recurrent, "step": state["step"] + 1}
 
-    def forward_parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, None]:
+    def _parallel(self, tgt_in: Tensor, state: State) -> tuple[Tensor, None, tuple]:
         embedded = self.dropout(self.embedding(tgt_in))  # (B, T, E)
         context = state["context"].unsqueeze(1).expand(-1, tgt_in.shape[1], -1)  # (B, T, K)
         outputs, _ = self._run_rnn(torch.cat([embedded, context], dim=-1), state)  # (B, T, H)
-        return self.deep_output(outputs, context, embedded), None  # (B, T, V)
+        return self.deep_output.features(outputs, context, embedded), None, ()
 
 
 _COVERAGE_ATTENTIONS = ("additive", "concat")  # the scores with a hidden layer that coverage can enter
@@ -932,6 +952,37 @@ class Seq2Seq(nn.Module):
             logits.flatten(0, 1), tgt_out.flatten(), ignore_index=self.pad_id, label_smoothing=epsilon,
             reduction=reduction,
         )  # fmt: skip
+
+    def teacher_forced_loss(
+        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor, *,
+        label_smoothing: float | None = None,
+    ) -> Tensor:
+        """``self.loss(self(src, src_lengths, tgt_in), tgt_out, label_smoothing=...)``, the mean token loss under
+        full teacher forcing, without the (B, T, V) logits where the decoder allows it.
+
+        A decoder whose steps run in one call and whose output is its output layer's logits (no copy
+        attention) hands the output layer's inputs to :func:`rnnkit.losses.linear_cross_entropy`, which forms
+        the logits and their gradients a few rows at a time; any other decoder takes the unfused path.
+        """
+        decoder = self.decoder
+        if not decoder.supports_parallel or decoder.pointer is not None:
+            return self.loss(self(src, src_lengths, tgt_in), tgt_out, label_smoothing=label_smoothing)
+        epsilon = self.label_smoothing if label_smoothing is None else check_probability(
+            "label_smoothing", label_smoothing
+        )
+        if tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0] or tgt_in.is_floating_point():
+            raise ValueError(
+                f"tgt_in must be a (B, T) integer tensor with B={src.shape[0]}, got {tgt_in.dtype} "
+                f"{tuple(tgt_in.shape)}"
+            )
+        if tgt_out.shape != tgt_in.shape:
+            raise ValueError(f"tgt_out must be (B, T) = {tuple(tgt_in.shape)} like tgt_in, got {tuple(tgt_out.shape)}")
+        features, _ = decoder.parallel_features(tgt_in, self.start(src, src_lengths))  # (B, T, F)
+        output = decoder.output_layer
+        return linear_cross_entropy(
+            features.flatten(0, 1), output.weight, output.bias, tgt_out.flatten(), ignore_index=self.pad_id,
+            label_smoothing=epsilon,
+        )
 
     def _check_source(self, src: Tensor, src_lengths) -> Tensor:
         if not isinstance(src, Tensor) or src.dim() != 2 or src.is_floating_point():

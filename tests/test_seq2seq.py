@@ -153,6 +153,49 @@ def test_teacher_forced_stepping_path_equals_the_step_loop_with_gradients(decode
     _assert_fast_path_equals_step_loop(model)
 
 
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+@pytest.mark.parametrize("variant", VARIANTS + [("luong", "gru", {"embedding_size": 8, "tie_weights": True})],
+                         ids=_ids)
+def test_teacher_forced_loss_equals_the_loss_of_the_logits_with_gradients(variant, epsilon):
+    """The fused output layer and loss (rnnkit.losses) against model.loss(model(...)): loss and every gradient,
+    padded targets included; copy attention falls back to the unfused path."""
+    decoder, cell, options = variant
+    if "embedding_size" in options:  # tied: the output layer's weight is the embedding, trained by both uses
+        torch.manual_seed(0)
+        model = Seq2Seq.build(Seq2SeqConfig(V_SRC, V_TGT, hidden_size=8, decoder=decoder, cell=cell, **options))
+    else:
+        model = _model(decoder, cell, **options)
+    src, lengths, tgt_in = _batch(target_length=7)
+    tgt_out = torch.randint(4, V_TGT, tgt_in.shape, generator=torch.Generator().manual_seed(3))
+    tgt_out[1, 4:] = PAD_ID
+    tgt_out[2, 2:] = PAD_ID
+    results = []
+    for fused in (True, False):
+        model.zero_grad()
+        if fused:
+            loss = model.teacher_forced_loss(src, lengths, tgt_in, tgt_out, label_smoothing=epsilon)
+        else:
+            loss = model.loss(model(src, lengths, tgt_in), tgt_out, label_smoothing=epsilon)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (fused_loss, fused_grads), (loss, grads) = results
+    torch.testing.assert_close(fused_loss, loss)
+    assert fused_grads.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(fused_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_teacher_forced_loss_never_forms_the_logits_where_it_can_fuse(monkeypatch):
+    model = _model("bahdanau", "gru")
+    calls = []
+    monkeypatch.setattr(model.decoder.deep_output.output, "forward", lambda x: calls.append(x) or 1 / 0)
+    src, lengths, tgt_in = _batch()
+    model.teacher_forced_loss(src, lengths, tgt_in, tgt_in).backward()
+    assert calls == []
+    with pytest.raises(ValueError, match="tgt_out must be"):
+        model.teacher_forced_loss(src, lengths, tgt_in, tgt_in[:, 1:])
+
+
 @pytest.mark.parametrize("decoder, options", [("bahdanau", {}), ("luong", {"input_feeding": True}),
                                               ("luong", {"coverage": True, "attention": "concat"})])
 def test_teacher_forced_stepping_path_runs_the_output_layer_once(decoder, options):
