@@ -221,9 +221,13 @@ class TranslateTask:
                    label_smoothing: float | None = None) -> tuple[Tensor, int]:
         """Mean token loss (label-smoothed as the model is configured, unless ``label_smoothing`` says otherwise)
         and the number of target tokens."""
+        n_tokens = int((batch["tgt_out"] != self.model.pad_id).sum())
+        if teacher_forcing_ratio == 1.0:  # the output layer and its loss fused, where the decoder allows it
+            loss = self.model.teacher_forced_loss(batch["src"], batch["src_lengths"], batch["tgt_in"],
+                                                  batch["tgt_out"], label_smoothing=label_smoothing)
+            return loss, n_tokens
         logits = self.model(batch["src"], batch["src_lengths"], batch["tgt_in"],
                             teacher_forcing_ratio=teacher_forcing_ratio)  # (B, T, V)
-        n_tokens = int((batch["tgt_out"] != self.model.pad_id).sum())
         return self.model.loss(logits, batch["tgt_out"], label_smoothing=label_smoothing), n_tokens
 
     def loss(self, batch: Sequence[int], carry: Any) -> tuple[Tensor, int, None]:
