@@ -278,42 +278,66 @@ def _token_pairs(hypotheses: Sequence, references: Sequence) -> list[tuple[list,
     if len(references) == 0:
         raise ValueError("no hypotheses to score")
 
-    def tokens(item) -> list:
-        if isinstance(item, torch.Tensor):
-            return item.tolist()
-        return item.split() if isinstance(item, str) else list(item)
-
-    return [(tokens(h), tokens(r)) for h, r in zip(hypotheses, references, strict=True)]
+    return [(_tokens(h), _tokens(r)) for h, r in zip(hypotheses, references, strict=True)]
 
 
-def word_error_rate(hypotheses: Sequence, references: Sequence) -> float:
+def _tokens(item) -> list:
+    """A pronunciation as a list of symbols: a string split on whitespace, a tensor or sequence as a list."""
+    if isinstance(item, torch.Tensor):
+        return item.tolist()
+    return item.split() if isinstance(item, str) else list(item)
+
+
+def word_error_rate(hypotheses: Sequence, references: Sequence, *, alternatives: Sequence | None = None) -> float:
     """Word error rate in the grapheme-to-phoneme sense (Bisani & Ney 2008; Yao & Zweig 2015): the fraction of
     words whose predicted pronunciation differs from the reference anywhere, in [0, 1].
 
     Each hypothesis and reference is a pronunciation: a string of space-separated phonemes (``"K AE T"``) or
     a sequence of phoneme symbols. (Speech recognition's WER, an edit distance over words, is
-    :func:`phoneme_error_rate` applied to word tokens.)
+    :func:`phoneme_error_rate` applied to word tokens.) ``alternatives``, one sequence per word (possibly
+    empty), lists further pronunciations that count as right: a word is then wrong only if it matches none.
     """
-    pairs = _token_pairs(hypotheses, references)
-    return sum(h != r for h, r in pairs) / len(pairs)
+    groups = _reference_groups(hypotheses, references, alternatives)
+    return sum(all(h != r for r in options) for h, options in groups) / len(groups)
 
 
-def phoneme_error_rate(hypotheses: Sequence, references: Sequence) -> float:
+def phoneme_error_rate(hypotheses: Sequence, references: Sequence, *, alternatives: Sequence | None = None) -> float:
     """Phoneme error rate: the Levenshtein distance (substitutions + insertions + deletions, each cost 1) between
     predicted and reference phoneme sequences, summed over the corpus and divided by the total number of
     reference phonemes, as computed by ``rapidfuzz``.
 
     PER = sum_i d(hyp_i, ref_i) / sum_i |ref_i|. It can exceed 1 when hypotheses insert many phonemes. Same
     input layout as :func:`word_error_rate`; distances are over whole symbols (``AH0`` vs ``AH1`` is one
-    substitution).
+    substitution). With ``alternatives``, ref_i is whichever of the word's pronunciations is closest to hyp_i
+    (the first listed of equally close ones).
     """
     from rapidfuzz.distance import Levenshtein
 
-    pairs = _token_pairs(hypotheses, references)
-    reference_length = sum(len(r) for _, r in pairs)
+    distances, reference_length = 0, 0
+    for hypothesis, options in _reference_groups(hypotheses, references, alternatives):
+        distance, closest = min((Levenshtein.distance(hypothesis, r), i) for i, r in enumerate(options))
+        distances += distance
+        reference_length += len(options[closest])
     if reference_length == 0:
         raise ValueError("the references hold no phonemes: the phoneme error rate is undefined")
-    return sum(Levenshtein.distance(h, r) for h, r in pairs) / reference_length
+    return distances / reference_length
+
+
+def _reference_groups(hypotheses: Sequence, references: Sequence,
+                      alternatives: Sequence | None) -> list[tuple[list, list[list]]]:
+    """Per word, its hypothesis tokens and the token lists of its reference followed by its alternatives."""
+    pairs = _token_pairs(hypotheses, references)
+    if alternatives is None:
+        return [(h, [r]) for h, r in pairs]
+    if isinstance(alternatives, str) or len(alternatives) != len(pairs):
+        raise ValueError(f"alternatives must hold one sequence of pronunciations per word ({len(pairs)}), got "
+                         f"{len(alternatives) if not isinstance(alternatives, str) else 'a string'}")
+    groups = []
+    for (h, r), further in zip(pairs, alternatives, strict=True):
+        if isinstance(further, str):
+            raise ValueError(f"each word's alternatives must be a sequence of pronunciations, got {further!r}")
+        groups.append((h, [r] + [_tokens(a) for a in further]))
+    return groups
 
 
 # -- forecasting ------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 DECAYS = ("none", "step", "plateau", "cosine", "inverse-sqrt")
 # Metrics for which lower is better, by the last part of their name (``loss``, ``naive_rmse``, ``wer``); any
 # other metric (accuracy, F1, BLEU, chrF, exact match) is better higher.
-LOWER_IS_BETTER = frozenset({"loss", "perplexity", "bits_per_char", "mae", "rmse", "mase", "wer", "per"})
+LOWER_IS_BETTER = frozenset({"loss", "perplexity", "bits_per_char", "mae", "rmse", "mase", "wer", "per",
+                             "wer_any", "per_any"})
 NAN_POLICIES = ("skip", "stop")
 
 # ----------------------------------------------------------------------------------------------------------

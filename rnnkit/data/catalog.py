@@ -42,13 +42,15 @@ from typing import Any
 from rnnkit.data import generated
 from rnnkit.data.datasets import REGISTRY, DatasetInfo
 from rnnkit.data.errors import DataError
+from rnnkit.data.packaged import ALTERNATIVES_FILE
 from rnnkit.data.packages import default_cache_dir, fetch_package, sha256_of
 from rnnkit.data.readers import TASKS, read
 from rnnkit.data.writers import write_arrays, write_parallel
 
 SPLITS = generated.SPLITS
 MANIFEST_FORMAT = "rnnkit.dataset-manifest"
-BUILD_VERSION = 1  # bump when a builder changes what it writes, so that cached splits are rebuilt
+# bump when a builder changes what it writes, so that cached splits are rebuilt (2: cmudict's alternatives)
+BUILD_VERSION = 2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -206,6 +208,25 @@ def load_all(
 ) -> dict[str, Any]:
     """``{split: load(name, split)}`` for train, valid and test."""
     return {split: load(name, split, cache_dir, quiet, **params) for split in SPLITS}
+
+
+def alternatives(source: str | Path, cache_dir: str | Path | None = None,
+                 quiet: bool = False) -> dict[str, tuple[str, ...]]:
+    """The further references a catalog dataset lists for its valid and test sources (CMUdict: a word's other
+    pronunciations), ``{source: (reference, ...)}``; empty for a file, a generated dataset, or a dataset that
+    lists none. The split files hold one reference per source; these come on top of it."""
+    if not is_catalog_name(source) or (isinstance(source, str) and os.path.isfile(source)):
+        return {}
+    if describe(str(source)).generate is not None:
+        return {}
+    folder = fetch(str(source), cache_dir=cache_dir, quiet=quiet)["test"].parent
+    path = folder / ALTERNATIVES_FILE
+    if not path.is_file():
+        return {}
+    further: dict[str, list[str]] = {}
+    for pair in read(path, "translate"):
+        further.setdefault(pair.source, []).append(pair.target)
+    return {source: tuple(references) for source, references in further.items()}
 
 
 def resolve_source(source: str | Path, split: str = "train", cache_dir: str | Path | None = None,

