@@ -16,8 +16,9 @@ with the same shapes, median over rounds:
 
 then the whole step (rnnkit's forward, the translate task's cross-entropy, backward, clipping, Adam), whose
 remainder over the parts is the glue (concatenations, state dicts, Python). The step's fraction of the sgemm
-peak uses the analytic FLOPs of benchmarks/peers/model.py. Levers are measured where that needs no change to
-rnnkit (Adam's fused kernel; the output layer run once over all T steps instead of per step) and estimated
+peak uses the analytic FLOPs of benchmarks/peers/model.py. Levers are measured where they can be timed alone (Adam's
+fused kernel; the output layer run once over all T steps instead of per step; that product and its loss fused
+chunk by chunk, as ``Seq2Seq.teacher_forced_loss`` now trains) and estimated
 from the parts otherwise (both encoder directions at once; the decoder's GRU steps fused, bounded by their
 products at the sgemm peak; Adam on the embedding rows a batch uses). A torch.profiler table of the step's
 top operators closes the file.
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 
 from benchmarks.harness import ROOT, Peak, load_average, machine, write_results
 from benchmarks.peers.model import Counts, Dims, forward_macs, training_flops
+from rnnkit.losses import linear_cross_entropy
 from rnnkit.seq2seq import Seq2Seq, Seq2SeqConfig
 
 RESULTS = ROOT / "benchmarks" / "results" / "step_profile.md"
@@ -119,6 +121,10 @@ def parts(model: Seq2Seq, source_length: int, target_length: int) -> dict[str, C
         logits = decoder.output(torch.tanh(decoder.combine(leaf(b, t, k + h))))  # (B, T, V)
         F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten()).backward()
 
+    def output_fused():  # the same, the output layer and its loss as one chunked operation
+        features = torch.tanh(decoder.combine(leaf(b, t, k + h))).flatten(0, 1)  # (B T, H)
+        linear_cross_entropy(features, decoder.output.weight, decoder.output.bias, tgt_out.flatten()).backward()
+
     def fill_gradients():
         for parameter in model.parameters():
             parameter.grad = torch.randn_like(parameter)
@@ -149,6 +155,7 @@ def parts(model: Seq2Seq, source_length: int, target_length: int) -> dict[str, C
             "whole step": step_with(optimizer),
             # levers
             "output layer + loss once over all T steps": output_once,
+            "output layer + loss fused (rnnkit.losses)": output_fused,
             "optimizer with Adam(fused=True)": optimizer_step(fused)}
 
 
@@ -205,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             "output layer and loss once over all T steps after the loop (h~_t is all the loop needs)":
                 seconds["attentional + output layer + loss (per step)"]
                 - seconds["output layer + loss once over all T steps"],
+            "output layer and loss as one chunked operation (rnnkit.losses.linear_cross_entropy): no (B, T, V) "
+            "logits":
+                seconds["output layer + loss once over all T steps"]
+                - seconds["output layer + loss fused (rnnkit.losses)"],
             "both encoder directions at once on the two cores (~1.6x on the recurrence, measured earlier)":
                 seconds["encoder recurrence"] * (1 - 1 / 1.6),
             # a bound: the decoder GRU's products at the sgemm peak, nothing else (one fused kernel per step)
