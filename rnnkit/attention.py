@@ -226,6 +226,36 @@ class _CoverageTerm(nn.Module):
         return projected_keys + self.linear(coverage.unsqueeze(-1))  # (B, S, A) + (B, S, 1) x (1, A)
 
 
+def tanh_score(query_term: Tensor, key_term: Tensor, v: Tensor) -> Tensor:
+    """v^T tanh(query_term + key_term) over the last dimension, the two terms broadcast to each other: the score of
+    additive and concat attention, (..., S) from terms (..., 1, A) and (..., S, A) and v (A,).
+
+    The same numbers as ``torch.tanh(query_term + key_term) @ v``, but the backward recomputes the tanh instead of
+    keeping it: kept, it is an (B, S, A) tensor per decoder step, alive until the backward, which for long
+    sentences (S = 70, T = 100, A = 512 at batch 64: 0.9 GB) is most of a training step's memory.
+    """
+    return _TanhScore.apply(query_term, key_term, v)
+
+
+class _TanhScore(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query_term: Tensor, key_term: Tensor, v: Tensor) -> Tensor:
+        ctx.save_for_backward(query_term, key_term, v)  # the key term is shared by every step: no copy
+        return (torch.add(query_term, key_term).tanh_() @ v.unsqueeze(-1)).squeeze(-1)  # a product, as in a Linear
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        query_term, key_term, v = ctx.saved_tensors
+        hidden = torch.add(query_term, key_term).tanh_()  # h = tanh(x + y), recomputed: (..., S, A)
+        grad_v = None
+        if ctx.needs_input_grad[2]:  # d/dv = sum over every position of grad * h
+            grad_v = (grad.reshape(1, -1) @ hidden.reshape(-1, hidden.shape[-1])).reshape(v.shape)
+        grad_sum = hidden.square_().neg_().add_(1).mul_(grad.unsqueeze(-1)).mul_(v)  # grad v (1 - h^2), in place
+        return (grad_sum.sum_to_size(query_term.shape) if ctx.needs_input_grad[0] else None,
+                grad_sum.sum_to_size(key_term.shape) if ctx.needs_input_grad[1] else None, grad_v)
+
+
 def _as_steps(step: int | Tensor, batch_size: int, length: int, device: torch.device) -> Tensor:
     """A step index as a (B, T) long tensor, from an int, a (B,) / (T,) tensor, or a (B, T) tensor."""
     step = torch.as_tensor(step, device=device)
@@ -275,14 +305,12 @@ class AdditiveAttention(Attention):
 
     def score(self, query: Tensor, keys: Tensor, precomputed: Tensor | None = None) -> Tensor:
         projected_keys = self.precompute(keys) if precomputed is None else precomputed  # (B, S, A)
-        hidden = torch.tanh(self.query_projection(query).unsqueeze(1) + projected_keys)  # (B, S, A)
-        return self.v(hidden).squeeze(-1)  # (B, S)
+        return tanh_score(self.query_projection(query).unsqueeze(1), projected_keys, self.v.weight[0])  # (B, S)
 
     def score_all(self, queries: Tensor, keys: Tensor, precomputed: Tensor | None = None) -> Tensor:
         projected_keys = self.precompute(keys) if precomputed is None else precomputed  # (B, S, A)
         projected_queries = self.query_projection(queries)  # (B, T, A)
-        hidden = torch.tanh(projected_queries.unsqueeze(2) + projected_keys.unsqueeze(1))  # (B, T, S, A)
-        return self.v(hidden).squeeze(-1)  # (B, T, S)
+        return tanh_score(projected_queries.unsqueeze(2), projected_keys.unsqueeze(1), self.v.weight[0])  # (B, T, S)
 
     def extra_repr(self) -> str:
         extra = ", coverage=True" if self.coverage else ""
@@ -381,14 +409,13 @@ class ConcatAttention(Attention):
             expanded = query.unsqueeze(1).expand(-1, keys.shape[1], -1)  # (B, S, H_q)
             hidden = torch.tanh(self.linear(torch.cat([expanded, keys], dim=-1)))  # W_a [q; h̄_s]: (B, S, A)
         else:
-            hidden = torch.tanh((query @ self._split()[0].t()).unsqueeze(1) + precomputed)  # (B, S, A)
+            return tanh_score((query @ self._split()[0].t()).unsqueeze(1), precomputed, self.v.weight[0])  # (B, S)
         return self.v(hidden).squeeze(-1)  # (B, S)
 
     def score_all(self, queries: Tensor, keys: Tensor, precomputed: Tensor | None = None) -> Tensor:
         projected_keys = self.precompute(keys) if precomputed is None else precomputed  # (B, S, A)
         projected_queries = queries @ self._split()[0].t()  # (B, T, A)
-        hidden = torch.tanh(projected_queries.unsqueeze(2) + projected_keys.unsqueeze(1))  # (B, T, S, A)
-        return self.v(hidden).squeeze(-1)  # (B, T, S)
+        return tanh_score(projected_queries.unsqueeze(2), projected_keys.unsqueeze(1), self.v.weight[0])  # (B, T, S)
 
     def extra_repr(self) -> str:
         extra = ", coverage=True" if self.coverage else ""

@@ -12,6 +12,7 @@ from rnnkit.attention import (
     LocalAttention,
     make_attention,
     masked_softmax,
+    tanh_score,
 )
 
 B, S, H = 3, 7, 5
@@ -217,6 +218,48 @@ def test_coverage_attention_gradcheck_float64(name):
 
     inputs = (query.requires_grad_(True), keys.requires_grad_(True), coverage.requires_grad_(True), *params)
     assert torch.autograd.gradcheck(functional, inputs, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("shapes", [((4, 1, 6), (4, 5, 6)), ((4, 3, 1, 6), (4, 1, 5, 6))], ids=["step", "all"])
+def test_tanh_score_equals_autograd_through_the_formula(shapes):
+    generator = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True) for shape in shapes)
+    v = torch.randn(6, generator=generator, dtype=torch.float64, requires_grad=True)
+    expected = torch.tanh(x + y) @ v
+    got = tanh_score(x, y, v)
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+    for g, e in zip(torch.autograd.grad((got * weights).sum(), (x, y, v)),
+                    torch.autograd.grad((expected * weights).sum(), (x, y, v)), strict=True):
+        torch.testing.assert_close(g, e)
+    assert torch.autograd.gradcheck(tanh_score, (x, y, v))
+
+
+@pytest.mark.parametrize("name", ["additive", "concat"])
+def test_additive_scores_keep_no_tensor_per_step_for_the_backward(name):
+    """Decoder steps against one precomputed key projection (B, S, A): what autograd keeps for the backward grows
+    per step by (B, A)- and (B, S)-sized tensors only, not by a tanh of (B, S, A) per step."""
+    batch, length, size = 4, 30, 16
+    attention = make_attention(name, query_size=size, key_size=size, attention_size=size)
+    keys = torch.randn(batch, length, size)
+    valid = torch.ones(batch, length, dtype=torch.bool)
+
+    def kept_bytes(steps):
+        kept = {}
+        projected = attention.precompute(keys)
+
+        def pack(tensor):
+            kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            total = sum(attention(torch.randn(batch, size, requires_grad=True), keys, valid,
+                                  precomputed=projected)[0].sum() for _ in range(steps))
+        total.backward()
+        return sum(kept.values())
+
+    per_step = (kept_bytes(20) - kept_bytes(10)) / 10
+    assert per_step < batch * length * size * 4 / 2, per_step  # less than half of one (B, S, A) float32 tanh
 
 
 def test_coverage_is_required_exactly_where_built_in():

@@ -94,8 +94,11 @@ def test_training_flops_match_torchs_flop_counter():
         F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten()).backward()
     # the encoder's zero initial state needs no gradient: torch skips dL/dh_0, one product per direction
     skipped = 2 * 2 * batch * model.encoder.rnn.weight_hh_l0.numel()
+    # the attention score's backward multiplies its gradient by v elementwise inside the tanh's backward
+    # (rnnkit.attention.tanh_score), where the analytic count has the (B S, 1) x (1, A) product of a Linear
+    elementwise = 2 * batch * source_length * model.decoder.attention.attention_size * target_length
     counts = Counts.of([(source_length, target_length)] * batch)
-    assert training_flops(TINY, counts) == counter.get_total_flops() + skipped
+    assert training_flops(TINY, counts) == counter.get_total_flops() + skipped + elementwise
 
 
 def test_flops_count_real_tokens_and_attention_pairs():
