@@ -22,6 +22,7 @@ from rnnkit.data import (
 )
 from rnnkit.data import tokenized as tokenized_module
 from rnnkit.tasks import resolve_settings, task_module
+from rnnkit.tasks.translate import make_batch
 
 G2P = [("cat", "K AE T"), ("dog", "D AO G"), ("through", "TH R UW"), ("fish", "F IH SH"), ("act", "AE K T")]
 
@@ -133,6 +134,10 @@ def test_translate_with_char_source_and_word_target_reports_wer_and_per(tmp_path
     assert {"wer", "per", "exact_match"} <= set(metrics)
     assert metrics["wer"] == pytest.approx(1 - metrics["exact_match"])
     assert 0 <= metrics["per"] and "wer_any" not in metrics  # a file lists one reference per source
+    # the validation loss is the mean over every target token, however the pairs are batched
+    with torch.no_grad():
+        sums = [task.batch_loss(make_batch(task.valid, [i]), label_smoothing=0.0) for i in range(len(task.valid))]
+    assert metrics["loss"] == pytest.approx(sum(float(loss) * n for loss, n in sums) / sum(n for _, n in sums))
     plain = resolve_settings("translate", {"data": str(train), "valid": str(train), "hidden_size": 8})
     char_task, _ = task_module("translate").prepare(plain, tmp_path / "plain")
     with torch.no_grad():

@@ -246,10 +246,14 @@ class TranslateTask:
     def evaluate(self, split: str) -> dict[str, float]:
         pairs = self.valid
         n = len(pairs.sources) if not self.eval_examples else min(self.eval_examples, len(pairs.sources))
-        indices = list(range(n))
+        # the loss over batches of similar lengths (as training batches), so that a batch is padded to little more
+        # than its own sentences and the longest sentences do not set the size of every batch
+        lengths = pairs.lengths()[:n].tolist()
+        indices = sorted(range(n), key=lengths.__getitem__)
         total, tokens = 0.0, 0
-        for start in range(0, n, 256):
-            loss, count = self.batch_loss(make_batch(pairs, indices[start:start + 256]), label_smoothing=0.0)
+        for start in range(0, n, self.batch_size):
+            loss, count = self.batch_loss(make_batch(pairs, indices[start:start + self.batch_size]),
+                                          label_smoothing=0.0)
             total += float(loss) * count
             tokens += count
         hypotheses = decode_texts(self.model, pairs.sources[:n], method="greedy", **self.decode_options)
