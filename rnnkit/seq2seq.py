@@ -664,6 +664,14 @@ class PlainDecoder(Decoder):
         return self.deep_output.features(outputs, context, embedded), None, ()
 
 
+def _check_decoder_inputs(src: Tensor, tgt_in: Tensor) -> None:
+    """``tgt_in`` must be a (B, T) integer tensor with the source batch's B."""
+    if tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0] or tgt_in.is_floating_point():
+        raise ValueError(
+            f"tgt_in must be a (B, T) integer tensor with B={src.shape[0]}, got {tgt_in.dtype} {tuple(tgt_in.shape)}"
+        )
+
+
 _COVERAGE_ATTENTIONS = ("additive", "concat")  # the scores with a hidden layer that coverage can enter
 
 _DECODERS = {"luong": LuongDecoder, "bahdanau": BahdanauDecoder, "none": PlainDecoder}
@@ -887,11 +895,7 @@ class Seq2Seq(nn.Module):
         """
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
             raise ValueError(f"teacher_forcing_ratio must be in [0, 1], got {teacher_forcing_ratio!r}")
-        if tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0] or tgt_in.is_floating_point():
-            raise ValueError(
-                f"tgt_in must be a (B, T) integer tensor with B={src.shape[0]}, got "
-                f"{tgt_in.dtype} {tuple(tgt_in.shape)}"
-            )
+        _check_decoder_inputs(src, tgt_in)
         state = self.start(src, src_lengths)
         if teacher_forcing_ratio == 1.0 and fast_path and self.decoder.supports_parallel:
             logits, attention = self.decoder.forward_parallel(tgt_in, state)
@@ -970,11 +974,7 @@ class Seq2Seq(nn.Module):
         epsilon = self.label_smoothing if label_smoothing is None else check_probability(
             "label_smoothing", label_smoothing
         )
-        if tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0] or tgt_in.is_floating_point():
-            raise ValueError(
-                f"tgt_in must be a (B, T) integer tensor with B={src.shape[0]}, got {tgt_in.dtype} "
-                f"{tuple(tgt_in.shape)}"
-            )
+        _check_decoder_inputs(src, tgt_in)
         if tgt_out.shape != tgt_in.shape:
             raise ValueError(f"tgt_out must be (B, T) = {tuple(tgt_in.shape)} like tgt_in, got {tuple(tgt_out.shape)}")
         features, _ = decoder.parallel_features(tgt_in, self.start(src, src_lengths))  # (B, T, F)
