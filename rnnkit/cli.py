@@ -76,9 +76,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 # Settings whose default is None, so their type cannot be read off the default.
 _NONE_DEFAULT_TYPES = {"max_steps": int, "time_budget": float, "patience": int, "eval_every": int,
-                       "checkpoint_every": int, "cosine_steps": int, "decay_start": int, "clip_grad_norm": float,
-                       "valid": str, "test": str, "cache_dir": str, "progress": bool, "season": int, "column": str,
-                       "select_metric": str}
+                       "checkpoint_every": int, "cosine_steps": int, "cosine_seconds": float, "decay_start": int,
+                       "clip_grad_norm": float, "valid": str, "test": str, "cache_dir": str, "progress": bool,
+                       "season": int, "column": str, "select_metric": str}
 _SKIPPED_FLAGS = {"betas"}  # settable from a config file only
 
 

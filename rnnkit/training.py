@@ -441,7 +441,7 @@ class Trainer:
         epoch = st.epoch
         batches = self.task.train_batches(epoch, random.Random(epoch_seed(s.seed, epoch)))
         size = len(batches) if hasattr(batches, "__len__") else None
-        if self.schedule.total_steps is None and s.decay == "cosine":
+        if self.schedule.total_steps is None and s.decay == "cosine" and s.cosine_seconds is None:
             self.schedule.total_steps = s.epochs * -(-size // s.accumulate) if size is not None else s.max_steps
         remaining = itertools.islice(iter(batches), st.batch, None)  # resume: skip the batches already done
         self.model.train()
@@ -472,7 +472,7 @@ class Trainer:
         st = self.state
         started = time.perf_counter()
         step = st.step + 1
-        lr = self.schedule.lr(step, st.epoch)
+        lr = self.schedule.lr(step, st.epoch, self._elapsed())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if hasattr(self.task, "begin_step"):

@@ -50,7 +50,9 @@ class TrainingConfig:
                did not improve the primary metric
       cosine:  min_lr + (lr - min_lr) * (1 + cos(pi * p)) / 2, p = (s - warmup) / (T - warmup) in [0, 1],
                T = ``cosine_steps``, else epochs x steps per epoch, else ``max_steps`` (Loshchilov &
-               Hutter 2017, without restarts)
+               Hutter 2017, without restarts); with ``cosine_seconds`` set, p = t / cosine_seconds instead,
+               t the seconds the run has trained (every session, evaluations included, as ``time_budget``
+               counts them): a run bounded by time anneals fully by its end on any CPU (0: off, as None)
       inverse-sqrt: max(min_lr, lr * sqrt(W / max(s, W))), W = max(1, warmup_steps): after the warm-up the
                rate falls as 1 / sqrt(s) (Vaswani et al. 2017; fairseq's inverse_sqrt, JoeyNMT's noam shape)
 
@@ -89,6 +91,7 @@ class TrainingConfig:
     decay_start: int | None = None
     plateau_patience: int = 1
     cosine_steps: int | None = None
+    cosine_seconds: float | None = None
     min_lr: float = 0.0
     accumulate: int = 1
     clip_grad_norm: float | None = 5.0
@@ -147,6 +150,15 @@ class TrainingConfig:
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be positive or None (no clipping), "
                              f"got {self.clip_grad_norm!r}")
+        if self.cosine_seconds is not None:
+            if not (isinstance(self.cosine_seconds, int | float) and not isinstance(self.cosine_seconds, bool)
+                    and 0 <= self.cosine_seconds < math.inf):
+                raise ValueError(f"cosine_seconds must be a number of seconds >= 0 (0: off), "
+                                 f"got {self.cosine_seconds!r}")
+            if self.cosine_seconds == 0:
+                self.cosine_seconds = None  # off, as a config file or flag writes None
+            elif self.cosine_steps is not None:
+                raise ValueError("give the cosine horizon once: cosine_steps or cosine_seconds, not both")
         if self.time_budget is not None and not self.time_budget >= 0:
             raise ValueError(f"time_budget must be a number of seconds >= 0, got {self.time_budget!r}")
         if self.min_delta < 0:
@@ -158,9 +170,9 @@ class TrainingConfig:
 
 # Settings that change the trajectory: a resumed run with different values cannot continue exactly.
 TRAJECTORY_SETTINGS = ("optimizer", "lr", "weight_decay", "momentum", "betas", "warmup_steps", "decay",
-                        "decay_gamma", "decay_every", "decay_start", "plateau_patience", "cosine_steps", "min_lr",
-                        "clip_grad_norm", "nan_policy", "seed", "eval_every", "min_delta", "accumulate",
-                        "select_metric")
+                        "decay_gamma", "decay_every", "decay_start", "plateau_patience", "cosine_steps",
+                        "cosine_seconds", "min_lr", "clip_grad_norm", "nan_policy", "seed", "eval_every",
+                        "min_delta", "accumulate", "select_metric")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -179,8 +191,9 @@ class LearningRateSchedule:
         self.plateau_best: float | None = None
         self.plateau_bad = 0
 
-    def lr(self, step: int, epoch: int) -> float:
-        """The learning rate of 1-based step ``step`` in 0-based epoch ``epoch``."""
+    def lr(self, step: int, epoch: int, elapsed: float = 0.0) -> float:
+        """The learning rate of 1-based step ``step`` in 0-based epoch ``epoch``, ``elapsed`` seconds into the
+        run (read by cosine decay over ``cosine_seconds`` only)."""
         s = self.settings
         warmup = min(1.0, step / s.warmup_steps) if s.warmup_steps > 0 else 1.0
         if s.decay == "step":
@@ -189,6 +202,9 @@ class LearningRateSchedule:
             decayed = max(s.min_lr, s.lr * s.decay_gamma ** times)
         elif s.decay == "plateau":
             decayed = max(s.min_lr, s.lr * s.decay_gamma ** self.plateau_reductions)
+        elif s.decay == "cosine" and s.cosine_seconds is not None:
+            progress = min(1.0, max(0.0, elapsed / s.cosine_seconds))
+            decayed = s.min_lr + (s.lr - s.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
         elif s.decay == "cosine":
             if self.total_steps is None:
                 raise ValueError("cosine decay needs its horizon: set cosine_steps or max_steps, or make "

@@ -113,8 +113,8 @@ def test_cmudict_g2p_shortened_learns(tmp_path):
     run = tmp_path / "g2p"
     # As a user runs it: the rnnkit command in its own process (all threads, subnormal floats flushed).
     done = subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", "translate", "--config", str(CMUDICT_G2P),
-                           "--out", str(run), "--max-steps", "2000", "--cosine-steps", "2000", "--eval-every", "500",
-                           "--checkpoint-every", "500", "--beam-size", "1", "--no-progress"],
+                           "--out", str(run), "--max-steps", "2000", "--cosine-seconds", "0", "--cosine-steps", "2000",
+                           "--eval-every", "500", "--checkpoint-every", "500", "--beam-size", "1", "--no-progress"],
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
     tests = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -592,7 +592,32 @@ def test_logged_learning_rate_follows_warmup_and_cosine(tmp_path):
     assert lrs == pytest.approx(expected)
 
 
+def test_cosine_over_seconds_follows_the_clock_not_the_steps(tmp_path, monkeypatch):
+    """With cosine_seconds the rate depends on the seconds trained, so a slower CPU (fewer steps in the same
+    budget) still anneals to min_lr by the budget's end. Each step here takes 2 s of a fake clock."""
+    clock = [1000.0]
+    monkeypatch.setattr("rnnkit.training.time.monotonic", lambda: clock[0])
+
+    class Slow(LinearGradients):
+        def loss(self, scale, carry):
+            clock[0] += 2.0
+            return super().loss(scale, carry)
+
+    Trainer(Slow([0.1] * 6, [1.0, 0.0, 0.0]), tmp_path, epochs=1, optimizer="sgd", lr=0.8, decay="cosine",
+            cosine_seconds=8.0, min_lr=0.1, log_every=1, progress=False).train()
+    lrs = [e["lr"] for e in read_events(tmp_path) if e["event"] == "train"]
+    # step s starts 2 (s - 1) seconds in; from 8 s on the rate stays at min_lr
+    expected = [0.1 + 0.7 * 0.5 * (1 + math.cos(math.pi * min(1.0, 2 * (s - 1) / 8))) for s in range(1, 7)]
+    assert lrs == pytest.approx(expected)
+    assert lrs[-2:] == pytest.approx([0.1, 0.1])
+    # 0 turns it off (a config file's cosine_seconds overridden from the command line): the step horizon again
+    assert TrainingConfig(decay="cosine", cosine_seconds=0, cosine_steps=10).cosine_seconds is None
+
+
 @pytest.mark.parametrize("bad, match", [
+    (dict(cosine_seconds=-1.0), "cosine_seconds must be a number of seconds >= 0"),
+    (dict(cosine_seconds=float("inf")), "cosine_seconds must be a number of seconds >= 0"),
+    (dict(cosine_seconds=60.0, cosine_steps=100), "cosine_steps or cosine_seconds, not both"),
     (dict(optimizer="adagrad"), "unknown optimizer 'adagrad'"),
     (dict(decay="linear"), "unknown decay"),
     (dict(nan_policy="ignore"), "unknown nan_policy"),

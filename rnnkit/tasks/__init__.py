@@ -63,6 +63,9 @@ TRAINING_HELP: dict[str, str] = {
     "lr": "peak learning rate",
     "warmup_steps": "linear warm-up from 0 over this many steps",
     "decay": "after warm-up: none | step | plateau | cosine | inverse-sqrt (lr * sqrt(warmup / step))",
+    "cosine_steps": "cosine decay: steps to reach min_lr (default: every epoch's steps, else max_steps)",
+    "cosine_seconds": "cosine decay over seconds of training instead of steps (set it to the time budget: the "
+                      "rate reaches min_lr as the budget ends, on any CPU)",
     "decay_gamma": "factor of step and plateau decay",
     "plateau_patience": "plateau decay: evaluations without improvement before the rate is cut",
     "accumulate": "batches per optimiser step (gradient accumulation: a batch N times larger)",
