@@ -693,6 +693,8 @@ class Seq2SeqConfig:
     encoder gives each direction H / 2 (as OpenNMT does), so that every attention, dot included, fits.
     ``decoder`` is "luong", "bahdanau" or "none" (no attention); ``attention`` a name from
     ``rnnkit.attention.ATTENTION_NAMES`` (default: "general" for Luong, "additive" for Bahdanau).
+    ``num_layers`` stacks encoder and decoder alike; ``encoder_layers`` (None: ``num_layers``) gives the encoder
+    its own depth, its bridge making the decoder's ``num_layers`` initial states.
     ``label_smoothing`` is the epsilon of :meth:`Seq2Seq.loss` (0: plain cross-entropy). ``coverage`` feeds the
     running sum of past attention weights into the attention score (Tu et al. 2016; additive or concat
     attention, see :class:`rnnkit.attention.AdditiveAttention`). ``tie_weights`` makes the decoder's output layer
@@ -707,6 +709,7 @@ class Seq2SeqConfig:
     embedding_size: int = 64
     hidden_size: int = 128
     num_layers: int = 1
+    encoder_layers: int | None = None
     cell: str = "lstm"
     bidirectional: bool = True
     decoder: str = "luong"
@@ -795,11 +798,15 @@ class Seq2Seq(nn.Module):
             raise ValueError(
                 f"a bidirectional encoder splits hidden_size in two: it must be even, got {hidden}"
             )
+        encoder_layers = config.num_layers
+        if config.encoder_layers is not None:
+            encoder_layers = check_size("encoder_layers", config.encoder_layers)
         encoder = Encoder(
             config.source_vocab_size,
             config.embedding_size,
             hidden // 2 if config.bidirectional else hidden,
-            num_layers=config.num_layers,
+            num_layers=encoder_layers,
+            decoder_layers=config.num_layers,
             cell=config.cell,
             bidirectional=config.bidirectional,
             dropout=config.dropout,

@@ -56,6 +56,8 @@ VARIANTS = [
     ("luong", "lstm", {"copy_attention": True}),
     ("luong", "gru", {"copy_attention": True, "input_feeding": True, "attention": "dot"}),
     ("bahdanau", "lstm", {"copy_attention": True, "coverage": True}),
+    ("luong", "lstm", {"encoder_layers": 2}),
+    ("bahdanau", "gru", {"encoder_layers": 3, "num_layers": 2}),
 ]
 
 
@@ -482,6 +484,20 @@ def test_model_ids_and_config():
     assert (model.pad_id, model.bos_id, model.eos_id) == (PAD_ID, BOS_ID, EOS_ID) == (0, 2, 3)
     assert model.config_dict()["decoder"] == "luong"
     assert Seq2Seq.build(Seq2SeqConfig(**model.config_dict())).num_parameters() == model.num_parameters()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_encoder_depth_apart_from_the_decoders(cell):
+    model = _model(cell=cell, encoder_layers=3, num_layers=2)
+    assert model.encoder.rnn.num_layers == 3 and model.decoder.rnn.num_layers == 2
+    src, lengths, tgt_in = _batch()
+    encoded = model.encoder(src, lengths)
+    assert encoded.hidden.shape == (len(LENGTHS), 2, 8)  # the bridge makes the decoder's two initial states
+    assert model(src, lengths, tgt_in).shape == (len(LENGTHS), tgt_in.shape[1], V_TGT)
+    same = _model(cell=cell, num_layers=2)
+    assert _model(cell=cell, encoder_layers=2, num_layers=2).num_parameters() == same.num_parameters()
+    with pytest.raises(ValueError, match="encoder_layers"):
+        _model(encoder_layers=0)
 
 
 def test_user_mistakes_raise_value_errors():
