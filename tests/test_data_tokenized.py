@@ -142,3 +142,25 @@ def test_translate_with_char_source_and_word_target_reports_wer_and_per(tmp_path
     char_task, _ = task_module("translate").prepare(plain, tmp_path / "plain")
     with torch.no_grad():
         assert char_task.target_vocab.level == "char" and "wer" not in char_task.evaluate("valid")
+
+
+def test_validation_counts_a_word_right_against_any_listed_reference(tmp_path, monkeypatch):
+    """With further references for the validation words (CMUdict's other pronunciations), each evaluation reports
+    wer_any/per_any as the final test does, so that a run can pick its best weights by the figure it reports.
+    Here every word's further reference is the untrained model's own output: wer_any must be 0 while wer is not."""
+    import rnnkit.tasks.translate as translate
+
+    train = write_pairs(tmp_path / "train.tsv", G2P * 4)
+    settings = resolve_settings("translate", {"data": str(train), "valid": str(train), "source_level": "char",
+                                              "target_level": "word", "hidden_size": 8, "embedding_size": 4,
+                                              "eval_examples": 0})
+    task, _ = task_module("translate").prepare(settings, tmp_path / "run")
+    with torch.no_grad():
+        task.evaluate("valid")
+    outputs = {sample["source"]: sample["hypothesis"] for sample in task.samples(len(G2P) * 4)}
+    monkeypatch.setattr(translate, "further_references", lambda source, **_: {w: (t,) for w, t in outputs.items()})
+    task, _ = task_module("translate").prepare(settings, tmp_path / "run")
+    assert task.metrics[-2:] == ("wer_any", "per_any")
+    with torch.no_grad():
+        metrics = task.evaluate("valid")
+    assert metrics["wer"] > 0.5 and metrics["wer_any"] == 0.0 and metrics["per_any"] == 0.0

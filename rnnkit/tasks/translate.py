@@ -196,14 +196,18 @@ class TranslateTask:
     higher_is_better = True
 
     def __init__(self, model: Seq2Seq, source_vocab, target_vocab, train: TokenizedPairs, valid: TokenizedPairs,
-                 settings: dict[str, Any]) -> None:
+                 settings: dict[str, Any], alternatives: Mapping[str, Sequence[str]] | None = None) -> None:
+        """``alternatives``: further references of validation sources ({source: (reference, ...)}, CMUdict's
+        other pronunciations); with word-level targets the evaluations then add ``wer_any`` and ``per_any``."""
         self.model = model
         self.source_vocab, self.target_vocab = source_vocab, target_vocab
         self.train, self.valid = train, valid
         self.batch_size = int(settings["batch_size"])
         self.batch_tokens = int(settings["batch_tokens"])
         self.eval_examples = int(settings["eval_examples"])
-        self.metrics = ("loss", "exact_match", "bleu", "chrf") + (("wer", "per") if self.phonemes else ())
+        self.alternatives = dict(alternatives or {}) if self.phonemes else {}
+        self.metrics = ("loss", "exact_match", "bleu", "chrf") + (("wer", "per") if self.phonemes else ()) + (
+            ("wer_any", "per_any") if self.alternatives else ())
         self._samples: list[dict[str, str]] = []
         name = settings["teacher_forcing"]
         k = float(settings["schedule_k"]) or SCHEDULE_K[name]
@@ -264,7 +268,8 @@ class TranslateTask:
         shown = range(min(n, SAMPLES))
         self._samples = [{"source": pairs.source_text[i], "reference": references[i], "hypothesis": texts[i]}
                          for i in shown]
-        return {"loss": total / tokens, **score_texts(texts, references, phonemes=self.phonemes)}
+        further = [self.alternatives.get(source, ()) for source in pairs.source_text[:n]] if self.alternatives else None
+        return {"loss": total / tokens, **score_texts(texts, references, phonemes=self.phonemes, alternatives=further)}
 
     def samples(self, n: int) -> list[dict[str, str]]:
         """The first ``n`` validation pairs of the last evaluation with the model's greedy translations."""
@@ -306,7 +311,8 @@ def prepare(settings: dict[str, Any], run_dir: str | Path) -> tuple[TranslateTas
     torch.manual_seed(int(settings["seed"]))
     config = _model_config(settings, source_vocab, target_vocab)
     model = Seq2Seq.build(config)
-    task = TranslateTask(model, source_vocab, target_vocab, corpus.train, corpus.valid, settings)
+    further = further_references(sources["valid"], cache_dir=cache, quiet=True)
+    task = TranslateTask(model, source_vocab, target_vocab, corpus.train, corpus.valid, settings, alternatives=further)
     run_config = {"task": "translate", "model": model.config_dict(), "settings": jsonable_settings(settings),
                   "data": {**sources, "train_pairs": len(task.train.sources), "valid_pairs": len(task.valid.sources)},
                   "vocab": {"source": SOURCE_VOCAB_FILE, "target": TARGET_VOCAB_FILE}}
