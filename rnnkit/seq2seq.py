@@ -693,6 +693,7 @@ class Seq2SeqConfig:
     encoder gives each direction H / 2 (as OpenNMT does), so that every attention, dot included, fits.
     ``decoder`` is "luong", "bahdanau" or "none" (no attention); ``attention`` a name from
     ``rnnkit.attention.ATTENTION_NAMES`` (default: "general" for Luong, "additive" for Bahdanau).
+    ``encoder_size`` (None: ``hidden_size``) sets K apart from H: a decoder smaller than its encoder's outputs.
     ``num_layers`` stacks encoder and decoder alike; ``encoder_layers`` (None: ``num_layers``) gives the encoder
     its own depth, its bridge making the decoder's ``num_layers`` initial states.
     ``label_smoothing`` is the epsilon of :meth:`Seq2Seq.loss` (0: plain cross-entropy). ``coverage`` feeds the
@@ -710,6 +711,7 @@ class Seq2SeqConfig:
     hidden_size: int = 128
     num_layers: int = 1
     encoder_layers: int | None = None
+    encoder_size: int | None = None
     cell: str = "lstm"
     bidirectional: bool = True
     decoder: str = "luong"
@@ -794,9 +796,11 @@ class Seq2Seq(nn.Module):
         if config.decoder not in _DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODER_STYLES)}, got {config.decoder!r}")
         hidden = check_size("hidden_size", config.hidden_size)
-        if config.bidirectional and hidden % 2:
+        size_name = "hidden_size" if config.encoder_size is None else "encoder_size"
+        outputs = hidden if config.encoder_size is None else check_size("encoder_size", config.encoder_size)  # K
+        if config.bidirectional and outputs % 2:
             raise ValueError(
-                f"a bidirectional encoder splits hidden_size in two: it must be even, got {hidden}"
+                f"a bidirectional encoder splits {size_name} in two: it must be even, got {outputs}"
             )
         encoder_layers = config.num_layers
         if config.encoder_layers is not None:
@@ -804,8 +808,9 @@ class Seq2Seq(nn.Module):
         encoder = Encoder(
             config.source_vocab_size,
             config.embedding_size,
-            hidden // 2 if config.bidirectional else hidden,
+            outputs // 2 if config.bidirectional else outputs,
             num_layers=encoder_layers,
+            decoder_hidden_size=hidden,
             decoder_layers=config.num_layers,
             cell=config.cell,
             bidirectional=config.bidirectional,

@@ -58,6 +58,8 @@ VARIANTS = [
     ("bahdanau", "lstm", {"copy_attention": True, "coverage": True}),
     ("luong", "lstm", {"encoder_layers": 2}),
     ("bahdanau", "gru", {"encoder_layers": 3, "num_layers": 2}),
+    ("bahdanau", "lstm", {"encoder_size": 12}),
+    ("luong", "gru", {"encoder_size": 4, "input_feeding": True, "encoder_layers": 2}),
 ]
 
 
@@ -498,6 +500,17 @@ def test_encoder_depth_apart_from_the_decoders(cell):
     assert _model(cell=cell, encoder_layers=2, num_layers=2).num_parameters() == same.num_parameters()
     with pytest.raises(ValueError, match="encoder_layers"):
         _model(encoder_layers=0)
+
+
+def test_encoder_outputs_apart_from_the_decoder_state():
+    model = _model(decoder="bahdanau", encoder_size=12)  # K = 12 (2 x 6), H = 8
+    assert model.encoder.output_size == 12 and model.encoder.hidden_size == 6 and model.decoder.hidden_size == 8
+    src, lengths, tgt_in = _batch()
+    encoded = model.encoder(src, lengths)
+    assert encoded.outputs.shape[-1] == 12 and encoded.hidden.shape == (len(LENGTHS), 1, 8)
+    assert model(src, lengths, tgt_in).shape == (len(LENGTHS), tgt_in.shape[1], V_TGT)
+    with pytest.raises(ValueError, match="splits encoder_size in two: it must be even, got 7"):
+        _model(encoder_size=7)
 
 
 def test_user_mistakes_raise_value_errors():

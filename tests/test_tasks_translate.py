@@ -12,8 +12,8 @@ from rnnkit.checkpoint import save_checkpoint
 from rnnkit.tasks import resolve_settings
 from rnnkit.tasks import translate as task
 
-FEATURES = ("label_smoothing", "coverage", "copy_attention", "tie_weights", "share_embeddings",
-            "coverage_penalty", "no_repeat_ngram", "max_len_a", "max_len_b")
+FEATURES = ("encoder_layers", "encoder_size", "label_smoothing", "coverage", "copy_attention", "tie_weights",
+            "share_embeddings", "coverage_penalty", "no_repeat_ngram", "max_len_a", "max_len_b")
 
 
 @pytest.fixture
@@ -59,6 +59,17 @@ def test_model_features_reach_the_config_and_copy_builds_one_vocabulary(pairs, t
     assert torch.allclose(smoothed, model.loss(logits, batch["tgt_out"]))
     assert torch.allclose(plain, model.loss(logits, batch["tgt_out"], label_smoothing=0.0))
     assert not torch.allclose(smoothed, plain)
+
+
+def test_encoder_shape_settings_reach_the_model(pairs, tmp_path):
+    shaped, config = _prepare(pairs, tmp_path / "shaped", encoder_layers=2, encoder_size=12, decoder="bahdanau",
+                              attention="additive")
+    assert (config["model"]["encoder_layers"], config["model"]["encoder_size"]) == (2, 12)
+    assert shaped.model.encoder.rnn.num_layers == 2 and shaped.model.encoder.output_size == 12
+    assert shaped.model.decoder.hidden_size == 8 and shaped.model.decoder.rnn.num_layers == 1
+    plain, config = _prepare(pairs, tmp_path / "plain")  # 0: as --num-layers and --hidden-size
+    assert (config["model"]["encoder_layers"], config["model"]["encoder_size"]) == (None, None)
+    assert plain.model.encoder.output_size == 8 and plain.model.encoder.rnn.num_layers == 1
 
 
 def test_decoding_settings_reach_translation(pairs, tmp_path):
