@@ -89,6 +89,20 @@ def test_decoding_settings_reach_translation(pairs, tmp_path):
                                        "max_len_b": 10}  # fmt: skip
 
 
+def test_any_reference_scores_only_the_splits_that_list_them(pairs, tmp_path, monkeypatch):
+    """A catalog dataset lists further references for its valid and test words only: scoring its train split
+    reports no wer_any (it would only repeat wer)."""
+    translate_task, config = _prepare(pairs, tmp_path / "run", target_level="word")
+    save_checkpoint(tmp_path / "run", translate_task.model, config, name="best")
+    runner = task.TranslateRunner(tmp_path / "run")
+    records = runner.read(pairs, None)
+    monkeypatch.setattr(runner, "evaluation_source", lambda source, split: ("cmudict", split or "test"))
+    monkeypatch.setattr(runner, "read", lambda source, split: records)
+    monkeypatch.setattr(task, "further_references", lambda source, **_: {"abc": ("x",)})
+    assert {"wer_any", "per_any"} <= set(runner.evaluate(split="test")) and "wer_any" in runner.evaluate(split="valid")
+    assert not {"wer_any", "per_any"} & set(runner.evaluate(split="train"))
+
+
 @pytest.mark.parametrize(("key", "value"), [("no_repeat_ngram", -1), ("coverage_penalty", -0.5),
                                             ("max_len_a", -1.0), ("max_len_b", -2), ("max_len_a", math.nan)])
 def test_bad_decoding_settings_are_refused_when_the_run_is_prepared(pairs, tmp_path, key, value):

@@ -374,9 +374,10 @@ class TranslateRunner(TaskRunner):
     def evaluate(self, source: str | None = None, split: str | None = None, **options: Any) -> dict[str, float]:
         """:meth:`TaskRunner.evaluate`; on a catalog dataset that lists further references for its sources
         (``cmudict``: every pronunciation of a word), word-level targets are also scored against any of them
-        (``wer_any``, ``per_any``)."""
+        (``wer_any``, ``per_any``). Those lists cover the valid and test words only: a train split gets neither."""
         data, split = self.evaluation_source(source, split)
-        further = further_references(data, cache_dir=self.settings.get("cache_dir"), quiet=True) if split else {}
+        listed = split in ("valid", "test")
+        further = further_references(data, cache_dir=self.settings.get("cache_dir"), quiet=True) if listed else {}
         return self.score(self.read(data, split), f"{data} ({split or 'file'})", alternatives=further or None,
                           **options)
 
