@@ -52,7 +52,8 @@ class TrainingConfig:
                T = ``cosine_steps``, else epochs x steps per epoch, else ``max_steps`` (Loshchilov &
                Hutter 2017, without restarts); with ``cosine_seconds`` set, p = t / cosine_seconds instead,
                t the seconds the run has trained (every session, evaluations included, as ``time_budget``
-               counts them): a run bounded by time anneals fully by its end on any CPU (0: off, as None)
+               counts them): a run bounded by time anneals fully by its end on any CPU, but its rates follow
+               the clock, so a rerun or a resumed run is not the same step for step (0: off, as None)
       inverse-sqrt: max(min_lr, lr * sqrt(W / max(s, W))), W = max(1, warmup_steps): after the warm-up the
                rate falls as 1 / sqrt(s) (Vaswani et al. 2017; fairseq's inverse_sqrt, JoeyNMT's noam shape)
 
