@@ -29,4 +29,5 @@ train lm ptb-small --config configs/ptb-small.toml
     --title "PTB word LM, Zaremba et al. small (2x200 LSTM, no dropout)"
 # CMUdict grapheme-to-phoneme: 30 minutes of training (Yao & Zweig 2015 for comparison)
 train translate cmudict-g2p --config configs/cmudict-g2p.toml
+.venv/bin/python scripts/plot_g2p.py "$OUT/cmudict-g2p" "$OUT/cmudict-g2p.png"
 uptime
