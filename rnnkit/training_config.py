@@ -203,15 +203,8 @@ class LearningRateSchedule:
             decayed = max(s.min_lr, s.lr * s.decay_gamma ** times)
         elif s.decay == "plateau":
             decayed = max(s.min_lr, s.lr * s.decay_gamma ** self.plateau_reductions)
-        elif s.decay == "cosine" and s.cosine_seconds is not None:
-            progress = min(1.0, max(0.0, elapsed / s.cosine_seconds))
-            decayed = s.min_lr + (s.lr - s.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
         elif s.decay == "cosine":
-            if self.total_steps is None:
-                raise ValueError("cosine decay needs its horizon: set cosine_steps or max_steps, or make "
-                                 "train_batches return a sized collection (len())")
-            span = max(1, self.total_steps - s.warmup_steps)
-            progress = min(1.0, max(0.0, (step - s.warmup_steps) / span))
+            progress = self._cosine_progress(step, elapsed)
             decayed = s.min_lr + (s.lr - s.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
         elif s.decay == "inverse-sqrt":
             # Vaswani et al. 2017 (eq. 3) without the model-size factor: lr * sqrt(W) / sqrt(s) after warm-up
@@ -220,6 +213,18 @@ class LearningRateSchedule:
         else:
             decayed = s.lr
         return warmup * decayed
+
+    def _cosine_progress(self, step: int, elapsed: float) -> float:
+        """How far along its horizon cosine decay is, in [0, 1]: by the clock over ``cosine_seconds`` when set,
+        else by the steps after warm-up over ``total_steps``."""
+        s = self.settings
+        if s.cosine_seconds is not None:
+            return min(1.0, max(0.0, elapsed / s.cosine_seconds))
+        if self.total_steps is None:
+            raise ValueError("cosine decay needs its horizon: set cosine_steps or max_steps, or make "
+                             "train_batches return a sized collection (len())")
+        span = max(1, self.total_steps - s.warmup_steps)
+        return min(1.0, max(0.0, (step - s.warmup_steps) / span))
 
     def observe(self, value: float) -> None:
         """Record an evaluation of the primary metric (plateau decay)."""
