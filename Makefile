@@ -19,12 +19,13 @@ browser:
 	bash scripts/install_browser.sh
 
 # The browser tests' screenshots of each view are kept in runs/screenshots (the CI artifacts).
+# One test process per core (tests/conftest.py: each keeps to one thread); a file's tests stay in one process.
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check rnnkit tests benchmarks
-	RNNKIT_SCREENSHOTS=runs/screenshots $(PY) -m pytest -q --timeout=1800
+	RNNKIT_SCREENSHOTS=runs/screenshots $(PY) -m pytest -q --timeout=1800 -n auto --dist loadfile
 
 test-fast: $(STAMP) browser
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rnnkit tests benchmarks

@@ -107,10 +107,10 @@ def test_cmudict_g2p_config_is_the_issues_setting():
 
 @pytest.mark.slow
 def test_cmudict_g2p_shortened_learns(tmp_path):
-    """The configuration of the 30-minute run shortened to 2,000 steps (about 6 minutes on an AMD EPYC with 2
-    threads; a step count, not seconds, so that the result does not depend on the machine's speed), its cosine
-    annealed over them, scored on the whole held-out test split (the words of no other split) with greedy
-    decoding: WER <= 40%, the issue's bar for the short run."""
+    """The configuration of the 30-minute run shortened to 2,000 steps (a step count, not seconds, so that the
+    result depends neither on the machine's speed nor on its thread count), its cosine annealed over them, scored
+    on the whole held-out test split (the words of no other split) with greedy decoding: WER <= 40%, the issue's
+    bar for the short run."""
     run = tmp_path / "g2p"
     # As a user runs it: the rnnkit command in its own process (all threads, subnormal floats flushed).
     done = subprocess.run([sys.executable, "-m", "rnnkit.cli", "train", "translate", "--config", str(CMUDICT_G2P),
