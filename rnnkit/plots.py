@@ -31,6 +31,7 @@ __all__ = [
     "plot_attention",
     "plot_forecast",
     "plot_curves",
+    "plot_curve_panels",
     "plot_gradient_norms",
     "plot_gates",
     "plot_state_norms",
@@ -180,6 +181,33 @@ def plot_curves(
     reference ``lines`` (e.g. a baseline)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    _draw_curves(ax, curves, title=title, xlabel=xlabel, ylabel=ylabel, log_y=log_y, lines=lines)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_curve_panels(panels: Sequence[Mapping[str, Any]], out_png: str | Path, *, title: str) -> Path:
+    """Several :func:`plot_curves` side by side in one figure: each panel is a mapping of that function's keyword
+    arguments (``curves``, ``title``, ``ylabel``; optionally ``xlabel``, ``log_y``, ``lines``)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        _draw_curves(ax, **panel)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _draw_curves(
+    ax,
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str = "training step",
+    ylabel: str,
+    log_y: bool = False,
+    lines: Mapping[str, float] | None = None,
+) -> None:
     for label, (xs, ys) in curves.items():
         points = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and math.isfinite(y)
                   and (y > 0 or not log_y)]
@@ -194,8 +222,6 @@ def plot_curves(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, out_png)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -9,10 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from rnnkit.plots import plot_curve_panels
 
 
 def main() -> None:
@@ -27,24 +24,21 @@ def main() -> None:
     valid = [e for e in events if e.get("event") == "eval"]
     if not valid or "wer" not in valid[0]["metrics"]:
         raise SystemExit(f"{args.run_dir}: no evaluation with a WER (a run with word-level targets is needed)")
-    figure, (losses, errors) = plt.subplots(1, 2, figsize=(10, 3.6))
-    losses.plot([e["step"] for e in train], [e["loss"] for e in train], lw=0.8, label="training loss")
-    losses.plot([e["step"] for e in valid], [e["metrics"]["loss"] for e in valid], "o-", ms=3,
-                label="validation loss")
-    losses.set(yscale="log", xlabel="step", ylabel="cross-entropy (nats/phoneme)", title="loss")
-    losses.legend()
     steps = [e["step"] for e in valid]
-    errors.plot(steps, [100 * e["metrics"]["wer"] for e in valid], "o-", ms=3, label="WER, first pronunciation")
+    config = json.loads((args.run_dir / "config.json").read_text()) if (args.run_dir / "config.json").exists() else {}
+    smoothing = config.get("settings", {}).get("label_smoothing") or 0
+    training_label = f"training loss (label smoothing {smoothing:g})" if smoothing else "training loss"
+    losses = {training_label: ([e["step"] for e in train], [e["loss"] for e in train]),
+              "validation loss": (steps, [e["metrics"]["loss"] for e in valid])}
+    errors = {"WER, first pronunciation": (steps, [100 * e["metrics"]["wer"] for e in valid])}
     if "wer_any" in valid[0]["metrics"]:
-        errors.plot(steps, [100 * e["metrics"]["wer_any"] for e in valid], "o-", ms=3,
-                    label="WER, any pronunciation")
-    if args.goal:
-        errors.axhline(args.goal, color="gray", ls="--", lw=0.8, label=f"goal {args.goal:g}%")
-    errors.set(xlabel="step", ylabel="validation WER %", title="validation (greedy)")
-    errors.legend()
-    figure.suptitle(args.title, fontsize=10)
-    figure.tight_layout()
-    figure.savefig(args.out_png, dpi=110)
+        errors["WER, any pronunciation"] = (steps, [100 * e["metrics"]["wer_any"] for e in valid])
+    plot_curve_panels([
+        {"curves": losses, "title": "loss", "xlabel": "step", "ylabel": "cross-entropy (nats/phoneme)",
+         "log_y": True},
+        {"curves": errors, "title": "validation (greedy)", "xlabel": "step", "ylabel": "validation WER %",
+         "lines": {f"goal {args.goal:g}%": args.goal} if args.goal else None},
+    ], args.out_png, title=args.title)
     print(args.out_png)
 
 

@@ -21,6 +21,21 @@ def test_curves_and_report(tmp_path):
     assert text.count("data:image/png;base64,") == 2  # self-contained: the images are inline
 
 
+def test_curve_panels_draw_each_panel_with_its_reference_lines(tmp_path):
+    from matplotlib import image
+
+    from rnnkit.plots import plot_curve_panels
+
+    panels = [{"curves": {"loss": ([1, 2, 3], [1.0, 0.5, float("nan")])}, "title": "loss", "ylabel": "nats",
+               "log_y": True},
+              {"curves": {"WER": ([1, 2], [40.0, 30.0])}, "title": "WER", "ylabel": "%", "lines": {"goal": 25.0}}]
+    wide = plot_curve_panels(panels, tmp_path / "two.png", title="run")
+    one = plot_curve_panels(panels[:1], tmp_path / "one.png", title="run")
+    assert image.imread(wide).shape[1] == 2 * image.imread(one).shape[1]  # one panel's width each
+    with pytest.raises(TypeError):
+        plot_curve_panels([{"curves": {}, "title": "t", "ylabel": "y", "colour": "red"}], tmp_path / "x.png", title="")
+
+
 def test_bad_metrics_line_named(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"step": 1}\nnot json\n')
