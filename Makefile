@@ -22,10 +22,10 @@ browser:
 # One test process per core (tests/conftest.py: each keeps to one thread); a file's tests stay in one process.
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check rnnkit tests benchmarks
-	RNNKIT_SCREENSHOTS=runs/screenshots $(PY) -m pytest -q --timeout=1800 -n auto --dist loadfile
+	RNNKIT_SCREENSHOTS=runs/screenshots $(PY) -m pytest -q --timeout=1800 -n auto --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP) browser
-	$(PY) -m pytest -q -m "not slow" -n auto --dist loadfile
+	$(PY) -m pytest -q -m "not slow" -n auto --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rnnkit tests benchmarks
