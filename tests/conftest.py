@@ -3,8 +3,9 @@
 The unit tests use tiny tensors, for which one intra-op thread is faster than two (thread hand-off costs
 more than the work) and keeps timings steady when other processes share the machine's 2 cores.
 
-``make test`` runs the tests in one process per core (pytest-xdist, ``-n auto --dist loadfile``: each file's
-tests in one process, so a module's fixtures are built once). Each such process, and every rnnkit command its
+``make test`` runs the tests in one process per core (pytest-xdist, ``-n auto --dist loadfile
+--no-loadscope-reorder``: each file's tests in one process, so a module's fixtures are built once, and the files
+in the order set below). Each such process, and every rnnkit command its
 tests start, then keeps to one thread (OMP_NUM_THREADS=1, read by torch when a child process starts): two
 processes each spinning two OpenMP threads on two cores slow each other several times over. A test that needs
 more threads sets them itself (tests/test_denormals.py).
@@ -22,7 +23,7 @@ torch.set_num_threads(1)
 
 
 # The files whose tests take longest (pytest --durations), started first so that under ``-n auto --dist
-# loadfile`` the other processes fill in around them instead of waiting for them at the end.
+# loadfile --no-loadscope-reorder`` the other processes fill in around them instead of waiting for them at the end.
 LONGEST_FIRST = ("test_reproductions.py", "test_tasks_lm.py", "test_tasks_classify.py")
 
 
