@@ -156,8 +156,10 @@ class Encoder(nn.Module):
         vocab_size, embedding_size: source vocabulary size and embedding width.
         hidden_size: H, per direction. num_layers: stacked layers. cell: "lstm" or "gru".
         bidirectional: run a backward direction too (default True). dropout: on the embeddings and between
-            layers. decoder_hidden_size, decoder_layers, decoder_cell: the shape of the state the bridge makes
-            (default: H * directions, num_layers, cell). summary: "final" or "mean". pad_id: padding token.
+            layers. output_dropout: on the outputs h̄_s the decoder attends over (the keys and values of its
+            attention; not on the bridge or the summary), as fairseq's LSTM encoder does. decoder_hidden_size,
+            decoder_layers, decoder_cell: the shape of the state the bridge makes (default: H * directions,
+            num_layers, cell). summary: "final" or "mean". pad_id: padding token.
     """
 
     def __init__(
@@ -170,6 +172,7 @@ class Encoder(nn.Module):
         cell: str = "lstm",
         bidirectional: bool = True,
         dropout: float = 0.0,
+        output_dropout: float = 0.0,
         decoder_hidden_size: int | None = None,
         decoder_layers: int | None = None,
         decoder_cell: str | None = None,
@@ -196,6 +199,7 @@ class Encoder(nn.Module):
             padding_idx=pad_id,
         )
         self.dropout = nn.Dropout(check_probability("dropout", dropout))
+        self.output_dropout = nn.Dropout(check_probability("output_dropout", output_dropout))
         self.rnn = _make_rnn(self.cell, embedding_size, hidden_size, num_layers, dropout, self.bidirectional)
         finals = self.num_layers * self.num_directions * self.hidden_size
         bridged = self.decoder_layers * self.decoder_hidden_size
@@ -226,7 +230,8 @@ class Encoder(nn.Module):
             summary = top.transpose(0, 1).reshape(batch_size, self.output_size)  # [→h_S; ←h_1]: (B, K)
         else:
             summary = outputs.sum(1) / src_lengths.to(outputs.device, outputs.dtype).unsqueeze(1)  # (B, K)
-        return EncoderOutput(outputs, valid, hidden, cell, summary, src)
+        # dropout keeps the zeros past each length
+        return EncoderOutput(self.output_dropout(outputs), valid, hidden, cell, summary, src)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -696,6 +701,8 @@ class Seq2SeqConfig:
     ``encoder_size`` (None: ``hidden_size``) sets K apart from H: a decoder smaller than its encoder's outputs.
     ``num_layers`` stacks encoder and decoder alike; ``encoder_layers`` (None: ``num_layers``) gives the encoder
     its own depth, its bridge making the decoder's ``num_layers`` initial states.
+    ``dropout`` acts on the embeddings, between layers and on the decoder's output features;
+    ``encoder_output_dropout`` on the encoder outputs the attention reads (:class:`Encoder`'s ``output_dropout``).
     ``label_smoothing`` is the epsilon of :meth:`Seq2Seq.loss` (0: plain cross-entropy). ``coverage`` feeds the
     running sum of past attention weights into the attention score (Tu et al. 2016; additive or concat
     attention, see :class:`rnnkit.attention.AdditiveAttention`). ``tie_weights`` makes the decoder's output layer
@@ -720,6 +727,7 @@ class Seq2SeqConfig:
     input_feeding: bool = False
     summary: str = "final"
     dropout: float = 0.0
+    encoder_output_dropout: float = 0.0
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
     eos_id: int = EOS_ID
@@ -815,6 +823,7 @@ class Seq2Seq(nn.Module):
             cell=config.cell,
             bidirectional=config.bidirectional,
             dropout=config.dropout,
+            output_dropout=config.encoder_output_dropout,
             summary=config.summary,
             pad_id=config.pad_id,
         )

@@ -481,6 +481,29 @@ def test_encoder_padding_does_not_change_a_sentence_and_summary_is_both_ends():
         )
 
 
+def test_encoder_output_dropout_drops_only_the_outputs_the_attention_reads():
+    src, lengths, _ = _batch()
+    torch.manual_seed(0)
+    plain = Encoder(V_SRC, 6, 5, decoder_hidden_size=7, decoder_layers=1)
+    dropped = Encoder(V_SRC, 6, 5, decoder_hidden_size=7, decoder_layers=1, output_dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())  # the same weights: dropout has none
+    expected = plain.eval()(src, lengths)
+    torch.manual_seed(1)
+    encoded = dropped.train()(src, lengths)
+    kept = encoded.outputs != 0
+    assert torch.allclose(encoded.outputs[kept], 2 * expected.outputs[kept])  # kept entries scaled by 1 / (1 - p)
+    inside = expected.valid.unsqueeze(-1).expand_as(kept)
+    assert 0.3 < kept[inside].float().mean() < 0.7  # about half of the real entries dropped
+    assert not kept[~inside].any()  # padding stays zero
+    for name in ("hidden", "cell", "summary"):  # the bridge and the summary read the undropped states
+        assert torch.allclose(getattr(encoded, name), getattr(expected, name))
+    assert torch.equal(dropped.eval()(src, lengths).outputs, expected.outputs)  # off in evaluation
+    config = Seq2SeqConfig(V_SRC, V_TGT, encoder_output_dropout=0.25)
+    assert Seq2Seq.build(config).encoder.output_dropout.p == 0.25
+    with pytest.raises(ValueError, match="output_dropout"):
+        Seq2Seq.build(Seq2SeqConfig(V_SRC, V_TGT, encoder_output_dropout=1.5))
+
+
 def test_model_ids_and_config():
     model = _model()
     assert (model.pad_id, model.bos_id, model.eos_id) == (PAD_ID, BOS_ID, EOS_ID) == (0, 2, 3)

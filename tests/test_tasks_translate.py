@@ -12,8 +12,8 @@ from rnnkit.checkpoint import save_checkpoint
 from rnnkit.tasks import resolve_settings
 from rnnkit.tasks import translate as task
 
-FEATURES = ("encoder_layers", "encoder_size", "label_smoothing", "coverage", "copy_attention", "tie_weights",
-            "share_embeddings", "coverage_penalty", "no_repeat_ngram", "max_len_a", "max_len_b")
+FEATURES = ("encoder_layers", "encoder_size", "encoder_output_dropout", "label_smoothing", "coverage", "copy_attention",
+            "tie_weights", "share_embeddings", "coverage_penalty", "no_repeat_ngram", "max_len_a", "max_len_b")
 
 
 @pytest.fixture
@@ -63,8 +63,9 @@ def test_model_features_reach_the_config_and_copy_builds_one_vocabulary(pairs, t
 
 def test_encoder_shape_settings_reach_the_model(pairs, tmp_path):
     shaped, config = _prepare(pairs, tmp_path / "shaped", encoder_layers=2, encoder_size=12, decoder="bahdanau",
-                              attention="additive")
+                              attention="additive", encoder_output_dropout=0.25)
     assert (config["model"]["encoder_layers"], config["model"]["encoder_size"]) == (2, 12)
+    assert config["model"]["encoder_output_dropout"] == shaped.model.encoder.output_dropout.p == 0.25
     assert shaped.model.encoder.rnn.num_layers == 2 and shaped.model.encoder.output_size == 12
     assert shaped.model.decoder.hidden_size == 8 and shaped.model.decoder.rnn.num_layers == 1
     plain, config = _prepare(pairs, tmp_path / "plain")  # 0: as --num-layers and --hidden-size
@@ -108,3 +109,4 @@ def test_any_reference_scores_only_the_splits_that_list_them(pairs, tmp_path, mo
 def test_bad_decoding_settings_are_refused_when_the_run_is_prepared(pairs, tmp_path, key, value):
     with pytest.raises(ValueError, match=key):
         _prepare(pairs, tmp_path / "run", **{key: value})
+

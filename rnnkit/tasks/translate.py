@@ -70,6 +70,7 @@ DEFAULTS: dict[str, Any] = common_defaults(
     attention="general",
     input_feeding=False,
     dropout=0.0,
+    encoder_output_dropout=0.0,
     label_smoothing=0.0,
     coverage=False,
     copy_attention=False,
@@ -111,6 +112,7 @@ HELP: dict[str, str] = {
     "attention": "dot | general | concat | additive | scaled-dot | location | local-m | local-p",
     "input_feeding": "Luong input feeding: the previous attentional state joins the next input",
     "dropout": "dropout between layers and on embeddings",
+    "encoder_output_dropout": "dropout on the encoder outputs the attention reads",
     "teacher_forcing": "constant | linear | exponential | inverse-sigmoid (scheduled sampling)",
     "schedule_k": "the schedule's constant: linear slope, exponential k < 1, inverse-sigmoid k (0 = default)",
     "teacher_forcing_ratio": "the ratio of the constant schedule (1 = always feed the gold previous token)",
@@ -288,7 +290,9 @@ def _model_config(settings: dict[str, Any], source_vocab, target_vocab) -> Seq2S
         cell=settings["cell"], decoder=decoder,
         attention=None if decoder == "none" else settings["attention"],
         input_feeding=bool(settings["input_feeding"]) and decoder == "luong",
-        dropout=float(settings["dropout"]), label_smoothing=float(settings["label_smoothing"]),
+        dropout=float(settings["dropout"]),
+        encoder_output_dropout=float(settings.get("encoder_output_dropout", 0.0)),  # 0 in runs made before it
+        label_smoothing=float(settings["label_smoothing"]),
         coverage=bool(settings["coverage"]), copy_attention=bool(settings["copy_attention"]),
         tie_weights=bool(settings["tie_weights"]), share_embeddings=bool(settings["share_embeddings"]),
     )
