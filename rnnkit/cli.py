@@ -80,6 +80,8 @@ _NONE_DEFAULT_TYPES = {"max_steps": int, "time_budget": float, "patience": int, 
                        "clip_grad_norm": float, "valid": str, "test": str, "cache_dir": str, "progress": bool,
                        "season": int, "column": str, "select_metric": str}
 _SKIPPED_FLAGS = {"betas"}  # settable from a config file only
+ENSEMBLE_HELP = ("another translation run whose model decodes with RUN_DIR's as one ensemble, their probabilities "
+                 "averaged at each step (repeatable; sources and decoding settings are RUN_DIR's)")
 
 
 def _task_parser(task: str, module) -> argparse.ArgumentParser:
@@ -199,8 +201,17 @@ def _runner(run_dir: str):
     return runner.task, runner
 
 
+def _ensemble_runner(args: argparse.Namespace):
+    """The run's runner; with ``--ensemble``, the translation runs' models decoding as one."""
+    if not args.ensemble:
+        return _runner(args.run_dir)
+    from rnnkit.tasks.translate import load_ensemble
+
+    return "translate", load_ensemble([args.run_dir, *args.ensemble])  # each must be a translation run
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    _, runner = _runner(args.run_dir)
+    _, runner = _ensemble_runner(args)
     source, split = runner.evaluation_source(args.data, args.split)
     _print_json({"source": source, "split": split, **runner.evaluate(args.data, split=args.split)})
     return 0
@@ -252,7 +263,7 @@ def _input_lines() -> list[str]:
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
-    task, runner = _runner(args.run_dir)
+    task, runner = _ensemble_runner(args)
     if task != "translate":
         raise CommandError(f"translate needs a translation run; {args.run_dir} is a {task} run")
     lines = _input_lines()
@@ -350,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None, choices=("train", "valid", "test"),
                           help="the run's own source of this split, or this split of a catalog --data "
                                "(default: test)")
+    evaluate.add_argument("--ensemble", action="append", default=[], metavar="RUN_DIR",
+                          help=ENSEMBLE_HELP)
     evaluate.set_defaults(func=_cmd_eval)
 
     average = sub.add_parser("average", help="average the weights of a run's last or best checkpoints into a new "
@@ -383,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--n-best", type=int, default=1, help="print the N best, tab-separated with scores")
     translate.add_argument("--alpha", type=float, default=None,
                            help="length normalisation exponent (default: the run's alpha)")
+    translate.add_argument("--ensemble", action="append", default=[], metavar="RUN_DIR", help=ENSEMBLE_HELP)
     translate.set_defaults(func=_cmd_translate)
 
     predict = sub.add_parser("predict", help="classify or tag stdin -> stdout, one input a line")

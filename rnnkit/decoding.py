@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rnnkit import cancel
 from rnnkit.checks import check_int
@@ -50,6 +50,7 @@ from rnnkit.state import map_state, named_state_tensors, select_rows
 __all__ = [
     "LENGTH_PENALTIES",
     "DecodeResult",
+    "Ensemble",
     "Hypothesis",
     "StepModel",
     "COVERAGE_FLOOR",
@@ -122,6 +123,57 @@ class DecodeResult:
             attention = None if self.attention is None else self.attention[n, :length].clone()
             result.append([Hypothesis(self.tokens[n, :length].clone(), score, score, attention)])
         return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ensembles
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Ensemble(nn.Module):
+    """Several step models decoding as one: at each step the mean of their probabilities::
+
+        log p(y_t | y_<t, x) = log (1/M sum_m p_m(y_t | y_<t, x))
+
+    (fairseq's ensemble decoding). Every strategy here decodes it as it decodes one model. The members must
+    share the target vocabulary and the bos/eos/pad ids; for seq2seq models, the source vocabulary too.
+
+    State: ``{"members": [each member's state], "attention": the members' mean attention (N, S), "valid":
+    the first member's (N, S)}``, the last two where every member's state has them (the shared source makes
+    their attention weights comparable).
+    """
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        super().__init__()
+        if len(models) < 2:
+            raise ValueError(f"an ensemble needs at least two models, got {len(models)}")
+        ids = [tuple(getattr(m, name, None) for name in ("bos_id", "eos_id", "pad_id")) for m in models]
+        if len(set(ids)) != 1:
+            raise ValueError(f"the models of an ensemble must share (bos_id, eos_id, pad_id), got {ids}")
+        self.members = nn.ModuleList(models)
+        self.bos_id, self.eos_id, self.pad_id = ids[0]
+
+    def start(self, *inputs: Any) -> dict[str, Any]:
+        """Every member's initial state (for seq2seq members: ``start(src, src_lengths)``)."""
+        return self._joined([member.start(*inputs) for member in self.members])
+
+    def step(self, prev_tokens: Tensor, state: Mapping[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+        steps = [member.step(prev_tokens, own) for member, own in zip(self.members, state["members"], strict=True)]
+        sizes = {tuple(log_probs.shape) for log_probs, _ in steps}
+        if len(sizes) != 1:
+            raise ValueError(f"the models of an ensemble must give log_probs of one shape, got {sorted(sizes)}")
+        log_probs = torch.logsumexp(torch.stack([log_probs for log_probs, _ in steps]), dim=0)
+        return log_probs - math.log(len(steps)), self._joined([own for _, own in steps])
+
+    @staticmethod
+    def _joined(states: list[Any]) -> dict[str, Any]:
+        joined: dict[str, Any] = {"members": states}
+        attention = [_attention_of(own) for own in states]
+        if all(weights is not None for weights in attention):
+            joined["attention"] = torch.stack(attention).mean(0)
+            if _valid_of(states[0]) is not None:
+                joined["valid"] = _valid_of(states[0])
+        return joined
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 
 from rnnkit.decoding import (
     COVERAGE_FLOOR,
+    Ensemble,
     beam_search,
     coverage_penalty,
     filter_log_probs,
@@ -601,6 +602,79 @@ def test_wide_beam_is_exhaustive_search(penalty, alpha, min_len, beta, ngram):
         plain = brute_force(model, table, penalty, alpha, min_len, 0.0, ngram)
         reranked += [tokens for _, _, tokens in plain] != [tokens for _, _, tokens in outputs]
     assert reranked > 0 or beta == 0  # the coverage penalty does change the ranking
+
+
+class StepModule(torch.nn.Module):
+    """A test model as a torch module (an Ensemble's members are modules)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.bos_id, self.eos_id, self.pad_id = inner.bos_id, inner.eos_id, inner.pad_id
+
+    def start(self, src, src_lengths):
+        return self.inner.start(src, src_lengths)
+
+    def step(self, prev_tokens, state):
+        return self.inner.step(prev_tokens, state)
+
+
+def test_ensemble_search_is_the_search_of_the_mean_distribution():
+    # Two different random models over eos, a, b; the mixture p = (p1 + p2) / 2 written out as a third model.
+    # With K = 16 the beam search is exhaustive (see above), so the ensemble's n-best must be the brute-force
+    # ranking under the mixture, and the attention it records the members' mean.
+    first = random_model(vocab=6, allowed=(EOS, A, B), dtype=torch.float64)
+    second = PrefixModel(lambda table, fed: first.distribution(table + 7, fed), 6)  # another seed per prefix
+    mixture = PrefixModel(lambda table, fed: torch.logaddexp(first.distribution(table, fed),
+                                                             second.distribution(table, fed)) - math.log(2), 6)
+    ensemble = Ensemble([StepModule(first), StepModule(second)])
+    assert (ensemble.bos_id, ensemble.eos_id, ensemble.pad_id) == (BOS, EOS, PAD)
+    differs = 0
+    for table in range(3):
+        outputs = brute_force(mixture, table, "avg", 0.0, 0)
+        differs += [tokens for _, _, tokens in outputs] != [tokens for _, _, tokens in brute_force(first, table, "avg",
+                                                                                                   0.0, 0)]
+        src = torch.full((1, 2), table)
+        (hypotheses,) = translate(ensemble, src, torch.tensor([2]), beam_size=16, n_best=len(outputs), max_len=4)
+        assert [tuple(tokens_of(h)) for h in hypotheses] == [tokens for _, _, tokens in outputs]
+        assert [h.log_prob for h in hypotheses] == pytest.approx([lp for _, lp, _ in outputs], rel=1e-12)
+        for h in hypotheses:  # both members record the same history rows, so their mean is that row
+            assert torch.equal(h.attention, expected_attention(BOS, tokens_of(h)))
+    assert differs  # the mixture ranks differently from its first member
+
+
+def test_seq2seq_ensembles_average_probabilities_and_one_with_itself_decodes_as_the_model():
+    from rnnkit.seq2seq import Seq2Seq, Seq2SeqConfig
+
+    models = []
+    for seed, decoder in ((0, "luong"), (1, "bahdanau")):
+        torch.manual_seed(seed)
+        models.append(Seq2Seq.build(Seq2SeqConfig(12, 12, embedding_size=16, hidden_size=32, decoder=decoder)).eval())
+    src, lengths, _ = reversal_batch(torch.Generator().manual_seed(1), 8)
+    ensemble = Ensemble(models).eval()
+    prev = torch.full((8,), BOS)
+    with torch.no_grad():
+        log_probs, state = ensemble.step(prev, ensemble.start(src, lengths))
+        (first, first_state), (second, _) = (model.step(prev, model.start(src, lengths)) for model in models)
+    assert torch.allclose(log_probs, torch.log((first.exp() + second.exp()) / 2), atol=1e-6)
+    assert torch.allclose(state["attention"], (first_state["attention"] + state["members"][1]["attention"]) / 2)
+
+    alone = translate(models[0], src, lengths, beam_size=4, n_best=2, max_len=12)
+    twice = translate(Ensemble([models[0], models[0]]).eval(), src, lengths, beam_size=4, n_best=2, max_len=12)
+    for got, want in zip(twice, alone, strict=True):
+        assert [tokens_of(h) for h in got] == [tokens_of(h) for h in want]
+        assert [h.log_prob for h in got] == pytest.approx([h.log_prob for h in want], abs=1e-5)
+        assert torch.allclose(got[0].attention, want[0].attention)
+
+
+def test_ensemble_mistakes_raise_value_errors():
+    model = StepModule(random_model())
+    with pytest.raises(ValueError, match="at least two models"):
+        Ensemble([model])
+    other = StepModule(random_model())
+    other.eos_id = 9
+    with pytest.raises(ValueError, match="share \\(bos_id, eos_id, pad_id\\)"):
+        Ensemble([model, other])
 
 
 def test_attention_is_recorded_and_follows_the_beam():

@@ -3,6 +3,7 @@ the loss and the decoding, and become command-line flags."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -110,3 +111,33 @@ def test_bad_decoding_settings_are_refused_when_the_run_is_prepared(pairs, tmp_p
     with pytest.raises(ValueError, match=key):
         _prepare(pairs, tmp_path / "run", **{key: value})
 
+
+def test_runs_decode_as_an_ensemble_from_the_command_line(pairs, tmp_path, capsys):
+    from rnnkit.cli import main
+    from rnnkit.decoding import Ensemble
+
+    runs = []
+    for seed in (0, 1):
+        translate_task, config = _prepare(pairs, tmp_path / f"run{seed}", seed=seed, test=pairs)
+        save_checkpoint(tmp_path / f"run{seed}", translate_task.model, config, name="best")
+        runs.append(str(tmp_path / f"run{seed}"))
+    joined = task.load_ensemble(runs)
+    assert isinstance(joined.model, Ensemble) and len(joined.model.members) == 2
+    members = [task.TranslateRunner(run).model for run in runs]
+    lines = ["abc", "bca", "xy"]
+    with torch.no_grad():
+        expected = task.decode_texts(Ensemble(members), joined.encode(lines), beam_size=3)
+    assert [o[0]["text"] for o in joined.translate(lines, beam_size=3)] == [
+        task.hypothesis_text(joined.target_vocab, h[0]) for h in expected]
+    assert main(["eval", runs[0], "--ensemble", runs[1]]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["examples"] == 20 and scored["exact_match"] == joined.evaluate()["exact_match"]
+
+    other = tmp_path / "other.tsv"
+    other.write_text("ab\tba\nqq\tQ\n" * 5, encoding="utf-8")
+    translate_task, config = _prepare(str(other), tmp_path / "other")
+    save_checkpoint(tmp_path / "other", translate_task.model, config, name="best")
+    with pytest.raises(ValueError, match="share their source vocabulary"):
+        task.load_ensemble([runs[0], tmp_path / "other"])
+    assert main(["eval", runs[0], "--ensemble", str(tmp_path / "other")]) != 0
+    assert "share their source vocabulary" in capsys.readouterr().err

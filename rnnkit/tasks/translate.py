@@ -40,7 +40,7 @@ from rnnkit.data import (
 from rnnkit.data import (
     alternatives as further_references,
 )
-from rnnkit.decoding import Hypothesis, length_limits
+from rnnkit.decoding import Ensemble, Hypothesis, length_limits
 from rnnkit.decoding import translate as decode_batch
 from rnnkit.metrics import bleu, chrf, exact_match, phoneme_error_rate, word_error_rate
 from rnnkit.seq2seq import Seq2Seq, Seq2SeqConfig, make_schedule
@@ -400,6 +400,22 @@ class TranslateRunner(TaskRunner):
                               alternatives=further)
         metrics["examples"] = float(len(records))
         return metrics
+
+
+def load_ensemble(run_dirs: Sequence[str | Path]) -> TranslateRunner:
+    """The first run's runner decoding with every run's model as one :class:`rnnkit.decoding.Ensemble` (their
+    probabilities averaged at each step). Sources, beam size and the other decoding settings are the first
+    run's; the runs must share the source and target vocabularies (the same data and levels give the same)."""
+    runners = [TranslateRunner(run_dir) for run_dir in run_dirs]
+    first = runners[0]
+    for other in runners[1:]:
+        for side in ("source", "target"):
+            if getattr(first, f"{side}_vocab").to_json() != getattr(other, f"{side}_vocab").to_json():
+                raise ValueError(f"an ensemble's runs must share their {side} vocabulary, but {other.run_dir}'s "
+                                 f"differs from {first.run_dir}'s")
+    if len(runners) > 1:
+        first.model = Ensemble([runner.model for runner in runners]).eval()
+    return first
 
 
 load = TranslateRunner  # the task module's contract: load(run_dir) -> its runner
