@@ -171,8 +171,9 @@ class Ensemble(nn.Module):
         attention = [_attention_of(own) for own in states]
         if all(weights is not None for weights in attention):
             joined["attention"] = torch.stack(attention).mean(0)
-            if _valid_of(states[0]) is not None:
-                joined["valid"] = _valid_of(states[0])
+            valid = _valid_of(states[0])
+            if valid is not None:
+                joined["valid"] = valid
         return joined
 
 
