@@ -361,8 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None, choices=("train", "valid", "test"),
                           help="the run's own source of this split, or this split of a catalog --data "
                                "(default: test)")
-    evaluate.add_argument("--ensemble", action="append", default=[], metavar="RUN_DIR",
-                          help=ENSEMBLE_HELP)
+    evaluate.add_argument("--ensemble", action="append", default=[], metavar="RUN_DIR", help=ENSEMBLE_HELP)
     evaluate.set_defaults(func=_cmd_eval)
 
     average = sub.add_parser("average", help="average the weights of a run's last or best checkpoints into a new "

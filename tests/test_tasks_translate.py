@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -141,3 +142,36 @@ def test_runs_decode_as_an_ensemble_from_the_command_line(pairs, tmp_path, capsy
         task.load_ensemble([runs[0], tmp_path / "other"])
     assert main(["eval", runs[0], "--ensemble", str(tmp_path / "other")]) != 0
     assert "share their source vocabulary" in capsys.readouterr().err
+
+
+def test_an_ensemble_refuses_to_score_what_another_member_was_trained_on(pairs, tmp_path, capsys):
+    """A run's test words are held out from its own training, not necessarily from another run's: an ensemble
+    with a run trained on train + test would score words it learned. The runs' training data is compared, so
+    a member trained on the same words under another name passes."""
+    from rnnkit.cli import main
+
+    held_out = tmp_path / "test.tsv"
+    held_out.write_text("cab\tbac\nyx\tZ\n", encoding="utf-8")  # words of the same letters, none in pairs
+    seen_all = tmp_path / "train_and_test.tsv"
+    seen_all.write_text(open(pairs, encoding="utf-8").read() + held_out.read_text(encoding="utf-8"), encoding="utf-8")
+    renamed = tmp_path / "renamed.tsv"
+    renamed.write_text(open(pairs, encoding="utf-8").read(), encoding="utf-8")
+    for name, data in (("clean", pairs), ("leaky", str(seen_all)), ("renamed", str(renamed))):
+        translate_task, config = _prepare(data, tmp_path / name, test=str(held_out))
+        save_checkpoint(tmp_path / name, translate_task.model, config, name="best")
+    clean, leaky, renamed_run = (str(tmp_path / name) for name in ("clean", "leaky", "renamed"))
+
+    refusal = r"leaky was trained on 2 of the 2 sources of .*test.tsv \(test\), .*clean on 0"
+    with pytest.raises(ValueError, match=refusal):
+        task.load_ensemble([clean, leaky]).evaluate()
+    with pytest.raises(ValueError, match="trained on 2 of the 2 sources"):  # a file given whole: the same rule
+        task.load_ensemble([clean, leaky]).evaluate(str(held_out))
+    assert main(["eval", clean, "--ensemble", leaky]) != 0
+    assert "leaky was trained on 2 of the 2 sources" in capsys.readouterr().err
+    assert task.load_ensemble([clean, renamed_run]).evaluate()["examples"] == 2  # the same words, another file
+    assert task.load_ensemble([leaky, clean]).evaluate(pairs)["examples"] == 20  # no member saw more than the first
+    assert task.TranslateRunner(leaky).evaluate()["examples"] == 2  # one run scores whatever it is asked to
+
+    shutil.rmtree(tmp_path / "renamed" / "data")  # a run without its training data cannot be checked
+    with pytest.raises(ValueError, match=r"renamed/data/train: cannot read the run's training data"):
+        task.load_ensemble([clean, renamed_run]).evaluate()

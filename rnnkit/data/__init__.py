@@ -92,6 +92,7 @@ from rnnkit.data.tokenized import (
     TokenizedPairs,
     build_tokenizer,
     tokenize_corpus,
+    trained_sources,
 )
 from rnnkit.data.tokenizer import Tokenizer, load_tokenizer
 from rnnkit.data.vocab import (
@@ -125,7 +126,7 @@ __all__ = [
     "load_source", "load_tokenizer", "make_windows", "num_bptt_chunks", "pack", "pad_sequences", "padded_fraction",
     "random_batches", "token_batches", "read", "read_arrays", "read_classification", "read_parallel", "read_series",
     "read_tagging", "read_text", "resolve_source", "sequential_digits", "source_file", "stream_parallel",
-    "token_stream", "tokenize_corpus", "unpack",
+    "token_stream", "tokenize_corpus", "trained_sources", "unpack",
     "valid_mask",
     "write_arrays", "write_classification", "write_parallel", "write_series", "write_tagging", "write_text",
 ]

@@ -293,6 +293,19 @@ def _open(run_dir: Path) -> TokenizedCorpus:
                            splits["train"], splits["valid"])
 
 
+def trained_sources(run_dir: str | Path) -> frozenset[str]:
+    """The source lines a run was trained on, read back from ``RUN_DIR/data/train`` (what
+    :func:`tokenize_corpus` wrote: the pairs training saw, after ``limit``). A :class:`DataError` names the
+    folder if it is missing or unreadable."""
+    folder = Path(run_dir) / DATA_FOLDER / "train"
+    try:
+        dtypes = json.loads((folder / "dtypes.json").read_text(encoding="utf-8"))
+        text = _open_pairs(folder, dtypes).source_text
+        return frozenset(text[i] for i in range(len(text)))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(folder, None, f"cannot read the run's training data ({err})") from None
+
+
 def _reuse(run_dir: Path, wanted: dict[str, Any]) -> TokenizedCorpus | None:
     """The corpus already in ``run_dir`` if it was built from exactly ``wanted`` and is intact, else None."""
     try:

@@ -36,6 +36,7 @@ from rnnkit.data import (
     source_file,
     token_batches,
     tokenize_corpus,
+    trained_sources,
 )
 from rnnkit.data import (
     alternatives as further_references,
@@ -330,6 +331,7 @@ class TranslateRunner(TaskRunner):
     """A trained translation model loaded from its run directory."""
 
     task, model_kind = "translate", "a Seq2Seq"
+    ensemble_runs: tuple[Path, ...] = ()  # the other runs decoding with this one (see load_ensemble)
 
     def build_model(self, model_config: Any) -> Seq2Seq:
         return Seq2Seq.build(Seq2SeqConfig(**model_config))
@@ -380,10 +382,30 @@ class TranslateRunner(TaskRunner):
         (``cmudict``: every pronunciation of a word), word-level targets are also scored against any of them
         (``wer_any``, ``per_any``). Those lists cover the valid and test words only: a train split gets neither."""
         data, split = self.evaluation_source(source, split)
+        records = self.read(data, split)
+        self.check_ensemble_unseen(records, f"{data} ({split or 'file'})")
         listed = split in ("valid", "test")
         further = further_references(data, cache_dir=self.settings.get("cache_dir"), quiet=True) if listed else {}
-        return self.score(self.read(data, split), f"{data} ({split or 'file'})", alternatives=further or None,
-                          **options)
+        return self.score(records, f"{data} ({split or 'file'})", alternatives=further or None, **options)
+
+    def check_ensemble_unseen(self, records: Sequence[Any], name: str) -> None:
+        """Refuse to score ``records`` with an ensemble one of whose other runs was trained on more of their
+        sources than this run was: the score would count examples a member learned. The runs' own training data
+        (``RUN_DIR/data/train``) is compared, not the names of their sources, so runs trained on one split under
+        two names (``cmudict``, ``cmudict:every=1``) pass, and runs trained on the same data as this one pass
+        whatever is scored."""
+        if not self.ensemble_runs:
+            return
+        sources = {record.source for record in records}
+        own = len(sources & trained_sources(self.run_dir))
+        for run_dir in self.ensemble_runs:
+            seen = len(sources & trained_sources(run_dir))
+            if seen > own:
+                raise ValueError(
+                    f"the ensemble run {run_dir} was trained on {seen:,} of the {len(sources):,} sources of {name}, "
+                    f"{self.run_dir} on {own:,}: its score would count examples one of its models learned; ensemble "
+                    f"runs trained on the same split as {self.run_dir}"
+                )
 
     def score(self, records: Sequence[Any], name: str, *, beam_size: int | None = None, limit: int = 0,
               alternatives: Mapping[str, Sequence[str]] | None = None) -> dict[str, float]:
@@ -405,7 +427,9 @@ class TranslateRunner(TaskRunner):
 def load_ensemble(run_dirs: Sequence[str | Path]) -> TranslateRunner:
     """The first run's runner decoding with every run's model as one :class:`rnnkit.decoding.Ensemble` (their
     probabilities averaged at each step). Sources, beam size and the other decoding settings are the first
-    run's; the runs must share the source and target vocabularies (the same data and levels give the same)."""
+    run's; the runs must share the source and target vocabularies (the same data and levels give the same).
+    Evaluating refuses data that another run was trained on more of than the first
+    (:meth:`TranslateRunner.check_ensemble_unseen`)."""
     runners = [TranslateRunner(run_dir) for run_dir in run_dirs]
     first = runners[0]
     for other in runners[1:]:
@@ -415,6 +439,7 @@ def load_ensemble(run_dirs: Sequence[str | Path]) -> TranslateRunner:
                                  f"differs from {first.run_dir}'s")
     if len(runners) > 1:
         first.model = Ensemble([runner.model for runner in runners]).eval()
+        first.ensemble_runs = tuple(runner.run_dir for runner in runners[1:])
     return first
 
 
