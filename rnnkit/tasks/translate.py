@@ -382,11 +382,11 @@ class TranslateRunner(TaskRunner):
         (``cmudict``: every pronunciation of a word), word-level targets are also scored against any of them
         (``wer_any``, ``per_any``). Those lists cover the valid and test words only: a train split gets neither."""
         data, split = self.evaluation_source(source, split)
-        records = self.read(data, split)
-        self.check_ensemble_unseen(records, f"{data} ({split or 'file'})")
+        records, name = self.read(data, split), f"{data} ({split or 'file'})"
+        self.check_ensemble_unseen(records, name)
         listed = split in ("valid", "test")
         further = further_references(data, cache_dir=self.settings.get("cache_dir"), quiet=True) if listed else {}
-        return self.score(records, f"{data} ({split or 'file'})", alternatives=further or None, **options)
+        return self.score(records, name, alternatives=further or None, **options)
 
     def check_ensemble_unseen(self, records: Sequence[Any], name: str) -> None:
         """Refuse to score ``records`` with an ensemble one of whose other runs was trained on more of their
